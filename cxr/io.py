@@ -1,0 +1,96 @@
+"""Atomic file output: every file is written to a temporary sibling, then renamed into place.
+
+A crash or a full disk therefore never leaves a half-written output where a stage, DVC or a
+person would take it for a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+import pandas as pd
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Args:
+        path: Final destination. Its parent directory is created if missing.
+        mode: ``"wb"`` or ``"w"`` (text, UTF-8, ``\\n`` line endings).
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open mode must be 'wb' or 'w', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        kwargs = {"encoding": "utf-8", "newline": "\n"} if mode == "w" else {}
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as stable, human-readable JSON (sorted keys, trailing newline)."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_csv(path: str | os.PathLike, df: pd.DataFrame, **kwargs: Any) -> None:
+    """Write a DataFrame as CSV atomically (no index unless asked)."""
+    kwargs.setdefault("index", False)
+    with atomic_open(path, "w") as fh:
+        df.to_csv(fh, lineterminator="\n", **kwargs)
+
+
+def write_parquet(path: str | os.PathLike, df: pd.DataFrame) -> None:
+    """Write a DataFrame as Parquet atomically, without the pandas index."""
+    with atomic_open(path, "wb") as fh:
+        df.to_parquet(fh, index=False, engine="pyarrow")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Build a directory under a temporary name and swap it onto ``path`` when the block succeeds.
+
+    The previous content of ``path`` (if any) is removed only after the new tree is complete.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,175 @@
+"""Typed schema of ``params.yaml``.
+
+One frozen pydantic model per section. Unknown keys and ill-typed values fail at load time with
+a message naming the dotted key, the offending value and what is allowed, e.g.::
+
+    params.yaml: ingest.synthetic.signal = -1.0: Input should be greater than 0 (allowed: a number > 0)
+
+Stages load their own section once (``load_section("ingest")``) and pass plain values on.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+LABEL_SPACES = ("chexpert14", "chestxray14", "binary")
+SYNTHETIC_PROFILES = ("default", "tiny")
+_SOURCE_SCHEMES = ("synthetic://<profile>", "gs://<bucket>/<prefix>", "file://<dir> or a plain directory path")
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, malformed, or has a key/value the schema does not allow."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class BaseParams(_Section):
+    """Shared by every stage."""
+
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="master random seed")
+    label_space: Literal["chexpert14", "chestxray14", "binary"] = Field(
+        "chexpert14", description="label space the models are trained on"
+    )
+    image_size: int = Field(256, ge=32, le=4096, description="model input side in pixels")
+
+
+class SyntheticParams(_Section):
+    """Knobs of the built-in synthetic cohort (used when ``ingest.source`` is ``synthetic://...``)."""
+
+    signal: float = Field(1.0, gt=0, le=5, description="visibility of findings (contrast multiplier)")
+    noise: float = Field(1.0, ge=0, le=5, description="quantum/electronic noise multiplier")
+    broken_fraction: float = Field(0.02, ge=0, le=0.5, description="fraction of deliberately broken files")
+    uncertain_positive_rate: float = Field(
+        0.5, ge=0, le=1, description="probability that a CheXpert -1 label is truly present"
+    )
+    report_disagreement: float = Field(
+        0.03, ge=0, le=0.5, description="fraction of studies whose report omits one true finding"
+    )
+    mask_fraction: float = Field(0.5, ge=0, le=1, description="fraction of frontal MIMIC-style images with organ masks")
+    box_fraction: float = Field(0.6, ge=0, le=1, description="fraction of boxable frontal images with NIH-style boxes")
+    workers: int = Field(0, ge=0, le=256, description="worker processes; 0 = one per CPU core")
+
+
+class IngestParams(_Section):
+    """Where the raw data come from."""
+
+    source: str = Field("synthetic://default", description="synthetic://<profile> | gs://bucket/prefix | directory")
+    synthetic: SyntheticParams = SyntheticParams()
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError(f"empty source; use one of {', '.join(_SOURCE_SCHEMES)}")
+        m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://(.*)$", v)
+        if m is None:  # a plain local path
+            return v
+        scheme, rest = m.group(1).lower(), m.group(2)
+        if scheme == "synthetic":
+            if rest not in SYNTHETIC_PROFILES:
+                raise ValueError(f"unknown synthetic profile {rest!r}; choose one of {list(SYNTHETIC_PROFILES)}")
+        elif scheme == "gs":
+            if not re.match(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/.*)?$", rest):
+                raise ValueError(f"malformed GCS URL {v!r}; expected gs://<bucket>/<prefix>")
+        elif scheme != "file":
+            raise ValueError(f"unsupported source scheme {scheme!r}; use one of {', '.join(_SOURCE_SCHEMES)}")
+        return v
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "base": BaseParams,
+    "ingest": IngestParams,
+}
+
+
+def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """Describe the keys allowed at ``loc`` (the parent of an unknown key)."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            break
+        model = field.annotation
+    return "known keys: " + ", ".join(model.model_fields)
+
+
+def _describe(model: type[BaseModel], section: str, err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join([section, *map(str, loc)])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key {key} (value {e['input']!r}); {_allowed(model, loc[:-1])}")
+            continue
+        field_doc = ""
+        parent: type[BaseModel] | None = model
+        for part in loc:
+            f = parent.model_fields.get(str(part)) if parent else None
+            if f is None:
+                break
+            field_doc = f.description or ""
+            parent = f.annotation if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel) else None
+        ctx = e.get("ctx") or {}
+        ops = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+        bounds = " and ".join(f"{ops[k]} {v}" for k, v in ctx.items() if k in ops)
+        hint = "; ".join(x for x in (f"a value {bounds}" if bounds else "", field_doc) if x)
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{source}: {key} = {e['input']!r}: {msg}" + (f" (allowed: {hint})" if hint else ""))
+    return "\n".join(lines)
+
+
+def parse_section(name: str, raw: Any, source: str = "params.yaml") -> _Section:
+    """Validate one section's raw mapping.
+
+    Raises:
+        ParamsError: unknown section, unknown key or ill-typed value (message names all of them).
+    """
+    if name not in SECTIONS:
+        raise ParamsError(f"{source}: unknown section {name!r}; known sections: {', '.join(SECTIONS)}")
+    model = SECTIONS[name]
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: section {name!r} must be a mapping, got {type(raw).__name__} {raw!r}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_describe(model, name, err, source)) from None
+
+
+def read_params_file(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read params.yaml as a mapping; unknown top-level sections are rejected."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found (run from the repository root or pass --params)") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ParamsError(f"{path}: unknown section(s) {unknown}; known sections: {', '.join(SECTIONS)}")
+    return raw
+
+
+def load_section(name: str, path: str | Path = "params.yaml") -> _Section:
+    """Load and validate one section of ``path`` (missing keys take their defaults)."""
+    raw = read_params_file(path)
+    return parse_section(name, raw.get(name), source=str(path))
+
+
+def load_all(path: str | Path = "params.yaml") -> dict[str, _Section]:
+    """Load and validate every section of ``path``."""
+    raw = read_params_file(path)
+    return {name: parse_section(name, raw.get(name), source=str(path)) for name in SECTIONS}

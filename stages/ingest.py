@@ -1,0 +1,35 @@
+"""DVC stage `ingest`: bring the configured source into data/raw/ (see cxr.ingest)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from cxr.ingest import ingest
+from cxr.params import ParamsError, load_section
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--out", required=True, help="output directory (data/raw)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        base = load_section("base", args.params)
+        params = load_section("ingest", args.params)
+    except ParamsError as exc:
+        logging.getLogger("ingest").error("%s", exc)
+        return 2
+    summary = ingest(params.source, args.out, params, seed=base.seed)
+    logging.getLogger("ingest").info("ingest done: %s", {k: v for k, v in summary.items() if k != "files"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
