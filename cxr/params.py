@@ -57,11 +57,32 @@ class SyntheticParams(_Section):
     workers: int = Field(0, ge=0, le=256, description="worker processes; 0 = one per CPU core")
 
 
+class GcsParams(_Section):
+    """Options of ``gs://bucket/prefix`` sources (credentials: application default credentials)."""
+
+    anonymous: bool = Field(False, description="anonymous access (public buckets); otherwise ADC / GOOGLE_APPLICATION_CREDENTIALS")
+    project: str | None = Field(None, description="billing project for requester-pays buckets; None = from credentials")
+    workers: int = Field(8, ge=1, le=64, description="parallel downloads (threads)")
+    retries: int = Field(5, ge=0, le=20, description="retries per file on transient errors")
+    backoff: float = Field(0.5, ge=0, le=60, description="first retry delay in seconds (doubles each retry)")
+    extract_zips: bool = Field(True, description="extract .zip blobs into a folder of the same name (safe extraction)")
+
+
+class LocalParams(_Section):
+    """Options of local-directory sources."""
+
+    mode: Literal["auto", "hardlink", "symlink", "copy"] = Field(
+        "auto", description="how files enter data/raw: auto = hardlink when possible, else copy"
+    )
+
+
 class IngestParams(_Section):
     """Where the raw data come from."""
 
     source: str = Field("synthetic://default", description="synthetic://<profile> | gs://bucket/prefix | directory")
     synthetic: SyntheticParams = SyntheticParams()
+    gcs: GcsParams = GcsParams()
+    local: LocalParams = LocalParams()
 
     @field_validator("source")
     @classmethod
@@ -84,9 +105,42 @@ class IngestParams(_Section):
         return v
 
 
+class ConvertParams(_Section):
+    """Every source image -> a normalised PNG + one row of images.parquet (see cxr.convert)."""
+
+    size: int = Field(512, ge=16, le=8192, description="output size in pixels of the side chosen by `side`")
+    side: Literal["long", "short"] = Field("long", description="which side is resized to `size` (aspect kept)")
+    square: Literal["none", "pad", "crop"] = Field(
+        "pad", description="make the output size x size: pad (black, centred), centre-crop, or none"
+    )
+    bits: Literal[8, 16] = Field(8, description="PNG bit depth")
+    voi: Literal["window", "full"] = Field(
+        "window", description="window = DICOM VOI LUT / window centre-width when present; full = min..max"
+    )
+    max_pixels: int = Field(60_000_000, ge=1, description="refuse larger images (decompression-bomb guard)")
+    max_failure_fraction: float = Field(
+        0.1, ge=0, le=1, description="fail the stage when more than this fraction of images are errors"
+    )
+    workers: int = Field(0, ge=0, le=256, description="worker processes; 0 = one per core, 1 = serial")
+    scheduler: str | None = Field(None, description="Dask scheduler address (tcp://host:8786); None = local processes")
+    chunk_size: int = Field(8, ge=1, le=4096, description="images per task sent to a worker")
+    png_compress_level: int = Field(6, ge=0, le=9, description="zlib level of the PNG writer (speed vs size)")
+
+    @field_validator("scheduler")
+    @classmethod
+    def _check_scheduler(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip()
+        if not re.match(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$", v):
+            raise ValueError(f"malformed Dask scheduler address {v!r}; expected tcp://host:port")
+        return v
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "base": BaseParams,
     "ingest": IngestParams,
+    "convert": ConvertParams,
 }
 
 

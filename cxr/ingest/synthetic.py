@@ -1,0 +1,16 @@
+"""``synthetic://<profile>`` source: generate the built-in cohort (see :mod:`cxr.synth`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cxr.ingest import register_source
+from cxr.params import IngestParams
+
+
+@register_source("synthetic")
+def ingest_synthetic(location: str, out_dir: Path, params: IngestParams, seed: int) -> dict:
+    from cxr.synth.generate import generate
+
+    summary = generate(out_dir, profile=location, seed=seed, params=params.synthetic)
+    return {"source": f"synthetic://{location}", **summary}
