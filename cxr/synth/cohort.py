@@ -243,13 +243,15 @@ def _plan_image(dataset: str, view: str, index: int, profile: Profile, rng: np.r
     else:
         rows, cols = short_side, long_side
     if dataset == "mimic":
+        # Acquisition settings cycle with the image index (at different periods), so even a
+        # tiny cohort covers every transfer syntax, photometric, bit depth and rescale case.
         image_id = "-".join(_hex(rng, 4) for _ in range(5))
         acq = {
-            "photometric": "MONOCHROME1" if rng.random() < 0.3 else "MONOCHROME2",
-            "bits_stored": int(rng.choice([12, 14, 16])),
-            "rescale": [(1.0, 0.0), (1.0, -1024.0), (2.0, 0.0), (0.5, 100.0)][int(rng.choice(4, p=[0.55, 0.15, 0.15, 0.15]))],
-            "window": bool(rng.random() < 0.5),
-            "transfer_syntax": str(rng.choice(["explicit_le", "rle", "j2k"], p=[0.4, 0.3, 0.3])),
+            "photometric": "MONOCHROME1" if index % 4 == 1 else "MONOCHROME2",
+            "bits_stored": (12, 14, 16)[(index // 3) % 3],
+            "rescale": ((1.0, 0.0), (1.0, -1024.0), (1.0, 0.0), (2.0, 0.0), (0.5, 100.0))[index % 5],
+            "window": index % 2 == 0,
+            "transfer_syntax": ("explicit_le", "rle", "j2k")[index % 3],
             "spacing": round(float(rng.uniform(0.14, 0.2)) * 2500 / long_side, 4),
             "modality": str(rng.choice(["CR", "DX"])),
         }

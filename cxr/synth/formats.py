@@ -110,7 +110,12 @@ def dicom_bytes(image01: np.ndarray, patient: Patient, study: Study, im: ImagePl
         if syntax == ExplicitVRLittleEndian:
             ds.PixelData = stored.tobytes()
         else:
-            ds.compress(syntax, stored, encoding_plugin="pylibjpeg" if syntax == JPEG2000Lossless else "")
+            ds.compress(
+                syntax,
+                stored,
+                encoding_plugin="pylibjpeg" if syntax == JPEG2000Lossless else "",
+                generate_instance_uid=False,  # keep the deterministic UID
+            )
     else:
         meta.TransferSyntaxUID = TRANSFER_SYNTAXES[acq["transfer_syntax"]]
     buf = io.BytesIO()

@@ -116,7 +116,7 @@ def generate(out_dir: str | Path, profile: str, seed: int, params: SyntheticPara
             "generator_version": GENERATOR_VERSION,
             "profile": profile,
             "seed": seed,
-            "params": params.model_dump(),
+            "params": params.model_dump(exclude={"workers"}),  # output does not depend on workers
             "counts": counts,
         }
         cio.write_json(tmp / "manifest.json", summary)

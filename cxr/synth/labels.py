@@ -83,11 +83,19 @@ def pattern_values(pattern: str) -> dict[str, float]:
 
 
 def reference_prevalence(table: pd.DataFrame, uncertain_positive_rate: float) -> pd.Series:
-    """Expected truth prevalence per observation implied by ``table`` (count-weighted)."""
+    """Expected truth prevalence per observation implied by ``table`` (count-weighted).
+
+    A ``-1`` counts as present with probability ``uncertain_positive_rate``. "No Finding" is
+    derived as the generator derives it: no observation other than Support Devices present.
+    """
     w = table["count"].to_numpy(dtype=float)
     out = {}
+    p_clear = np.ones(len(table))
     for i, name in enumerate(CHEXPERT14):
         ch = table["pattern"].str[i].to_numpy()
         p = (ch == "1") + uncertain_positive_rate * (ch == "u")
         out[name] = float((w * p).sum() / w.sum())
+        if name not in ("No Finding", "Support Devices"):
+            p_clear = p_clear * (1.0 - p)
+    out["No Finding"] = float((w * p_clear).sum() / w.sum())
     return pd.Series(out)

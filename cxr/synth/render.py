@@ -299,7 +299,7 @@ def _render_frontal(an: Anatomy, findings: list[Finding], view: str, frame: Fram
                 fluid = _soft(Y - surface, 0.03) * (0.75 + 0.25 * _soft(Y - surface - 0.06, 0.05)) * _soft(np.minimum(u - 0.04, an.wl + 0.01 - u), w) * _soft(base[side] + 0.03 - Y, w)
                 air_total = air_total * (1 - 0.9 * fluid)
                 extra += 0.1 * a * fluid
-                add_box("Effusion", (fluid > 0.5) & (lung_full[side] > 0.2) | (fluid > 0.5) & (Y < dome + 0.02) & (Y > surface), f.name)
+                add_box("Effusion", (fluid > 0.5) & (lung_full[side] > 0.2), f.name)
         elif f.name == "Pneumothorax":
             side = sides[0]
             sg = -1.0 if side == "right" else 1.0

@@ -1,0 +1,59 @@
+"""params.yaml schema: defaults load, and every kind of bad value fails with a helpful message."""
+
+from __future__ import annotations
+
+import pytest
+
+from cxr.params import ParamsError, load_all, load_section, parse_section
+
+
+def test_repository_params_load(repo_root):
+    sections = load_all(repo_root / "params.yaml")
+    assert sections["base"].seed >= 0
+    assert sections["ingest"].source == "synthetic://default"
+
+
+@pytest.mark.parametrize(
+    ("section", "raw", "needles"),
+    [
+        ("base", {"seed": "abc"}, ["base.seed", "'abc'", "integer"]),
+        ("base", {"seed": -1}, ["base.seed", "-1", ">= 0"]),
+        ("base", {"sed": 1}, ["unknown key base.sed", "known keys: seed, label_space, image_size"]),
+        ("base", {"label_space": "foo"}, ["base.label_space", "'foo'", "chexpert14"]),
+        ("base", {"image_size": 8}, ["base.image_size", "8", ">= 32"]),
+        ("ingest", {"synthetic": {"signal": 0}}, ["ingest.synthetic.signal", "0", "> 0"]),
+        ("ingest", {"synthetic": {"bogus": 1}}, ["unknown key ingest.synthetic.bogus", "known keys: signal"]),
+        ("ingest", {"synthetic": {"broken_fraction": 0.9}}, ["ingest.synthetic.broken_fraction", "0.9", "<= 0.5"]),
+        ("ingest", {"source": "ftp://host/x"}, ["ingest.source", "unsupported source scheme 'ftp'", "gs://"]),
+        ("ingest", {"source": "synthetic://huge"}, ["unknown synthetic profile 'huge'", "tiny"]),
+        ("ingest", {"source": "gs://"}, ["ingest.source", "malformed GCS URL"]),
+        ("ingest", "not-a-mapping", ["section 'ingest' must be a mapping"]),
+        ("nosuch", {}, ["unknown section 'nosuch'", "known sections"]),
+    ],
+)
+def test_bad_values_are_named(section, raw, needles):
+    with pytest.raises(ParamsError) as exc:
+        parse_section(section, raw)
+    msg = str(exc.value)
+    for needle in needles:
+        assert needle in msg, f"{needle!r} not in {msg!r}"
+
+
+def test_sections_are_frozen():
+    base = parse_section("base", {"seed": 3})
+    with pytest.raises(Exception):
+        base.seed = 4  # type: ignore[misc]
+
+
+def test_file_level_errors(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ParamsError, match="not found"):
+        load_section("base", missing)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_section("base", bad)
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("base: {seed: 1}\ntrian: {lr: 0.1}\n")
+    with pytest.raises(ParamsError, match=r"unknown section\(s\) \['trian'\]"):
+        load_section("base", extra)
