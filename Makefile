@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test bench clean-venv
+.PHONY: setup repro test clean-venv
 
 setup: $(STAMP)
 

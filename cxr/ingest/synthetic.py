@@ -12,5 +12,4 @@ from cxr.params import IngestParams
 def ingest_synthetic(location: str, out_dir: Path, params: IngestParams, seed: int) -> dict:
     from cxr.synth.generate import generate
 
-    summary = generate(out_dir, profile=location, seed=seed, params=params.synthetic)
-    return {"source": f"synthetic://{location}", **summary}
+    return generate(out_dir, profile=location, seed=seed, params=params.synthetic, source=f"synthetic://{location}")

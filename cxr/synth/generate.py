@@ -80,7 +80,14 @@ def _make_image(task: tuple) -> dict:
     return out
 
 
-def generate(out_dir: str | Path, profile: str, seed: int, params: SyntheticParams, progress: bool = True) -> dict:
+def generate(
+    out_dir: str | Path,
+    profile: str,
+    seed: int,
+    params: SyntheticParams,
+    progress: bool = True,
+    source: str | None = None,
+) -> dict:
     """Generate a cohort into ``out_dir`` (replaced atomically when complete).
 
     Args:
@@ -89,6 +96,7 @@ def generate(out_dir: str | Path, profile: str, seed: int, params: SyntheticPara
         seed: master seed.
         params: the ``ingest.synthetic`` params section.
         progress: show a progress bar.
+        source: the ``ingest.source`` string, recorded in the manifest (default ``synthetic://<profile>``).
 
     Returns:
         The summary also written to ``manifest.json``.
@@ -112,6 +120,7 @@ def generate(out_dir: str | Path, profile: str, seed: int, params: SyntheticPara
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
         summary = {
+            "source": source or f"synthetic://{profile}",
             "generator": "cxr.synth",
             "generator_version": GENERATOR_VERSION,
             "profile": profile,
