@@ -203,17 +203,21 @@ def _render_frontal(an: Anatomy, findings: list[Finding], view: str, frame: Fram
     ap = view == "AP"
 
     # geometry modified by findings
+    # Every effect of a finding, geometric ones included, scales with `signal`, so that
+    # signal -> 0 leaves only the normal anatomy (a true null for the difficulty benchmark).
+    a = signal
     ctr = an.ctr
     if "Cardiomegaly" in by_name:
-        ctr = 0.53 + 0.07 * _SEVERITY[by_name["Cardiomegaly"].severity or "moderate"]
+        target = 0.53 + 0.07 * _SEVERITY[by_name["Cardiomegaly"].severity or "moderate"]
+        ctr = an.ctr + (target - an.ctr) * min(a, 1.5)
     heart_w = ctr * 2 * an.wl * (1.12 if ap else 1.0)
-    med_w = an.med_w * (1.55 if "Enlarged Cardiomediastinum" in by_name else 1.0) * (1.1 if ap else 1.0)
+    med_w = an.med_w * (1 + 0.55 * min(a, 1.5) * ("Enlarged Cardiomediastinum" in by_name)) * (1.1 if ap else 1.0)
     inflation = 0.93 if ap else 1.0
     base = {"right": an.base_r * inflation, "left": an.base_l * inflation}
     atel = by_name.get("Atelectasis")
     if atel is not None:
         for side in ("right", "left") if atel.side == "bilateral" else (atel.side,):
-            base[side] -= 0.04
+            base[side] -= 0.04 * min(a, 1.5)
 
     # body outline: neck, sloping shoulders, chest wall; thickness falls off laterally
     ax = np.abs(X)
@@ -263,7 +267,7 @@ def _render_frontal(an: Anatomy, findings: list[Finding], view: str, frame: Fram
             ang = math.radians(vr.uniform(-80, 80))
             _branch(vdraw, painter, np.array(hila[side]), sg, ang, 0.16, 0.016, vr, depth=0)
     edema = by_name.get("Edema")
-    vessels = painter.array(vessel_img, sigma=1.8 if edema else 0.9)
+    vessels = painter.array(vessel_img, sigma=0.9 + (0.9 * min(a, 1.5) if edema else 0.0))
 
     density = soft_tissue.copy()
     air_total = lung_air["right"] + lung_air["left"]
@@ -281,7 +285,6 @@ def _render_frontal(an: Anatomy, findings: list[Finding], view: str, frame: Fram
             boxes.append((label, b))
             finding_masks[name] = finding_masks.get(name, np.zeros_like(mask)) | mask
 
-    a = signal
     extra = np.zeros_like(X)
 
     for f in findings:
@@ -297,7 +300,7 @@ def _render_frontal(an: Anatomy, findings: list[Finding], view: str, frame: Fram
                 rel = np.clip((u - 0.06) / (an.wl - 0.06), 0, 1)
                 surface = base[side] - depth - (0.08 + 0.5 * depth) * rel**3  # meniscus climbs laterally
                 fluid = _soft(Y - surface, 0.03) * (0.75 + 0.25 * _soft(Y - surface - 0.06, 0.05)) * _soft(np.minimum(u - 0.04, an.wl + 0.01 - u), w) * _soft(base[side] + 0.03 - Y, w)
-                air_total = air_total * (1 - 0.9 * fluid)
+                air_total = air_total * (1 - min(0.9, 0.9 * a) * fluid)
                 extra += 0.1 * a * fluid
                 add_box("Effusion", (fluid > 0.5) & (lung_full[side] > 0.2), f.name)
         elif f.name == "Pneumothorax":
@@ -309,7 +312,7 @@ def _render_frontal(an: Anatomy, findings: list[Finding], view: str, frame: Fram
             dist = np.minimum(lat - u, (Y + 0.02) * 1.3)
             inside = lung_full[side] * _soft(wpt - dist, w)
             pleural_line = lung_full[side] * np.exp(-(((dist - wpt) * frame.s / 1.1) ** 2))
-            markings = markings * (1 - inside)
+            markings = markings * (1 - min(a, 1.0) * inside)
             air_total = air_total + 0.25 * a * inside
             extra += 0.09 * a * pleural_line
             add_box("Pneumothorax", (inside > 0.5), f.name)
@@ -319,7 +322,7 @@ def _render_frontal(an: Anatomy, findings: list[Finding], view: str, frame: Fram
             for side in sides:
                 blob = _patchy(X, Y, side, f.zone or "lower", 0.07 + 0.035 * sev, fr) * lung_full[side]
                 extra += strength * a * blob
-                air_total = air_total * (1 - 0.35 * blob)
+                air_total = air_total * (1 - min(0.35 * a, 0.7) * blob)
                 add_box(label, blob > 0.35, f.name)
         elif f.name == "Atelectasis":
             for side in sides:
@@ -329,13 +332,13 @@ def _render_frontal(an: Anatomy, findings: list[Finding], view: str, frame: Fram
                 px_, py_ = (X - cx_) * math.cos(t) + (Y - cy_) * math.sin(t), -(X - cx_) * math.sin(t) + (Y - cy_) * math.cos(t)
                 band = _soft(1 - np.sqrt((px_ / (0.09 + 0.03 * sev)) ** 2 + (py_ / 0.022) ** 2), 0.35) * lung_full[side]
                 extra += 0.2 * a * band
-                air_total = air_total * (1 - 0.4 * band)
+                air_total = air_total * (1 - min(0.4 * a, 0.8) * band)
                 add_box("Atelectasis", band > 0.4, f.name)
         elif f.name == "Edema":
             haze = sum(np.exp(-(((X - hx_) / (0.16 * sev)) ** 2 + ((Y - hy_) / (0.2 * sev)) ** 2)) for hx_, hy_ in hila.values())
             haze = haze * (lung_full["right"] + lung_full["left"])
             extra += 0.13 * a * sev * haze
-            air_total = air_total * (1 - 0.25 * haze)
+            air_total = air_total * (1 - min(0.25 * a, 0.5) * haze)
             finding_masks[f.name] = haze > 0.3
         elif f.name == "Lung Lesion":
             side = sides[0]
@@ -384,7 +387,7 @@ def _render_frontal(an: Anatomy, findings: list[Finding], view: str, frame: Fram
     metal = np.zeros_like(X)
     devices = by_name.get("Support Devices")
     if devices is not None:
-        metal = _devices(painter, devices.kind or "", frame, base, np.random.default_rng([devices.seed, 5]))
+        metal = min(a, 1.0) * _devices(painter, devices.kind or "", frame, base, np.random.default_rng([devices.seed, 5]))
 
     breast = 0.0
     if an.female:
@@ -552,14 +555,14 @@ def _render_lateral(an: Anatomy, findings: list[Finding], frame: Frame, rows: in
     lung = _soft(np.minimum(shape, dome - Y), w)
     scale = 1.0
     if "Cardiomegaly" in by_name:
-        scale = 1.25
+        scale = 1 + 0.25 * min(signal, 1.5)
     heart = _soft(1 - np.hypot((X + 0.16) / (0.2 * scale), (Y - 0.72) / (0.2 * scale)), 0.05)
     air = lung * (1 - heart)
     extra = np.zeros_like(X)
     eff = by_name.get("Pleural Effusion")
     if eff is not None:
         fluid = _soft(Y - (base - 0.12 - 0.1 * np.clip((X - 0.1) / 0.3, 0, 1)), 0.015) * lung * _soft(X + 0.05, 0.02)
-        air = air * (1 - 0.9 * fluid)
+        air = air * (1 - min(0.9, 0.9 * signal) * fluid)
         extra += 0.1 * signal * fluid
     for f in findings:
         if f.name in ("Consolidation", "Pneumonia", "Lung Opacity"):
