@@ -306,7 +306,8 @@ def truth_frame(patients: list[Patient]) -> pd.DataFrame:
     rows = []
     for p, s, im in iter_images(patients):
         row = {
-            "image_id": im.image_id,
+            # the pipeline's image id is the file stem (PadChest's ImageID keeps ".png")
+            "image_id": im.image_id.removesuffix(".png"),
             "dataset": p.dataset,
             "patient_id": p.patient_id,
             "study_id": s.study_id,

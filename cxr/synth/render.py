@@ -543,35 +543,63 @@ def _region_findings(regions, finding_masks, shape) -> dict[str, set[str]]:
 
 def _render_lateral(an: Anatomy, findings: list[Finding], frame: Frame, rows: int, cols: int,
                     rng: np.random.Generator, signal: float) -> Rendered:
-    """Left lateral: anterior to image left, spine on the right."""
+    """Left lateral view: anterior to image left, spine on the right.
+
+    Lungs superimpose into one field bounded by the sternum in front, the spine behind and the
+    diaphragm below (sloping down to the deep posterior costophrenic sulcus); the heart fills
+    the anterior-inferior field; arms overlie the apex; the trachea runs down the upper middle.
+    """
     X, Y = frame.grid(rows, cols)
     w = 1.2 / frame.s
+    a = signal
     by_name = {f.name: f for f in findings}
-    body = _soft(1 - np.sqrt((X / 0.58) ** 2 + ((Y - 0.5) / 1.1) ** 2) ** 2.2, 0.02)
-    arms = _soft(0.2 - np.abs(Y + 0.05), 0.05) * _soft(0.5 - np.abs(X), 0.03)
-    base = an.base_r + 0.03
-    dome = base - 0.16 * np.clip(1 - ((X - 0.02) / 0.42) ** 2, 0, 1) + 0.08 * np.clip(X, 0, 1)
-    shape = 1 - np.sqrt((X / 0.4) ** 2 + ((Y - 0.5) / 0.6) ** 2)
-    lung = _soft(np.minimum(shape, dome - Y), w)
-    scale = 1.0
-    if "Cardiomegaly" in by_name:
-        scale = 1 + 0.25 * min(signal, 1.5)
-    heart = _soft(1 - np.hypot((X + 0.16) / (0.2 * scale), (Y - 0.72) / (0.2 * scale)), 0.05)
-    air = lung * (1 - heart)
+    # body: an anteroposterior cross-section, flatter in front
+    front_wall = -0.47 + 0.1 * ((Y - 0.5) / 0.8) ** 2
+    back_wall = 0.55 - 0.06 * ((Y - 0.4) / 0.8) ** 2
+    body = _soft(np.minimum.reduce([X - front_wall, back_wall - X, Y + 0.35]), 0.015)
+    thickness = np.sqrt(np.clip(1 - ((X - 0.02) / 0.55) ** 2, 0, 1))
+    arms = _soft(0.16 - np.abs(Y + 0.02), 0.06) * body
+    # lung field
+    base = an.base_r + 0.04
+    dome = base - 0.12 - 0.14 * np.clip(1 - ((X + 0.02) / 0.36) ** 2, 0, 1) + 0.16 * np.clip((X - 0.05) / 0.35, 0, 1) ** 2
+    front = X + 0.36 + 0.05 * np.clip(Y, 0, 1)  # retrosternal border
+    back = 0.38 - X - 0.04 * np.clip(1 - Y, 0, 1)  # posterior border, in front of the spine
+    apex = Y + 0.06 - 0.55 * (X / 0.4) ** 2
+    lung = _soft(np.minimum.reduce([front, back, dome - Y, apex]), 2 * w)
+    heart_scale = 1 + 0.25 * min(a, 1.5) * ("Cardiomegaly" in by_name)
+    heart = _soft(1 - np.hypot((X + 0.14) / (0.21 * heart_scale), (Y - 0.78) / (0.24 * heart_scale)), 0.06)
+    air = lung * (1 - 0.85 * heart)
+    trachea = _soft(0.025 - np.abs(X + 0.02 - 0.08 * Y), w) * _soft(0.38 - Y, 0.02)
+    hilum = np.exp(-(((X - 0.0) / 0.08) ** 2 + ((Y - 0.45) / 0.1) ** 2))
+    texture = ndimage.gaussian_filter(rng.normal(0, 1, X.shape).astype(np.float32), 2.5 * frame.s / 200)
     extra = np.zeros_like(X)
     eff = by_name.get("Pleural Effusion")
     if eff is not None:
-        fluid = _soft(Y - (base - 0.12 - 0.1 * np.clip((X - 0.1) / 0.3, 0, 1)), 0.015) * lung * _soft(X + 0.05, 0.02)
-        air = air * (1 - min(0.9, 0.9 * signal) * fluid)
-        extra += 0.1 * signal * fluid
+        level = base - 0.06 - {"mild": 0.06, "moderate": 0.14, "severe": 0.24}[eff.severity or "moderate"]
+        fluid = _soft(Y - (level - 0.12 * np.clip((X - 0.05) / 0.3, 0, 1)), 0.02) * lung * _soft(X + 0.1, 0.03)
+        air = air * (1 - min(0.9, 0.9 * a) * fluid)
+        extra += 0.08 * a * fluid
     for f in findings:
         if f.name in ("Consolidation", "Pneumonia", "Lung Opacity"):
             fr = np.random.default_rng([f.seed, 11])
-            blob = _patchy(X - 0.2, Y, "left", f.zone or "lower", 0.08, fr) * lung
-            extra += 0.2 * signal * blob
-    spine = _soft(0.05 - np.abs(X - 0.45), w) * (0.75 + 0.25 * (np.mod(Y * 11.5, 1.0) > 0.15))
-    sternum = _soft(0.015 - np.abs(X + 0.5 + 0.05 * Y), w) * _soft(0.65 - Y, 0.02) * _soft(Y + 0.05, 0.02)
-    density = body * 0.55 + 0.1 * arms - 0.34 * air * (1 - 0.5 * arms) + 0.06 * heart + 0.1 * spine + 0.08 * sternum + extra
+            blob = _patchy(X + 0.24, Y, "right", f.zone or "lower", 0.08, fr) * lung
+            extra += 0.18 * a * blob
+            air = air * (1 - min(0.35 * a, 0.7) * blob)
+    vert = np.mod(Y * 11.5 + 0.3 * X, 1.0)
+    spine = _soft(0.07 - np.abs(X - 0.47 + 0.03 * Y), w) * np.where(vert > 0.18, 1.0, 0.55)
+    sternum = _soft(0.018 - np.abs(X + 0.42 + 0.05 * Y), w) * _soft(0.62 - Y, 0.02) * _soft(Y + 0.05, 0.02)
+    density = (
+        body * (0.34 + 0.2 * thickness)
+        + 0.1 * arms
+        - 0.42 * np.clip(air, 0, 1) * (1 - 0.45 * arms)
+        + 0.05 * hilum * lung
+        + 0.04 * texture * lung
+        + 0.05 * heart
+        - 0.08 * trachea
+        + 0.12 * spine
+        + 0.08 * sternum
+        + extra
+    )
     return Rendered(image=density)
 
 
