@@ -44,6 +44,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     s.add_argument("--params", type=Path, default=None, help="take ingest.synthetic from this params.yaml")
     s.add_argument("--preview", type=Path, default=None, help="also write a contact sheet PNG here")
     s.set_defaults(func=_cmd_synth)
+    from cxr.labeler.cli import add_label_parser
+
+    add_label_parser(sub)
     return p
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-LABEL_SPACES = ("chexpert14", "chestxray14", "binary")
+LABEL_SPACES = ("chexpert14", "chestxray14", "anaxnet9", "padchest22", "binary")
 SYNTHETIC_PROFILES = ("default", "tiny")
 _SOURCE_SCHEMES = ("synthetic://<profile>", "gs://<bucket>/<prefix>", "file://<dir> or a plain directory path")
 
@@ -34,7 +34,7 @@ class BaseParams(_Section):
     """Shared by every stage."""
 
     seed: int = Field(42, ge=0, le=2**32 - 1, description="master random seed")
-    label_space: Literal["chexpert14", "chestxray14", "binary"] = Field(
+    label_space: Literal["chexpert14", "chestxray14", "anaxnet9", "padchest22", "binary"] = Field(
         "chexpert14", description="label space the models are trained on"
     )
     image_size: int = Field(256, ge=32, le=4096, description="model input side in pixels")
@@ -124,7 +124,12 @@ class ConvertParams(_Section):
     workers: int = Field(0, ge=0, le=256, description="worker processes; 0 = one per core, 1 = serial")
     scheduler: str | None = Field(None, description="Dask scheduler address (tcp://host:8786); None = local processes")
     chunk_size: int = Field(8, ge=1, le=4096, description="images per task sent to a worker")
-    png_compress_level: int = Field(6, ge=0, le=9, description="zlib level of the PNG writer (speed vs size)")
+    png_compress_level: int = Field(
+        3, ge=0, le=9, description="zlib level of the PNG writer: 3 is ~2.4x faster than 6 for ~12% larger files"
+    )
+    draft: bool = Field(
+        True, description="decode JPEG 2000 / JPEG at a reduced resolution when the output is smaller (faster)"
+    )
 
     @field_validator("scheduler")
     @classmethod
@@ -137,10 +142,75 @@ class ConvertParams(_Section):
         return v
 
 
+LABEL_SOURCES = ("chexpert", "nih", "padchest", "mimic", "labeller", "imagenome")
+_UNCERTAINTY = Literal["ones", "zeros", "ignore"]
+
+
+class UncertaintyParams(_Section):
+    """How stored -1 (uncertain) and blank labels become training targets (applied at training time)."""
+
+    default: _UNCERTAINTY = Field("ignore", description="U-Ones (ones), U-Zeros (zeros) or U-Ignore (ignore)")
+    per_class: dict[str, _UNCERTAINTY] = Field(default_factory=dict, description="label name -> policy")
+    blank: Literal["zeros", "ignore"] = Field("zeros", description="not mentioned: negative (zeros) or masked (ignore)")
+
+
+class LabelParams(_Section):
+    """Report labeller and label merge (the ``label`` stage); target space is ``base.label_space``."""
+
+    vocabulary: Literal["chexpert14", "chestxray14"] = Field("chexpert14", description="labeller vocabulary")
+    sections: list[str] = Field(
+        default_factory=lambda: ["findings", "impression"], min_length=1, description="report sections labelled"
+    )
+    precedence: list[str] = Field(
+        default_factory=lambda: list(LABEL_SOURCES), description=f"label sources, strongest first: {LABEL_SOURCES}"
+    )
+    unknown_labels: Literal["error", "count"] = Field("error", description="unknown label strings in dataset files")
+    uncertainty: UncertaintyParams = UncertaintyParams()
+
+    @field_validator("sections")
+    @classmethod
+    def _check_sections(cls, v: list[str]) -> list[str]:
+        v = [s.strip().lower() for s in v]
+        if any(not s for s in v):
+            raise ValueError("empty section name")
+        return v
+
+    @field_validator("precedence")
+    @classmethod
+    def _check_precedence(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if s not in LABEL_SOURCES]
+        if bad or len(set(v)) != len(v) or set(v) != set(LABEL_SOURCES):
+            raise ValueError(f"must list each of {list(LABEL_SOURCES)} exactly once (got {v})")
+        return v
+
+
+class SplitParams(_Section):
+    """Patient-level iterative stratified split (the ``split`` stage)."""
+
+    train: float = Field(0.7, gt=0, lt=1, description="fraction of patients in train")
+    val: float = Field(0.1, ge=0, lt=1, description="fraction of patients in val")
+    test: float = Field(0.2, gt=0, lt=1, description="fraction of patients in test")
+    official: list[Literal["mimic", "nih"]] = Field(
+        default_factory=list, description="honour official splits: mimic (split csv), nih (test_list.txt)"
+    )
+    order: int = Field(1, ge=1, le=2, description="label-combination order of iterative stratification")
+
+    @model_validator(mode="after")
+    def _check_sum(self) -> SplitParams:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split.train + split.val + split.test must be 1, got {total:g}")
+        return self
+
+
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "base": BaseParams,
     "ingest": IngestParams,
     "convert": ConvertParams,
+    "label": LabelParams,
+    "split": SplitParams,
 }
 
 

@@ -1,0 +1,555 @@
+"""Decode one radiograph (DICOM, 16-bit PNG, 8-bit PNG/JPEG) into a display-ready float image.
+
+Every reader returns a :class:`Decoded`: a float32 array in ``[0, 1]`` where **0 is dark and lungs
+are dark** (MONOCHROME2 orientation), plus the non-identifying header facts that go into
+``images.parquet``. DICOM decoding follows PS3.3 C.11 in the order the standard prescribes:
+
+1. stored values masked to *Bits Stored* (sign-extended when *Pixel Representation* is 1);
+2. modality LUT (*Rescale Slope/Intercept* or a *Modality LUT Sequence*);
+3. VOI: a *VOI LUT Sequence* or *Window Center/Width* (with *VOI LUT Function*) when present and
+   ``voi="window"``; otherwise the full range of the image (min..max);
+4. MONOCHROME1 inverted, so every output shows lungs dark.
+
+Problems the caller should record rather than crash on raise :class:`DecodeError` (a failure:
+truncated file, missing pixel data, unsupported transfer syntax, decompression bomb) or
+:class:`NotRadiograph` (a valid object that is not a chest radiograph: structured reports, CT,
+a knee; recorded as *skipped*).
+
+No PHI leaves this module: only the header fields named in :data:`SAFE_FIELDS` are read into
+the metadata, and patient/study identifiers are replaced by unsalted SHA-256 pseudonyms
+(:func:`pseudonym`) so that patient-level splits still work on datasets without a metadata table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+Voi = Literal["window", "full"]
+
+#: Modalities of projection radiography. Anything else with pixel data is skipped.
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "OT"})
+#: Modalities that never carry an image (reports, presentation states, key objects ...).
+NON_IMAGE_MODALITIES = frozenset(
+    {"SR", "PR", "KO", "DOC", "REG", "RWV", "SEG", "PLAN", "AU", "ECG", "RTPLAN", "RTSTRUCT", "RTRECORD"}
+)
+#: Substrings of BodyPartExamined that mean "chest" (English, Spanish, Latin spellings seen in the wild).
+CHEST_WORDS = ("CHEST", "THORAX", "TORAX", "TÓRAX", "LUNG", "PULM", "PECHO", "THORAC", "TORACIC")
+#: The only header fields copied out of a DICOM (besides pseudonymised identifiers).
+SAFE_FIELDS = (
+    "Modality",
+    "BodyPartExamined",
+    "ViewPosition",
+    "PatientSex",
+    "PatientAge",
+    "Rows",
+    "Columns",
+    "BitsStored",
+    "PhotometricInterpretation",
+    "PixelSpacing",
+    "ImagerPixelSpacing",
+)
+
+
+class DecodeError(RuntimeError):
+    """The file could not be decoded into an image (truncated, no pixel data, unsupported ...).
+
+    ``meta`` holds whatever the header did tell (size, bits, transfer syntax ...), or is empty.
+    """
+
+    meta: dict[str, Any] = {}
+
+
+class NotRadiograph(RuntimeError):
+    """A readable object that is not a chest radiograph; the converter records it as skipped."""
+
+    meta: dict[str, Any] = {}
+
+
+@dataclass
+class Decoded:
+    """One decoded image and its non-identifying facts.
+
+    Attributes:
+        image: float32 ``[H, W]`` array in ``[0, 1]``, lungs dark (MONOCHROME2 orientation).
+        meta: ``rows``, ``cols`` (original size), ``bits``, ``photometric``, ``transfer_syntax``,
+            ``pixel_spacing`` (mm, row direction, or NaN), ``view``, ``sex``, ``age`` and, for
+            DICOM, ``patient_pseudonym`` / ``study_pseudonym`` (SHA-256 of the header ids).
+    """
+
+    image: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def pseudonym(value: str, kind: str) -> str:
+    """Stable, non-reversible stand-in for a header identifier (``kind`` keeps patients and studies apart)."""
+    return hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()[:16]
+
+
+def parse_age(value: Any) -> float:
+    """DICOM ``AgeString`` (``045Y``, ``006M``, ``010W``, ``003D``) or a number -> age in years (NaN if unknown)."""
+    if value is None:
+        return float("nan")
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        v = float(value)
+        return v if 0 <= v < 150 else float("nan")
+    m = re.fullmatch(r"\s*(\d{1,3})\s*([DWMY]?)\s*", str(value).upper())
+    if not m:
+        return float("nan")
+    n = float(m.group(1))
+    scale = {"Y": 1.0, "": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}[m.group(2)]
+    return round(n * scale, 3)
+
+
+def normalise_sex(value: Any) -> str | None:
+    """``M``/``F``/``O`` (any case, also ``Male``/``Female``) or None."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    v = str(value).strip().upper()[:1]
+    return v if v in ("M", "F", "O") else None
+
+
+# --------------------------------------------------------------------------------------- DICOM
+
+
+def _first(value: Any) -> Any:
+    """First item of a multi-valued element (Window Center may hold several), else the value."""
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, (str, bytes)) and len(value) > 0:
+            return value[0]
+    except TypeError:
+        pass
+    return value
+
+
+def _spacing(ds: Any) -> float:
+    for key in ("PixelSpacing", "ImagerPixelSpacing"):
+        v = ds.get(key)
+        if v is None:
+            continue
+        try:
+            s = float(_first(v))
+        except (TypeError, ValueError):
+            continue
+        if s > 0:
+            return s
+    return float("nan")
+
+
+def window(x: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """Apply a VOI window (PS3.3 C.11.2.1.2) and return values in ``[0, 1]``.
+
+    Args:
+        x: values after the modality LUT.
+        center: Window Center.
+        width: Window Width (> 0; >= 1 for LINEAR).
+        function: VOI LUT Function: ``LINEAR``, ``LINEAR_EXACT`` or ``SIGMOID``.
+
+    Raises:
+        DecodeError: an invalid width or an unknown function.
+    """
+    function = (function or "LINEAR").strip().upper()
+    # float32 is exact for stored values up to 2**24 and plenty for an 8/16-bit output.
+    x = np.asarray(x).astype(np.float32, copy=False)
+    f32 = np.float32
+    if function == "LINEAR":
+        if width < 1:
+            raise DecodeError(f"Window Width {width} < 1 is invalid for VOI LUT Function LINEAR")
+        if width > 1:
+            y = (x - f32(center - 0.5)) * f32(1 / (width - 1)) + f32(0.5)
+        else:
+            y = (x > center - 0.5).astype(np.float32)
+    elif function == "LINEAR_EXACT":
+        if width <= 0:
+            raise DecodeError(f"Window Width {width} <= 0 is invalid for VOI LUT Function LINEAR_EXACT")
+        y = (x - f32(center)) * f32(1 / width) + f32(0.5)
+    elif function == "SIGMOID":
+        if width <= 0:
+            raise DecodeError(f"Window Width {width} <= 0 is invalid for VOI LUT Function SIGMOID")
+        y = f32(1) / (f32(1) + np.exp(f32(-4 / width) * (x - f32(center))))
+    else:
+        raise DecodeError(f"unknown VOI LUT Function {function!r}; expected LINEAR, LINEAR_EXACT or SIGMOID")
+    return np.clip(y, 0.0, 1.0, out=y).astype(np.float32, copy=False)
+
+
+def full_range(x: np.ndarray) -> np.ndarray:
+    """Scale ``x`` linearly from its own min..max to ``[0, 1]`` (a constant image becomes 0)."""
+    x = x.astype(np.float32, copy=False)
+    lo, hi = float(x.min()), float(x.max())
+    if hi <= lo:
+        return np.zeros_like(x, dtype=np.float32)
+    return (x - lo) * np.float32(1.0 / (hi - lo))
+
+
+def _mask_bits(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
+    """Keep only the low ``bits_stored`` bits (overlay bits or garbage above them are ignored)."""
+    if arr.dtype.kind not in "iu" or bits_stored >= arr.dtype.itemsize * 8 or bits_stored <= 0:
+        return arr
+    mask = (1 << bits_stored) - 1
+    if not signed and arr.dtype.kind == "u":
+        return arr & arr.dtype.type(mask)  # stays uint8/uint16: no widening copy
+    a = arr.astype(np.int32) & mask
+    if signed:
+        sign = 1 << (bits_stored - 1)
+        a = (a ^ sign) - sign
+    return a
+
+
+def _check_chest(ds: Any) -> None:
+    modality = str(ds.get("Modality") or "").strip().upper()
+    if modality in NON_IMAGE_MODALITIES:
+        raise NotRadiograph(f"non-image object (Modality={modality})")
+    if modality and modality not in RADIOGRAPH_MODALITIES:
+        raise NotRadiograph(f"not a projection radiograph (Modality={modality})")
+    body = str(ds.get("BodyPartExamined") or "").strip().upper()
+    if body and not any(w in body for w in CHEST_WORDS):
+        raise NotRadiograph(f"not a chest image (BodyPartExamined={body})")
+
+
+_J2K_SYNTAXES = (
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+)
+_JPEG_SYNTAXES = ("1.2.840.10008.1.2.4.50",)  # JPEG Baseline (8 bit): SIIM, RSNA, many CR exports
+
+
+def _draft_decode(ds: Any, draft: tuple[int, str] | None) -> np.ndarray | None:
+    """Decode a single-frame grey JPEG 2000 / JPEG Baseline image at reduced resolution, or return None.
+
+    JPEG 2000 stores a wavelet pyramid: decoding only ``r`` levels down gives the low-pass image
+    at ``1 / 2**r`` of the size for a fraction of the work; baseline JPEG can likewise scale its
+    DCT blocks by 1/2, 1/4 or 1/8 while decoding (``PIL.Image.draft``). The
+    level is chosen so that the side the caller will resize to ``size`` stays at least ``size``
+    long, so the final area-resize still only shrinks. Anything unusual (signed, colour,
+    multi-frame, too few levels) returns None and takes the normal full decode.
+    """
+    if draft is None:
+        return None
+    ts = str(getattr(ds.file_meta, "TransferSyntaxUID", ""))
+    if ts not in _J2K_SYNTAXES + _JPEG_SYNTAXES or int(ds.get("NumberOfFrames") or 1) != 1:
+        return None
+    if ts in _JPEG_SYNTAXES and int(ds.get("BitsAllocated") or 8) != 8:
+        return None
+    if int(ds.get("SamplesPerPixel") or 1) != 1 or int(ds.get("PixelRepresentation") or 0) != 0:
+        return None
+    size, side = draft
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    ref = max(rows, cols) if side == "long" else min(rows, cols)
+    r, max_r = 0, (5 if ts in _J2K_SYNTAXES else 3)  # JPEG's DCT scales down to 1/8 at most
+    while -(-ref // 2 ** (r + 1)) >= size and r < max_r:
+        r += 1
+    if r == 0:
+        return None
+    import io
+
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        precision = None
+        if ts in _J2K_SYNTAXES:
+            import openjpeg
+
+            j2k = openjpeg.get_parameters(frame)  # header only
+            if j2k["is_signed"] or j2k["samples_per_pixel"] != 1:
+                return None
+            precision = int(j2k["precision"])
+        with Image.open(io.BytesIO(frame)) as im:
+            if ts in _J2K_SYNTAXES:
+                im.reduce = r  # Pillow's JPEG 2000 plugin: decode r resolution levels fewer
+            else:  # JPEG: DCT scaling by 1/2, 1/4, 1/8
+                if im.mode != "L":
+                    return None
+                im.draft("L", (-(-cols // 2**r), -(-rows // 2**r)))
+            im.load()
+            arr = np.asarray(im)
+    except Exception:  # too few decomposition levels, odd codestream ...: the full decoder decides
+        return None
+    if arr.shape != (-(-rows // 2**r), -(-cols // 2**r)):
+        return None
+    if precision is not None:
+        # Pillow left-aligns samples of a lower precision into its 8/16-bit modes (a 15-bit
+        # sample comes back x2); shift them back so BitsStored and the window still apply.
+        shift = arr.dtype.itemsize * 8 - precision
+        if shift < 0:
+            return None
+        if shift:
+            arr = arr >> shift
+    return arr
+
+
+def read_dicom(
+    path: str | Path,
+    *,
+    voi: Voi = "window",
+    max_pixels: int = 60_000_000,
+    check_chest: bool = True,
+    draft: tuple[int, str] | None = None,
+) -> Decoded:
+    """Decode a DICOM chest radiograph.
+
+    Args:
+        path: the DICOM file.
+        voi: ``"window"`` applies the VOI LUT or Window Center/Width when present (full range
+            otherwise); ``"full"`` always scales the modality-LUT output from min to max.
+        max_pixels: refuse images with more pixels (Rows x Columns x frames) than this before
+            decoding anything (decompression-bomb guard).
+        check_chest: skip objects whose Modality / BodyPartExamined say they are not chest
+            radiographs (tests turn it off to decode pydicom's MR/CT sample files).
+        draft: ``(size, side)`` when the caller will shrink the image so that its ``side``
+            (``long``/``short``) is ``size`` px: JPEG 2000 may then be decoded at a reduced
+            resolution that keeps that side >= ``size``; baseline JPEG likewise (much faster;
+            see :func:`_draft_decode`).
+            ``meta["rows"]``/``["cols"]`` always give the original size.
+
+    Returns:
+        The decoded image (lungs dark, ``[0, 1]``) and its safe metadata.
+
+    Raises:
+        DecodeError: unreadable, truncated, no pixel data, unsupported transfer syntax or
+            photometric interpretation, too many pixels.
+        NotRadiograph: a non-image object, another modality, or another body part.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            # Header quirks (wrong VR, odd lengths) are logged by pydicom's own logger; the
+            # checks below decide what matters, so they need not reach the user twice.
+            warnings.simplefilter("always", UserWarning)
+            ds = pydicom.dcmread(path)
+        # pydicom returns an empty dataset when an encapsulated PixelData is cut short by the end
+        # of the file (with a warning): read the header alone, for the failure row.
+        truncated = any("End of file reached" in str(w.message) for w in caught)
+        if truncated and "PixelData" not in ds:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError as exc:
+        raise DecodeError(f"not a DICOM file: {exc}") from None
+    except Exception as exc:  # pydicom raises many types on truncated input (EOFError, ValueError, ...)
+        raise DecodeError(f"unreadable DICOM ({type(exc).__name__}: {exc})") from None
+
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    ts_name = tsyntax.name if tsyntax is not None else "unknown"
+    try:
+        meta: dict[str, Any] = {
+            "rows": int(ds.get("Rows") or 0),
+            "cols": int(ds.get("Columns") or 0),
+            "bits": int(ds.get("BitsStored") or 0),
+            "photometric": str(ds.get("PhotometricInterpretation") or ""),
+            "transfer_syntax": ts_name,
+            "pixel_spacing": _spacing(ds),
+            "view": str(ds.get("ViewPosition") or "").strip().upper() or None,
+            "sex": normalise_sex(ds.get("PatientSex")),
+            "age": parse_age(ds.get("PatientAge")),
+            "modality": str(ds.get("Modality") or "").strip().upper() or None,
+            "patient_pseudonym": pseudonym(str(ds.PatientID), "patient") if ds.get("PatientID") else None,
+            "study_pseudonym": pseudonym(str(ds.StudyInstanceUID), "study") if ds.get("StudyInstanceUID") else None,
+        }
+    except Exception as exc:  # a header too damaged to read the basic elements
+        raise DecodeError(f"unreadable DICOM header ({type(exc).__name__}: {exc})") from None
+
+    try:
+        return _decode_pixels(
+            ds, meta, voi=voi, max_pixels=max_pixels, check_chest=check_chest, draft=draft, truncated=truncated
+        )
+    except (DecodeError, NotRadiograph) as exc:
+        exc.meta = meta  # what the header did say, for the failure row
+        raise
+
+
+def _decode_pixels(
+    ds: Any,
+    meta: dict[str, Any],
+    *,
+    voi: Voi,
+    max_pixels: int,
+    check_chest: bool,
+    draft: tuple[int, str] | None,
+    truncated: bool,
+) -> Decoded:
+    """The pixel half of :func:`read_dicom` (same errors); ``meta`` comes from the header."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ts_name = meta["transfer_syntax"]
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        if meta["modality"] in NON_IMAGE_MODALITIES:
+            raise NotRadiograph(f"non-image object (Modality={meta['modality']})")
+        if truncated:
+            raise DecodeError("truncated file: pixel data cut short by the end of the file")
+        raise DecodeError("missing pixel data (no PixelData element)")
+    if check_chest:
+        _check_chest(ds)
+
+    frames = int(ds.get("NumberOfFrames") or 1)
+    n_pixels = meta["rows"] * meta["cols"] * max(frames, 1)
+    if meta["rows"] <= 0 or meta["cols"] <= 0:
+        raise DecodeError(f"invalid image size Rows={meta['rows']} Columns={meta['cols']}")
+    if n_pixels > max_pixels:
+        raise DecodeError(
+            f"refused: {meta['rows']}x{meta['cols']}x{frames} = {n_pixels} pixels "
+            f"exceeds convert.max_pixels={max_pixels}"
+        )
+    if frames > 1:
+        raise NotRadiograph(f"multi-frame object ({frames} frames) is not a single radiograph")
+    photometric = meta["photometric"].upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422"):
+        raise DecodeError(f"unsupported PhotometricInterpretation {photometric!r}")
+
+    try:
+        with warnings.catch_warnings():
+            # pydicom warns about benign header quirks; we validate what matters ourselves.
+            warnings.simplefilter("ignore", UserWarning)
+            arr = _draft_decode(ds, draft)
+            if arr is None:
+                arr = ds.pixel_array
+    except NotImplementedError as exc:
+        raise DecodeError(f"unsupported transfer syntax {ts_name}: {exc}") from None
+    except Exception as exc:  # truncated / corrupt pixel data
+        raise DecodeError(f"pixel data could not be decoded ({type(exc).__name__}: {exc})") from None
+
+    if arr.ndim == 3:  # colour (secondary captures of radiographs): luminance
+        arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        photometric = "MONOCHROME2"
+    elif arr.ndim != 2:
+        raise DecodeError(f"unexpected pixel array shape {arr.shape}")
+    else:
+        arr = _mask_bits(arr, meta["bits"], signed=int(ds.get("PixelRepresentation") or 0) == 1)
+
+    x = apply_modality_lut(arr, ds) if arr.dtype.kind in "iu" else arr
+    out = None
+    if voi == "window":
+        if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
+            try:
+                lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
+                y = apply_voi_lut(np.asarray(x), ds, index=0, prefer_lut=True)
+                lo, hi = float(lut.min()), float(lut.max())
+                out = np.clip((y - lo) / (hi - lo), 0, 1).astype(np.float32) if hi > lo else None
+            except Exception as exc:
+                raise DecodeError(f"invalid VOI LUT Sequence ({type(exc).__name__}: {exc})") from None
+        elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+            try:
+                center, width = float(_first(ds.WindowCenter)), float(_first(ds.WindowWidth))
+            except (TypeError, ValueError):
+                raise DecodeError(f"invalid Window Center/Width {ds.WindowCenter!r}/{ds.WindowWidth!r}") from None
+            out = window(np.asarray(x), center, width, str(_first(ds.get("VOILUTFunction")) or "LINEAR"))
+    elif voi != "full":
+        raise ValueError(f"voi must be 'window' or 'full', got {voi!r}")
+    if out is None:
+        out = full_range(np.asarray(x))
+    if photometric == "MONOCHROME1":
+        out = np.float32(1.0) - out
+    return Decoded(image=np.ascontiguousarray(out, dtype=np.float32), meta=meta)
+
+
+# ------------------------------------------------------------------------------ PNG / JPEG
+
+
+def read_raster(
+    path: str | Path,
+    *,
+    max_pixels: int = 60_000_000,
+    photometric: str | None = None,
+    draft: tuple[int, str] | None = None,
+) -> Decoded:
+    """Decode a PNG or JPEG radiograph.
+
+    8-bit images are taken as already windowed (value / 255). 16-bit images (PadChest) carry raw
+    detector values without a window, so they are scaled from their own min to max.
+
+    Args:
+        path: the image file.
+        max_pixels: refuse larger images before decoding (decompression-bomb guard).
+        photometric: ``MONOCHROME1`` when a metadata table says the stored image is inverted
+            (PadChest has a few); the output is then inverted so lungs are dark.
+        draft: ``(size, side)``: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale as long as its
+            ``side`` stays >= ``size`` (see :func:`read_dicom`). ``meta`` keeps the original size.
+
+    Raises:
+        DecodeError: unreadable or truncated file, unsupported mode, too many pixels.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise DecodeError(f"refused: {h}x{w} = {w * h} pixels exceeds convert.max_pixels={max_pixels}")
+            mode = im.mode
+            if draft is not None and im.format == "JPEG" and mode == "L":
+                size, side = draft
+                ref = max(w, h) if side == "long" else min(w, h)
+                if ref > 2 * size:
+                    im.draft("L", (max(1, w * size // ref), max(1, h * size // ref)))
+            im.load()
+            if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                arr = np.asarray(im)
+                bits = 16 if mode.startswith("I;16") else (32 if mode in ("I", "F") else 8)
+                if mode == "I":  # PIL opens most 16-bit grey PNGs as 32-bit "I"
+                    bits = 16 if int(arr.max(initial=0)) < 65536 and int(arr.min(initial=0)) >= 0 else 32
+                img = full_range(arr)
+            elif mode in ("L", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr", "1"):
+                arr = np.asarray(im.convert("L"))
+                bits = 8
+                img = arr.astype(np.float32) * np.float32(1 / 255)
+            else:
+                raise DecodeError(f"unsupported image mode {mode!r}")
+            fmt = (im.format or path.suffix.lstrip(".")).upper()
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(f"refused by Pillow as a decompression bomb: {exc}") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DecodeError(f"unreadable image ({type(exc).__name__}: {exc})") from None
+    pm = (photometric or "MONOCHROME2").strip().upper()
+    if pm == "MONOCHROME1":
+        img = np.float32(1.0) - img
+    meta = {
+        "rows": h,
+        "cols": w,
+        "bits": bits,
+        "photometric": pm,
+        "transfer_syntax": fmt,
+        "pixel_spacing": float("nan"),
+        "view": None,
+        "sex": None,
+        "age": float("nan"),
+        "modality": None,
+        "patient_pseudonym": None,
+        "study_pseudonym": None,
+    }
+    return Decoded(image=np.ascontiguousarray(img, dtype=np.float32), meta=meta)
+
+
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def read_image(path: str | Path, **kw: Any) -> Decoded:
+    """Dispatch on the file suffix to :func:`read_dicom` or :func:`read_raster`.
+
+    Raises:
+        DecodeError: unknown suffix (the message lists the known ones), or a reader's error.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix in DICOM_SUFFIXES:
+        kw.pop("photometric", None)
+        return read_dicom(path, **kw)
+    if suffix in RASTER_SUFFIXES:
+        kw.pop("voi", None)
+        return read_raster(path, **kw)
+    raise DecodeError(f"unknown image type {suffix!r}; known: {', '.join(DICOM_SUFFIXES + RASTER_SUFFIXES)}")

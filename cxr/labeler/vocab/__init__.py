@@ -1,0 +1,1 @@
+"""Vocabulary and ConText trigger files of the report labeller (package data)."""

@@ -1,0 +1,1 @@
+"""Maps between label vocabularies (package data; see cxr.labels)."""

@@ -1,0 +1,460 @@
+"""One label space for every dataset: spaces, vocabulary maps, uncertainty policy, merge.
+
+Label values everywhere: 1 positive, 0 negative, -1 uncertain, NaN not mentioned.
+
+* :data:`LABEL_SPACES` - the target spaces (chexpert14, chestxray14, anaxnet9, padchest22, binary).
+* Vocabulary maps are data files (``cxr/labeler/vocab/maps/<vocab>.csv``): one row per source
+  term, one column per target space naming the target label(s) (``|``-separated; empty = no
+  counterpart). Source vocabularies: chexpert14, chestxray14, padchest, imagenome.
+* :func:`to_space` maps a native label table into a target space. Several source terms mapping
+  to one target label combine like the CheXpert labeller's mentions: any 1 -> 1, else any -1 ->
+  -1, else any 0 -> 0. Exhaustively annotated datasets (NIH, PadChest: a finding not listed is
+  absent) fill the remaining blanks with 0. "No Finding" follows the CheXpert rule: 1 only when
+  no other label (devices excepted) is 1 or -1, otherwise blank - never 0.
+* :func:`apply_uncertainty` turns stored raw values into training targets + a loss mask per the
+  per-class policy (U-Ones, U-Zeros, U-Ignore; Irvin et al. 2019). It runs at training time; the
+  stored labels keep their -1.
+* :func:`merge_sources` picks, per image, the label row of the highest-precedence source that has
+  one, records it in ``label_source`` and measures how often the other sources disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+CHEXPERT14 = (
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Lesion", "Lung Opacity", "Edema",
+    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
+    "Fracture", "Support Devices",
+)
+CHESTXRAY14 = (
+    "No Finding", "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+)
+ANAXNET9 = (
+    "lung opacity", "pleural effusion", "atelectasis", "enlarged cardiac silhouette", "pulmonary edema/hazy opacity",
+    "pneumothorax", "consolidation", "fluid overload/heart failure", "pneumonia",
+)
+PADCHEST22 = (
+    "aortic elongation", "atelectasis", "cardiomegaly", "catheter", "copd signs", "pleural effusion",
+    "electrical device", "emphysema", "heart insufficiency", "infiltrates", "mass", "nodule", "normal",
+    "nsg tube", "other findings", "pneumonia", "pneumothorax", "pulmonary edema", "pulmonary fibrosis",
+    "surgery", "thoracic cage deformation", "tuberculosis",
+)
+LABEL_SPACES: dict[str, tuple[str, ...]] = {
+    "chexpert14": CHEXPERT14,
+    "chestxray14": CHESTXRAY14,
+    "anaxnet9": ANAXNET9,
+    "padchest22": PADCHEST22,
+    "binary": ("Abnormal",),
+}
+#: The "no finding" label of each space, and labels that do not block it (devices).
+NO_FINDING = {"chexpert14": "No Finding", "chestxray14": "No Finding", "padchest22": "normal"}
+NO_FINDING_IGNORE = {
+    "chexpert14": ("Support Devices",),
+    "chestxray14": (),
+    "padchest22": ("catheter", "electrical device", "nsg tube", "surgery"),
+}
+SOURCE_VOCABS = ("chexpert14", "chestxray14", "padchest", "imagenome")
+UNCERTAINTY_POLICIES = ("ones", "zeros", "ignore")
+_MAPPED_SPACES = ("chexpert14", "chestxray14", "anaxnet9", "padchest22")
+
+
+class LabelError(ValueError):
+    """Bad label input: unknown space, vocabulary, term, value or policy (the message names it)."""
+
+
+def label_names(space: str) -> list[str]:
+    """Label names of ``space`` in their fixed order.
+
+    Raises:
+        LabelError: unknown space (the message lists the valid ones).
+    """
+    if space not in LABEL_SPACES:
+        raise LabelError(f"unknown label space {space!r}; choose one of {sorted(LABEL_SPACES)}")
+    return list(LABEL_SPACES[space])
+
+
+@lru_cache(maxsize=None)
+def _load_map_cached(vocab: str) -> pd.DataFrame:
+    ref = resources.files("cxr.labeler") / "vocab" / "maps" / f"{vocab}.csv"
+    with ref.open("r", encoding="utf-8") as fh:
+        df = pd.read_csv(fh, dtype=str, keep_default_na=False)
+    expected = ["term", *_MAPPED_SPACES]
+    if list(df.columns) != expected:
+        raise LabelError(f"maps/{vocab}.csv: columns {list(df.columns)}, expected {expected}")
+    if df["term"].duplicated().any():
+        raise LabelError(f"maps/{vocab}.csv: duplicate terms {sorted(df.loc[df['term'].duplicated(), 'term'])}")
+    for space in _MAPPED_SPACES:
+        allowed = set(LABEL_SPACES[space])
+        for cell in df[space]:
+            bad = [t for t in cell.split("|") if t and t not in allowed]
+            if bad:
+                raise LabelError(f"maps/{vocab}.csv: column {space} names {bad}, not labels of {space}")
+    return df
+
+
+def load_map(vocab: str) -> pd.DataFrame:
+    """The packaged map of a source vocabulary (columns: term + one per mapped space).
+
+    Raises:
+        LabelError: unknown vocabulary or a malformed map file.
+    """
+    if vocab not in SOURCE_VOCABS:
+        raise LabelError(f"no map for vocabulary {vocab!r}; known: {list(SOURCE_VOCABS)}")
+    return _load_map_cached(vocab).copy()
+
+
+def _combine(stack: np.ndarray) -> np.ndarray:
+    """Combine values along axis 1: any 1 -> 1, else any -1 -> -1, else any 0 -> 0, else NaN."""
+    if stack.shape[1] == 0:
+        return np.full(stack.shape[0], np.nan)
+    return np.select(
+        [(stack == 1).any(1), (stack == -1).any(1), (stack == 0).any(1)], [1.0, -1.0, 0.0], default=np.nan
+    )
+
+
+def to_space(
+    native: pd.DataFrame,
+    vocab: str,
+    space: str,
+    key: str = "image_id",
+    exhaustive: bool = False,
+) -> pd.DataFrame:
+    """Map a native label table into ``space``.
+
+    Args:
+        native: ``key`` column + one column per term of ``vocab`` (values 1 / 0 / -1 / NaN). A
+            column ``other`` (terms counted as unknown) maps to padchest22 "other findings".
+        vocab: source vocabulary (chexpert14, chestxray14, padchest, imagenome).
+        space: target space (see :data:`LABEL_SPACES`).
+        key: id column carried over.
+        exhaustive: blanks mean absent (NIH, PadChest): remaining NaN findings become 0.
+
+    Returns:
+        ``key`` + the labels of ``space`` in order.
+
+    Raises:
+        LabelError: unknown space / vocabulary, a column that is not a term of ``vocab``, or a
+            value outside 1 / 0 / -1 / NaN.
+    """
+    names = label_names(space)
+    table = load_map(vocab)
+    terms = [c for c in native.columns if c != key]
+    known = set(table["term"]) | {"other"}
+    bad = [t for t in terms if t not in known]
+    if bad:
+        raise LabelError(f"label column(s) {bad} are not terms of vocabulary {vocab!r} (maps/{vocab}.csv)")
+    values = native[terms].to_numpy(dtype="float64", na_value=np.nan) if terms else np.zeros((len(native), 0))
+    ok = np.isnan(values) | np.isin(values, (1.0, 0.0, -1.0))
+    if not ok.all():
+        r, c = np.argwhere(~ok)[0]
+        raise LabelError(f"label value {float(values[r, c])!r} in column {terms[c]!r} (row {r}) is not 1, 0, -1 or blank")
+    rows = {t: table.index[table["term"] == t][0] for t in terms if t != "other"}
+    out = pd.DataFrame({key: native[key].to_numpy()})
+    if space == "binary":
+        nf_terms = [t for t in terms if t != "other" and table.at[rows[t], "chexpert14"] == "No Finding"]
+        neutral = {t for t in terms if t != "other" and (
+            table.at[rows[t], "chexpert14"] in ("No Finding", "Support Devices")
+            or not any(table.at[rows[t], s] for s in _MAPPED_SPACES))}
+        finding_cols = [j for j, t in enumerate(terms) if t not in neutral]
+        abnormal = _combine(values[:, finding_cols])
+        # A negated finding does not make an image normal: 0 needs a "normal" term or an
+        # exhaustive source.
+        abnormal[abnormal == 0.0] = np.nan
+        normal = _combine(values[:, [terms.index(t) for t in nf_terms]]) if nf_terms else np.full(len(native), np.nan)
+        fill = np.isnan(abnormal) & ((normal == 1) | exhaustive)
+        abnormal[fill] = 0.0
+        out["Abnormal"] = abnormal
+        return out
+    targets: dict[str, list[int]] = {n: [] for n in names}
+    for j, t in enumerate(terms):
+        cell = "other findings" if t == "other" else table.at[rows[t], space]
+        for target in filter(None, cell.split("|")):
+            if target in targets:
+                targets[target].append(j)
+    nf = NO_FINDING.get(space)
+    for n in names:
+        col = _combine(values[:, targets[n]])
+        if exhaustive and n != nf:
+            col = np.where(np.isnan(col), 0.0, col)
+        out[n] = col
+    if nf:
+        blocking = [n for n in names if n != nf and n not in NO_FINDING_IGNORE[space]]
+        blocked = np.isin(out[blocking].to_numpy(), (1.0, -1.0)).any(1)
+        col = out[nf].to_numpy().copy()
+        col[blocked | (col != 1.0)] = np.nan
+        out[nf] = col
+    return out
+
+
+def apply_uncertainty(
+    labels: pd.DataFrame,
+    names: Sequence[str],
+    policy: Mapping[str, str] | None = None,
+    default: str = "ignore",
+    blank: str = "zeros",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training targets and loss mask from stored raw labels.
+
+    Args:
+        labels: table holding the ``names`` columns (1 / 0 / -1 / NaN).
+        names: label columns, in model output order.
+        policy: per-class uncertainty policy: ``ones`` (U-Ones: -1 -> 1), ``zeros`` (U-Zeros:
+            -1 -> 0) or ``ignore`` (U-Ignore: masked out of the loss).
+        default: policy for classes not in ``policy``.
+        blank: ``zeros`` (not mentioned = negative, CheXpert practice) or ``ignore`` (masked).
+
+    Returns:
+        ``(targets, mask)``: float32 ``[N, C]`` in {0, 1} and bool ``[N, C]`` (False = no loss).
+
+    Raises:
+        LabelError: unknown policy, class name not in ``names``, or a value outside 1/0/-1/NaN.
+    """
+    policy = dict(policy or {})
+    for k, v in [*policy.items(), ("<default>", default)]:
+        if v not in UNCERTAINTY_POLICIES:
+            raise LabelError(f"uncertainty policy for {k!r} is {v!r}; choose one of {UNCERTAINTY_POLICIES}")
+    unknown = sorted(set(policy) - set(names))
+    if unknown:
+        raise LabelError(f"uncertainty policy names unknown class(es) {unknown}; classes: {list(names)}")
+    if blank not in ("zeros", "ignore"):
+        raise LabelError(f"blank policy {blank!r}; choose 'zeros' or 'ignore'")
+    raw = labels[list(names)].to_numpy(dtype="float64", na_value=np.nan)
+    if not (np.isnan(raw) | np.isin(raw, (1.0, 0.0, -1.0))).all():
+        raise LabelError("labels hold values other than 1, 0, -1 or blank")
+    targets = np.where(raw == 1.0, 1.0, 0.0)
+    mask = np.ones_like(raw, dtype=bool)
+    if blank == "ignore":
+        mask &= ~np.isnan(raw)
+    for j, n in enumerate(names):
+        p = policy.get(n, default)
+        unc = raw[:, j] == -1.0
+        if p == "ones":
+            targets[unc, j] = 1.0
+        elif p == "ignore":
+            mask[unc, j] = False
+    return targets.astype(np.float32), mask
+
+
+def disagreement(a: pd.DataFrame, b: pd.DataFrame, names: Sequence[str], key: str = "image_id") -> dict:
+    """How often two sources disagree on the images they share.
+
+    Compared cells: both values are not blank. Returns counts and rate overall and per label.
+    """
+    m = a[[key, *names]].merge(b[[key, *names]], on=key, suffixes=("_a", "_b"))
+    out = {"images": int(len(m)), "cells": 0, "disagree": 0, "rate": None, "per_label": {}}
+    for n in names:
+        x, y = m[f"{n}_a"].to_numpy(dtype=float), m[f"{n}_b"].to_numpy(dtype=float)
+        both = ~np.isnan(x) & ~np.isnan(y)
+        cells, dis = int(both.sum()), int((x[both] != y[both]).sum())
+        out["cells"] += cells
+        out["disagree"] += dis
+        if cells:
+            out["per_label"][n] = {"cells": cells, "disagree": dis, "rate": round(dis / cells, 4)}
+    out["rate"] = round(out["disagree"] / out["cells"], 4) if out["cells"] else None
+    return out
+
+
+def merge_sources(
+    candidates: Mapping[str, pd.DataFrame],
+    names: Sequence[str],
+    precedence: Sequence[str],
+    key: Sequence[str] = ("dataset", "image_id"),
+) -> tuple[pd.DataFrame, dict]:
+    """Merge per-source label tables into one row per image with provenance.
+
+    Rule: each image takes its whole label row from the first source in ``precedence`` that
+    labels it (``label_source``); the other sources are only compared against it.
+
+    Args:
+        candidates: source name -> table with ``key`` columns, ``patient_id``, ``study_id`` and
+            the ``names`` columns.
+        names: label columns.
+        precedence: source names, strongest first; every candidate must be listed.
+        key: columns identifying an image.
+
+    Returns:
+        ``(merged, disagreements)``: merged table sorted by key (columns: key, patient_id,
+        study_id, names, label_source) and ``{"<chosen> vs <other>": disagreement stats}``.
+
+    Raises:
+        LabelError: a candidate source missing from ``precedence``.
+    """
+    missing = [s for s in candidates if s not in precedence]
+    if missing:
+        raise LabelError(f"label source(s) {missing} not in label.precedence {list(precedence)}")
+    cols = [*key, "patient_id", "study_id", *names]
+    parts = []
+    for rank, src in enumerate(precedence):
+        if src in candidates and len(candidates[src]):
+            df = candidates[src][cols].copy()
+            df["label_source"] = src
+            df["_rank"] = rank
+            parts.append(df)
+    if not parts:
+        empty = pd.DataFrame(columns=[*cols, "label_source"])
+        return empty, {}
+    allrows = pd.concat(parts, ignore_index=True)
+    allrows = allrows.sort_values([*key, "_rank"], kind="stable")
+    merged = allrows.drop_duplicates(list(key), keep="first").drop(columns="_rank").reset_index(drop=True)
+    stats = {}
+    chosen = merged.assign(_k=merged[list(key)].astype(str).agg("/".join, axis=1))
+    for src in precedence:
+        if src not in candidates:
+            continue
+        others = allrows[(allrows["label_source"] == src)]
+        others = others.assign(_k=others[list(key)].astype(str).agg("/".join, axis=1))
+        for winner in precedence:
+            if winner == src:
+                continue
+            w = chosen[chosen["label_source"] == winner]
+            if not len(w):
+                continue
+            d = disagreement(w, others, names, key="_k")
+            if d["images"]:
+                stats[f"{winner} vs {src}"] = d
+    return merged, stats
+
+
+def nan_to_none(obj):
+    """Recursively replace NaN floats by None (JSON has no NaN)."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [nan_to_none(v) for v in obj]
+    return obj
+
+
+#: Default precedence: expert / dataset label tables first, our labeller, then scene graphs.
+DEFAULT_PRECEDENCE = ("chexpert", "nih", "padchest", "mimic", "labeller", "imagenome")
+#: Datasets whose native labels list every finding (a term not listed is absent).
+EXHAUSTIVE = {"nih": True, "padchest": True, "chexpert": False, "mimic": False, "imagenome": False}
+
+
+def _label_counts(df: pd.DataFrame, names: Sequence[str]) -> dict:
+    out = {}
+    for n in names:
+        v = df[n]
+        out[n] = {"pos": int((v == 1).sum()), "neg": int((v == 0).sum()), "unc": int((v == -1).sum()),
+                  "blank": int(v.isna().sum())}
+    return out
+
+
+def build_labels(
+    raw_dir,
+    space: str = "chexpert14",
+    vocabulary: str = "chexpert14",
+    sections: Sequence[str] = ("findings", "impression"),
+    precedence: Sequence[str] = DEFAULT_PRECEDENCE,
+    unknown: str = "error",
+    progress: bool = True,
+) -> tuple[pd.DataFrame, dict]:
+    """Everything the ``label`` stage does: adapters -> labeller -> label space -> merge.
+
+    Args:
+        raw_dir: the raw data directory (ingest output).
+        space: target label space (:data:`LABEL_SPACES`).
+        vocabulary: labeller vocabulary for free-text reports (chexpert14 or chestxray14).
+        sections: report sections the labeller reads.
+        precedence: label sources, strongest first (see :func:`merge_sources`).
+        unknown: unknown label strings in dataset files: ``error`` or ``count``.
+        progress: progress bars.
+
+    Returns:
+        ``(labels, summary)``: labels.parquet content (dataset, image_id, patient_id, study_id,
+        the labels of ``space``, label_source), and the content of reports/label.json.
+
+    Raises:
+        LabelError / SourceError: bad input, named in the message.
+    """
+    import time
+
+    from cxr.labeler import Labeler
+    from cxr.sources import read_raw
+
+    names = label_names(space)
+    tables = read_raw(raw_dir, unknown=unknown, progress=progress)
+    candidates: dict[str, pd.DataFrame] = {}
+    summary: dict = {"space": space, "labels": names, "sources": {}, "issues": {}, "labeller": None}
+    images_by_ds: dict[str, pd.DataFrame] = {}
+    for name, t in tables.items():
+        summary["issues"][name] = {"count": len(t.issues), "examples": [vars(i) for i in t.issues[:5]]}
+        if len(t.images):
+            images_by_ds.setdefault(t.dataset, t.images)
+    ids = ["dataset", "image_id", "patient_id", "study_id"]
+
+    # Native label tables.
+    for name, t in tables.items():
+        if t.labels is None or not len(t.labels):
+            continue
+        key = "study_id" if t.label_level == "study" else "image_id"
+        mapped = to_space(t.labels, t.label_vocab, space, key=key, exhaustive=EXHAUSTIVE.get(name, False))
+        imgs = images_by_ds.get(t.dataset)
+        if imgs is None:
+            log.warning("%s labels have no image table; skipped", name)
+            continue
+        if key == "study_id":
+            rows = imgs[ids].merge(mapped, on="study_id", how="inner")
+        else:
+            rows = imgs[ids].merge(mapped, on="image_id", how="inner")
+        unmatched = int(len(mapped) - mapped[key].isin(imgs[key]).sum())
+        if unmatched:
+            summary["issues"].setdefault(name, {"count": 0, "examples": []})
+            summary["issues"][name]["labels_without_image"] = unmatched
+        candidates[name] = rows
+
+    # Free-text reports -> labeller.
+    reports = [(t.dataset, t.reports) for t in tables.values() if t.reports is not None and len(t.reports)]
+    if reports:
+        labeller = Labeler(vocabulary, sections=sections)
+        rows = []
+        n_reports, seconds = 0, 0.0
+        for dataset, rep in reports:
+            t0 = time.perf_counter()
+            lab = labeller.label_many(rep["report"].tolist(), progress=progress)
+            seconds += time.perf_counter() - t0
+            n_reports += len(rep)
+            lab.insert(0, "study_id", rep["study_id"].to_numpy())
+            lab = lab.drop_duplicates("study_id")
+            mapped = to_space(lab, vocabulary, space, key="study_id")
+            imgs = images_by_ds.get(dataset)
+            if imgs is not None:
+                rows.append(imgs[ids].merge(mapped, on="study_id", how="inner"))
+        if rows:
+            candidates["labeller"] = pd.concat(rows, ignore_index=True)
+        summary["labeller"] = {
+            "vocabulary": vocabulary,
+            "sections": list(sections),
+            "reports": n_reports,
+            "seconds": round(seconds, 3),
+            "reports_per_s": round(n_reports / seconds, 1) if seconds > 0 else None,
+        }
+
+    for name, df in candidates.items():
+        summary["sources"][name] = {"images": int(len(df)), "counts": _label_counts(df, names)}
+    merged, disagreements = merge_sources(candidates, names, precedence)
+    merged = merged[["dataset", "image_id", "patient_id", "study_id", *names, "label_source"]]
+    merged = merged.sort_values(["dataset", "image_id"], kind="stable").reset_index(drop=True)
+    for n in names:
+        merged[n] = merged[n].astype("float32")
+    all_images = sum(len(df) for df in images_by_ds.values())
+    summary["merged"] = {
+        "images": int(len(merged)),
+        "images_without_labels": int(all_images - len(merged)),
+        "per_source": {k: int(v) for k, v in merged["label_source"].value_counts().sort_index().items()},
+        "counts": _label_counts(merged, names),
+    }
+    summary["disagreement"] = disagreements
+    return merged, nan_to_none(summary)

@@ -1,0 +1,212 @@
+"""Label spaces, vocabulary maps, uncertainty policy, merge with provenance, and the `label` stage."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr.labels import (
+    LABEL_SPACES,
+    SOURCE_VOCABS,
+    LabelError,
+    apply_uncertainty,
+    build_labels,
+    disagreement,
+    label_names,
+    load_map,
+    merge_sources,
+    to_space,
+)
+from cxr.params import ParamsError, parse_section
+from cxr.sources import padchest
+from cxr.sources.synthetic import read_truth
+from stages import label as label_stage
+
+NAN = math.nan
+
+
+def test_label_spaces_and_maps_are_consistent():
+    assert len(label_names("chexpert14")) == 14 and len(label_names("anaxnet9")) == 9
+    assert len(label_names("padchest22")) == 22 and len(label_names("chestxray14")) == 15
+    for vocab in SOURCE_VOCABS:
+        m = load_map(vocab)
+        assert m["term"].is_unique and list(m.columns[1:]) == ["chexpert14", "chestxray14", "anaxnet9", "padchest22"]
+    with pytest.raises(LabelError, match="unknown label space 'cxr99'"):
+        label_names("cxr99")
+    with pytest.raises(LabelError, match="no map for vocabulary"):
+        load_map("klingon")
+
+
+def test_every_real_padchest_term_is_known(realdata):
+    t = padchest.read_table(realdata / "padchest" / "padchest_sample.csv")
+    for space in LABEL_SPACES:
+        out = to_space(t.labels, "padchest", space, exhaustive=True)
+        assert len(out) == 10
+
+
+def test_to_space_combines_mentions_like_the_labeller():
+    native = pd.DataFrame({"image_id": ["a", "b", "c", "d"],
+                           "Pneumonia": [1, 0, NAN, -1], "Consolidation": [0, -1, NAN, 0],
+                           "No Finding": [NAN, NAN, 1, NAN]})
+    out = to_space(native, "chestxray14", "chexpert14").set_index("image_id")
+    # Pneumonia and Consolidation both map to Lung Opacity: 1 wins, then -1, then 0.
+    assert out["Lung Opacity"].fillna(9).tolist() == [1, -1, 9, -1]
+    assert out["Pneumonia"].fillna(9).tolist() == [1, 0, 9, -1]
+    assert out.loc["c", "No Finding"] == 1 and np.isnan(out.loc["a", "No Finding"])
+    assert out["Edema"].isna().all()  # no source term maps there
+
+
+def test_no_finding_rule_after_mapping():
+    native = pd.DataFrame({"image_id": ["a", "b", "c"], "No Finding": [1, 1, 0],
+                           "Support Devices": [1, NAN, NAN], "Edema": [NAN, -1, NAN]})
+    out = to_space(native, "chexpert14", "chexpert14").set_index("image_id")
+    assert out.loc["a", "No Finding"] == 1  # devices do not block
+    assert np.isnan(out.loc["b", "No Finding"])  # an uncertain finding blocks
+    assert np.isnan(out.loc["c", "No Finding"])  # never 0
+
+
+def test_exhaustive_sources_fill_absent_findings_with_zero():
+    native = pd.DataFrame({"image_id": ["a", "b"], "normal": [1, 0], "pleural effusion": [0, 1]})
+    out = to_space(native, "padchest", "chexpert14", exhaustive=True).set_index("image_id")
+    assert out.loc["a", "Pleural Effusion"] == 0 and out.loc["b", "Pleural Effusion"] == 1
+    assert out.loc["a", "Edema"] == 0 and out.loc["a", "No Finding"] == 1 and np.isnan(out.loc["b", "No Finding"])
+    sparse = to_space(native, "padchest", "chexpert14", exhaustive=False).set_index("image_id")
+    assert np.isnan(sparse.loc["a", "Edema"])
+
+
+def test_binary_space():
+    native = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "normal": [1, 0, 0, 0],
+                           "pleural effusion": [0, 1, 0, 0], "nsg tube": [0, 0, 1, 0], "suboptimal study": [0, 0, 0, 1]})
+    out = to_space(native, "padchest", "binary", exhaustive=False)["Abnormal"].tolist()
+    assert out[:2] == [0.0, 1.0] and np.isnan(out[2]) and np.isnan(out[3])  # devices / study quality are neutral
+    assert to_space(native, "padchest", "binary", exhaustive=True)["Abnormal"].tolist() == [0, 1, 0, 0]
+
+
+def test_to_space_errors():
+    with pytest.raises(LabelError, match=r"\['Dragon'\] are not terms of vocabulary 'chexpert14'"):
+        to_space(pd.DataFrame({"image_id": ["a"], "Dragon": [1]}), "chexpert14", "chexpert14")
+    with pytest.raises(LabelError, match="label value 2.0 in column 'Edema'"):
+        to_space(pd.DataFrame({"image_id": ["a"], "Edema": [2]}), "chexpert14", "chexpert14")
+    with pytest.raises(LabelError, match="unknown label space"):
+        to_space(pd.DataFrame({"image_id": ["a"]}), "chexpert14", "nope")
+
+
+def test_uncertainty_policies():
+    df = pd.DataFrame({"A": [1, 0, -1, NAN], "B": [-1, -1, NAN, 1]})
+    t, m = apply_uncertainty(df, ["A", "B"], {"A": "ones", "B": "zeros"})
+    assert t[:, 0].tolist() == [1, 0, 1, 0] and t[:, 1].tolist() == [0, 0, 0, 1] and m.all()
+    t, m = apply_uncertainty(df, ["A", "B"], default="ignore", blank="ignore")
+    assert m[:, 0].tolist() == [True, True, False, False] and m[:, 1].tolist() == [False, False, False, True]
+    assert t.dtype == np.float32 and set(np.unique(t)) <= {0.0, 1.0}
+    with pytest.raises(LabelError, match="policy for 'A' is 'maybe'"):
+        apply_uncertainty(df, ["A", "B"], {"A": "maybe"})
+    with pytest.raises(LabelError, match=r"unknown class\(es\) \['C'\]"):
+        apply_uncertainty(df, ["A", "B"], {"C": "ones"})
+    with pytest.raises(LabelError, match="blank policy"):
+        apply_uncertainty(df, ["A", "B"], blank="ones")
+    with pytest.raises(LabelError, match="other than 1, 0, -1"):
+        apply_uncertainty(pd.DataFrame({"A": [3]}), ["A"])
+
+
+def _cand(src_vals, ids=("a", "b", "c")):
+    return pd.DataFrame({"dataset": "mimic", "image_id": list(ids), "patient_id": "p", "study_id": "s", "X": src_vals})
+
+
+def test_merge_takes_the_strongest_source_and_reports_disagreement():
+    cands = {"labeller": _cand([1, 0, NAN]), "imagenome": _cand([1, 1, 1, 0], ids=("a", "b", "c", "d"))}
+    merged, stats = merge_sources(cands, ["X"], ["labeller", "imagenome"])
+    assert merged["label_source"].tolist() == ["labeller", "labeller", "labeller", "imagenome"]
+    assert merged["X"].fillna(9).tolist() == [1, 0, 9, 0]
+    d = stats["labeller vs imagenome"]
+    assert (d["images"], d["cells"], d["disagree"], d["rate"]) == (3, 2, 1, 0.5)
+    merged, _ = merge_sources(cands, ["X"], ["imagenome", "labeller"])
+    assert set(merged["label_source"]) == {"imagenome"}
+    with pytest.raises(LabelError, match=r"not in label.precedence"):
+        merge_sources(cands, ["X"], ["labeller"])
+
+
+def test_disagreement_ignores_blanks():
+    a = pd.DataFrame({"image_id": ["a", "b"], "X": [1, NAN]})
+    b = pd.DataFrame({"image_id": ["a", "b"], "X": [-1, 0]})
+    assert disagreement(a, b, ["X"])["per_label"]["X"] == {"cells": 1, "disagree": 1, "rate": 1.0}
+
+
+@pytest.fixture(scope="module")
+def tiny_labels(tiny_cohort):
+    return build_labels(tiny_cohort, progress=False)
+
+
+def test_build_labels_on_synthetic_cohort(tiny_cohort, tiny_labels):
+    labels, summary = tiny_labels
+    truth = read_truth(tiny_cohort)
+    assert len(labels) == len(truth) and labels[["dataset", "image_id"]].duplicated().sum() == 0
+    assert set(labels["label_source"]) == {"labeller", "padchest"}
+    assert (labels.loc[labels["dataset"] == "mimic", "label_source"] == "labeller").all()
+    vals = labels[label_names("chexpert14")].to_numpy().ravel()
+    assert set(vals[~np.isnan(vals)]) <= {1.0, 0.0, -1.0}
+    assert summary["merged"]["images_without_labels"] == 0 and summary["labeller"]["reports_per_s"] > 200
+    assert "labeller vs imagenome" in summary["disagreement"]
+    json.dumps(summary, allow_nan=False)  # valid JSON, no NaN
+
+
+def test_labeller_agrees_with_synthetic_truth(tiny_cohort, tiny_labels):
+    labels, _ = tiny_labels
+    truth = read_truth(tiny_cohort)
+    mimic = labels[labels["dataset"] == "mimic"].merge(truth, on="image_id", suffixes=("", "_t"))
+    names = [n for n in label_names("chexpert14") if n != "No Finding"]
+    omitted = mimic["report_omits"].astype(bool)
+    p = np.isin(mimic[names].to_numpy(), (1, -1))  # U-Ones: hedged findings are present in truth
+    g = mimic[[f"{n}_t" for n in names]].to_numpy() == 1
+    p, g = p[~omitted.to_numpy()], g[~omitted.to_numpy()]
+    f1 = 2 * (p & g).sum() / (2 * (p & g).sum() + (p & ~g).sum() + (~p & g).sum())
+    assert f1 >= 0.95
+
+
+def test_build_labels_is_deterministic_and_respects_space(tiny_cohort, tiny_labels):
+    again, _ = build_labels(tiny_cohort, progress=False)
+    pd.testing.assert_frame_equal(again, tiny_labels[0])
+    ana, _ = build_labels(tiny_cohort, space="anaxnet9", vocabulary="chestxray14", progress=False)
+    assert list(ana.columns[4:-1]) == label_names("anaxnet9")
+
+
+def test_label_params_validation():
+    assert parse_section("label", {}).vocabulary == "chexpert14"
+    with pytest.raises(ParamsError, match="label.vocabulary"):
+        parse_section("label", {"vocabulary": "klingon"})
+    with pytest.raises(ParamsError, match="exactly once"):
+        parse_section("label", {"precedence": ["labeller", "labeller"]})
+    with pytest.raises(ParamsError, match="label.uncertainty.default"):
+        parse_section("label", {"uncertainty": {"default": "maybe"}})
+    with pytest.raises(ParamsError, match="unknown key label.colour"):
+        parse_section("label", {"colour": 1})
+
+
+def test_label_stage_end_to_end(tiny_cohort, tmp_path, repo_root):
+    out, metrics = tmp_path / "labels.parquet", tmp_path / "label.json"
+    argv = ["--params", str(repo_root / "params.yaml"), "--raw", str(tiny_cohort), "--out", str(out), "--metrics", str(metrics)]
+    assert label_stage.main(argv) == 0
+    df = pd.read_parquet(out)
+    assert list(df.columns[:4]) == ["dataset", "image_id", "patient_id", "study_id"] and df.columns[-1] == "label_source"
+    summary = json.loads(metrics.read_text())
+    assert summary["merged"]["images"] == len(df) and summary["sources"]["padchest"]["images"] > 0
+
+
+def test_label_stage_fails_clearly_on_unknown_label(tiny_cohort, tmp_path, repo_root, caplog):
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_cohort / "padchest", raw / "padchest", ignore=shutil.ignore_patterns("images"))
+    csv = next((raw / "padchest").glob("PADCHEST*.csv"))
+    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    df.loc[0, "Labels"] = "['dragon scales']"
+    df.to_csv(csv, index=False)
+    argv = ["--params", str(repo_root / "params.yaml"), "--raw", str(raw), "--out", str(tmp_path / "l.parquet"),
+            "--metrics", str(tmp_path / "l.json")]
+    assert label_stage.main(argv) == 1
+    assert "dragon scales" in caplog.text and not (tmp_path / "l.parquet").exists()
+    bad = tmp_path / "params.yaml"
+    bad.write_text("label:\n  vocabulary: klingon\n")
+    assert label_stage.main(["--params", str(bad), *argv[2:]]) == 2
