@@ -9,7 +9,9 @@ The source is a URL-like string (``ingest.source`` in params.yaml), dispatched o
 ===========================  ==================================================================
 
 Every handler has the signature ``handler(location, out_dir, params) -> dict`` and returns a
-summary that is written to ``<out_dir>/manifest.json`` together with the source.
+summary. The synthetic handler writes it to ``<out_dir>/manifest.json`` (part of the generated
+cohort); the gs and local handlers write ``<out_dir>/ingest-manifest.json``, because a copied or
+downloaded cohort may already carry a ``manifest.json`` of its own.
 """
 
 from __future__ import annotations
