@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from cxr.labeler import Labeler
+from cxr.labeler.score import scores
 from cxr.sources import openi
 from cxr.sources.synthetic import read_synthetic, read_truth
 
@@ -38,25 +39,6 @@ log = logging.getLogger("bench.label")
 GOLD_COLUMNS = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
                 "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
                 "normal"]
-
-
-def scores(pred: np.ndarray, gold: np.ndarray, names: list[str]) -> pd.DataFrame:
-    """Per-class precision / recall / F1 plus micro and macro rows (macro over classes with positives)."""
-    tp = (pred & gold).sum(0)
-    fp = (pred & ~gold).sum(0)
-    fn = (~pred & gold).sum(0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-        r = np.where(tp + fn > 0, tp / (tp + fn), np.nan)
-        f = np.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
-    df = pd.DataFrame({"n_pos": gold.sum(0), "P": p, "R": r, "F1": f}, index=names)
-    has = df["n_pos"] > 0
-    micro = 2 * tp[has].sum() / max(2 * tp[has].sum() + fp[has].sum() + fn[has].sum(), 1)
-    df.loc["micro"] = [int(gold[:, has].sum()), tp[has].sum() / max(tp[has].sum() + fp[has].sum(), 1),
-                       tp[has].sum() / max(tp[has].sum() + fn[has].sum(), 1), micro]
-    df.loc["macro"] = [int(has.sum()), df.loc[has[has].index, "P"].mean(), df.loc[has[has].index, "R"].mean(),
-                       df.loc[has[has].index, "F1"].mean()]
-    return df
 
 
 def openi_gold(realdata: Path) -> tuple[pd.DataFrame, list[str]]:

@@ -25,6 +25,7 @@ import math
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -73,15 +74,44 @@ class LabelError(ValueError):
     """Bad label input: unknown space, vocabulary, term, value or policy (the message names it)."""
 
 
-def label_names(space: str) -> list[str]:
-    """Label names of ``space`` in their fixed order.
+def resolve_space(space: str | Sequence[str]) -> tuple[str, list[str]]:
+    """Resolve a label-space spec into (named space to map into, label names in order).
+
+    ``space`` is the name of a space in :data:`LABEL_SPACES`, or an explicit list of label names
+    that all belong to one mapped space (chexpert14, chestxray14, anaxnet9 or padchest22, tried
+    in that order), e.g. ``["Cardiomegaly", "Edema", "Pleural Effusion"]``: labels are mapped into
+    that space and the listed columns kept, in the listed order.
 
     Raises:
-        LabelError: unknown space (the message lists the valid ones).
+        LabelError: unknown space, empty or duplicated list, or names that no single space has.
     """
-    if space not in LABEL_SPACES:
-        raise LabelError(f"unknown label space {space!r}; choose one of {sorted(LABEL_SPACES)}")
-    return list(LABEL_SPACES[space])
+    if isinstance(space, str):
+        if space not in LABEL_SPACES:
+            raise LabelError(f"unknown label space {space!r}; choose one of {sorted(LABEL_SPACES)} or list label names")
+        return space, list(LABEL_SPACES[space])
+    names = [str(n) for n in space]
+    if not names:
+        raise LabelError("empty label list; name at least one label or a label space")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise LabelError(f"label list names {dup} more than once")
+    for base in _MAPPED_SPACES:
+        if set(names) <= set(LABEL_SPACES[base]):
+            return base, names
+    known = set().union(*(LABEL_SPACES[b] for b in _MAPPED_SPACES))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise LabelError(f"unknown label(s) {unknown} in the label list; labels of {list(_MAPPED_SPACES)} are allowed")
+    raise LabelError(f"labels {names} do not all belong to one of {list(_MAPPED_SPACES)}; pick them from one space")
+
+
+def label_names(space: str | Sequence[str]) -> list[str]:
+    """Label names of ``space`` (a space name or an explicit list, see :func:`resolve_space`) in order.
+
+    Raises:
+        LabelError: unknown space or bad list (the message lists the valid choices).
+    """
+    return resolve_space(space)[1]
 
 
 @lru_cache(maxsize=None)
@@ -126,7 +156,7 @@ def _combine(stack: np.ndarray) -> np.ndarray:
 def to_space(
     native: pd.DataFrame,
     vocab: str,
-    space: str,
+    space: str | Sequence[str],
     key: str = "image_id",
     exhaustive: bool = False,
 ) -> pd.DataFrame:
@@ -136,7 +166,8 @@ def to_space(
         native: ``key`` column + one column per term of ``vocab`` (values 1 / 0 / -1 / NaN). A
             column ``other`` (terms counted as unknown) maps to padchest22 "other findings".
         vocab: source vocabulary (chexpert14, chestxray14, padchest, imagenome).
-        space: target space (see :data:`LABEL_SPACES`).
+        space: target space (see :data:`LABEL_SPACES`) or an explicit label list
+            (:func:`resolve_space`).
         key: id column carried over.
         exhaustive: blanks mean absent (NIH, PadChest): remaining NaN findings become 0.
 
@@ -147,6 +178,7 @@ def to_space(
         LabelError: unknown space / vocabulary, a column that is not a term of ``vocab``, or a
             value outside 1 / 0 / -1 / NaN.
     """
+    space, selected = resolve_space(space)
     names = label_names(space)
     table = load_map(vocab)
     terms = [c for c in native.columns if c != key]
@@ -194,7 +226,7 @@ def to_space(
         col = out[nf].to_numpy().copy()
         col[blocked | (col != 1.0)] = np.nan
         out[nf] = col
-    return out
+    return out[[key, *selected]]
 
 
 def apply_uncertainty(
@@ -441,6 +473,14 @@ def build_labels(
             "seconds": round(seconds, 3),
             "reports_per_s": round(n_reports / seconds, 1) if seconds > 0 else None,
         }
+        truth = Path(raw_dir) / "truth" / "truth.parquet"
+        mimic = next((rep for dataset, rep in reports if dataset == "mimic"), None)
+        if truth.is_file() and mimic is not None:
+            # A synthetic cohort: score the labeller against the true findings (comparison only;
+            # labels.parquet never takes a value from the truth table).
+            from cxr.labeler.score import score_synthetic
+
+            summary["labeller"]["synthetic_truth"] = score_synthetic(raw_dir, mimic, labeller)
 
     for name, df in candidates.items():
         summary["sources"][name] = {"images": int(len(df)), "counts": _label_counts(df, names)}

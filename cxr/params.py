@@ -34,10 +34,22 @@ class BaseParams(_Section):
     """Shared by every stage."""
 
     seed: int = Field(42, ge=0, le=2**32 - 1, description="master random seed")
-    label_space: Literal["chexpert14", "chestxray14", "anaxnet9", "padchest22", "binary"] = Field(
-        "chexpert14", description="label space the models are trained on"
+    label_space: Literal["chexpert14", "chestxray14", "anaxnet9", "padchest22", "binary"] | list[str] = Field(
+        "chexpert14", description="label space the models are trained on: a named space or a list of label names"
     )
     image_size: int = Field(256, ge=32, le=4096, description="model input side in pixels")
+
+    @field_validator("label_space")
+    @classmethod
+    def _check_label_list(cls, v):
+        if isinstance(v, list):
+            from cxr.labels import LabelError, resolve_space  # lazy: keeps params import light
+
+            try:
+                resolve_space(v)
+            except LabelError as exc:
+                raise ValueError(str(exc)) from None
+        return v
 
 
 class SyntheticParams(_Section):
@@ -227,7 +239,8 @@ def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
 def _describe(model: type[BaseModel], section: str, err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        loc = tuple(e["loc"])
+        # drop pydantic's union-member tags (e.g. "list[str]") so the key reads as in params.yaml
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
         key = ".".join([section, *map(str, loc)])
         if e["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key {key} (value {e['input']!r}); {_allowed(model, loc[:-1])}")

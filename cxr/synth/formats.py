@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import numpy as np
 import pydicom
@@ -110,6 +111,8 @@ def dicom_bytes(image01: np.ndarray, patient: Patient, study: Study, im: ImagePl
         if syntax == ExplicitVRLittleEndian:
             ds.PixelData = stored.tobytes()
         else:
+            # openjpeg logs one INFO line per encoded tile; keep its warnings, drop the chatter
+            logging.getLogger("openjpeg").setLevel(logging.WARNING)
             ds.compress(
                 syntax,
                 stored,
