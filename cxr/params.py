@@ -215,6 +215,184 @@ class SplitParams(_Section):
         return self
 
 
+REGION_SETS = ("anaxnet18", "all")
+FINDING_SPACES = ("anaxnet9", "chexpert14", "chestxray14", "padchest22")
+DETECTOR_BACKBONES = ("tiny_fpn", "mobilenet_v3_large_fpn", "mobilenet_v3_small_fpn", "resnet18_fpn", "resnet50_fpn")
+
+
+class CocoParams(_Section):
+    """Chest ImaGenome scene graphs -> COCO json per split (see cxr.anatomy.coco)."""
+
+    regions: Literal["anaxnet18", "all"] | list[str] = Field(
+        "anaxnet18", description="categories: anaxnet18 (the 18 AnaXNet regions), all (every region in the data) or a list"
+    )
+    findings: Literal["anaxnet9", "chexpert14", "chestxray14", "padchest22"] = Field(
+        "anaxnet9", description="label space of the per-region finding vector"
+    )
+    unknown_findings: Literal["error", "count"] = Field(
+        "count", description="ImaGenome finding names missing from the vocabulary map: error | count (skipped)"
+    )
+
+    @field_validator("regions")
+    @classmethod
+    def _check_regions(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            v = [str(r).strip().lower() for r in v]
+            if not v or any(not r for r in v) or len(set(v)) != len(v):
+                raise ValueError(f"region list must be non-empty, without blanks or duplicates (got {v})")
+        return v
+
+
+class DetectorParams(_Section):
+    """Faster R-CNN anatomical region detector (see cxr.anatomy.detector)."""
+
+    backbone: Literal["tiny_fpn", "mobilenet_v3_large_fpn", "mobilenet_v3_small_fpn", "resnet18_fpn", "resnet50_fpn"] = Field(
+        "tiny_fpn", description="FPN backbone: tiny_fpn (CPU default), mobilenet_v3_*_fpn, resnet50_fpn (AnaXNet)"
+    )
+    pretrained: str | None = Field(None, description="optional local backbone weights file (state_dict); None = from scratch")
+    image_size: int = Field(256, ge=64, le=2048, description="detector input side in pixels (long side)")
+    epochs: int = Field(20, ge=1, le=1000, description="training epochs")
+    max_steps: int = Field(-1, ge=-1, description="stop after this many optimiser steps (-1 = epochs decide)")
+    batch_size: int = Field(8, ge=1, le=512, description="images per batch")
+    lr: float = Field(0.002, gt=0, le=1, description="AdamW peak learning rate (one-cycle schedule)")
+    weight_decay: float = Field(1e-4, ge=0, le=1, description="AdamW weight decay")
+    anchor_sizes: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256], min_length=1,
+                                    description="anchor sizes in input pixels (every FPN level)")
+    rpn_pre_nms_top_n_train: int = Field(600, ge=1, description="RPN proposals kept before NMS (training)")
+    rpn_post_nms_top_n_train: int = Field(300, ge=1, description="RPN proposals kept after NMS (training)")
+    rpn_pre_nms_top_n_test: int = Field(300, ge=1, description="RPN proposals kept before NMS (inference)")
+    rpn_post_nms_top_n_test: int = Field(150, ge=1, description="RPN proposals kept after NMS (inference)")
+    rpn_batch_size_per_image: int = Field(128, ge=1, description="anchors sampled per image for the RPN loss")
+    box_batch_size_per_image: int = Field(128, ge=1, description="proposals sampled per image for the box-head loss")
+    box_score_thresh: float = Field(0.01, ge=0, lt=1, description="minimum detection score kept at inference")
+    box_detections_per_img: int = Field(100, ge=1, description="detections kept per image")
+    workers: int = Field(0, ge=0, le=64, description="data-loader worker processes (0 = in the main process)")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto = cuda when available, else cpu")
+
+    @field_validator("anchor_sizes")
+    @classmethod
+    def _check_anchors(cls, v: list[int]) -> list[int]:
+        if any(a <= 0 for a in v) or sorted(v) != v:
+            raise ValueError(f"anchor sizes must be positive and increasing (got {v})")
+        return v
+
+
+class FeaturesParams(_Section):
+    """Region features of every image from the trained detector (see cxr.anatomy.features)."""
+
+    boxes: Literal["pred", "gt"] = Field("pred", description="regions from the detector (pred) or the scene graph (gt)")
+    score_thresh: float = Field(0.05, ge=0, lt=1, description="a region is present when its best box scores above this")
+    views: list[str] = Field(default_factory=lambda: ["PA", "AP"], min_length=1, description="views extracted")
+    batch_size: int = Field(16, ge=1, le=1024, description="images per forward pass")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto = cuda when available, else cpu")
+
+
+class UnetParams(_Section):
+    """segmentation-models-pytorch UNet on organ masks (see cxr.anatomy.unet)."""
+
+    structures: list[str] = Field(
+        default_factory=lambda: ["right_lung", "left_lung", "heart", "right_clavicle", "left_clavicle"],
+        min_length=1, description="mask names (files <structure>.png under data/raw/masks/<image_id>/)",
+    )
+    encoder: str = Field("resnet18", description="segmentation-models-pytorch encoder name")
+    encoder_depth: int = Field(4, ge=3, le=5, description="encoder stages used")
+    decoder_channels: list[int] = Field(default_factory=lambda: [96, 48, 24, 12], min_length=3, max_length=5,
+                                        description="decoder channels per stage (one per encoder stage)")
+    pretrained: str | None = Field(None, description="optional local encoder weights file (state_dict); None = from scratch")
+    image_size: int = Field(256, ge=32, le=2048, description="network input side in pixels")
+    epochs: int = Field(20, ge=1, le=1000, description="training epochs")
+    max_steps: int = Field(-1, ge=-1, description="stop after this many optimiser steps (-1 = epochs decide)")
+    batch_size: int = Field(8, ge=1, le=512, description="images per batch")
+    lr: float = Field(0.003, gt=0, le=1, description="AdamW peak learning rate (one-cycle schedule)")
+    weight_decay: float = Field(1e-4, ge=0, le=1, description="AdamW weight decay")
+    threshold: float = Field(0.5, gt=0, lt=1, description="probability above which a pixel belongs to a structure")
+    workers: int = Field(0, ge=0, le=64, description="data-loader worker processes (0 = in the main process)")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto = cuda when available, else cpu")
+
+    @model_validator(mode="after")
+    def _check_decoder(self) -> UnetParams:
+        if len(self.decoder_channels) != self.encoder_depth:
+            raise ValueError(
+                f"unet.decoder_channels has {len(self.decoder_channels)} entries but unet.encoder_depth is "
+                f"{self.encoder_depth}; give one channel count per encoder stage"
+            )
+        return self
+
+
+class MLGCNParams(_Section):
+    """ML-GCN label graph (also the label head of SegFusion-VAN-GCN)."""
+
+    t: float = Field(0.4, ge=0, le=1, description="binarise P(j|i) of TRAIN co-occurrence at t")
+    p: float = Field(0.2, ge=0, le=1, description="share of a label node's message from its neighbours")
+    backbone: str = Field("densenet121", description="timm backbone of the mlgcn model (cxr.models.cnn.BACKBONES)")
+
+
+class SegFusionParams(_Section):
+    """SegFusion-VAN-GCN: VAN sizes (VAN-B0: dims 32,64,160,256, depths 3,3,5,2)."""
+
+    dims: list[int] = Field(default_factory=lambda: [32, 64, 160, 256], min_length=4, max_length=4,
+                            description="channels of the four VAN stages")
+    depths: list[int] = Field(default_factory=lambda: [2, 2, 2, 2], min_length=4, max_length=4,
+                              description="blocks per VAN stage")
+
+
+class GraphParams(_Section):
+    """Anatomy models on region features (AnaXNet, CheXtriev-style graph transformer)."""
+
+    graph_importance: float = Field(0.7, ge=0, le=1, description="loss = g * image loss + (1 - g) * region loss")
+    hidden: int = Field(256, ge=8, le=4096, description="node embedding size")
+    layers: int = Field(2, ge=0, le=12, description="graph transformer layers (0 = CheXtriev V0: mean of region features)")
+    edges: Literal["full", "cooccurrence"] = Field("full", description="graph transformer edges (TRAIN co-occurrence or all pairs)")
+    positional: bool = Field(True, description="learned positional embedding per region slot")
+    learnable_edges: bool = Field(True, description="continuous edge features as nn.Parameters (CheXtriev V6)")
+    residual: Literal["none", "add", "gated"] = Field("add", description="residual around each graph transformer layer")
+    t: float = Field(0.0, ge=0, le=1, description="AnaXNet: binarise region co-occurrence P(j|i) at t")
+    p: float = Field(0.2, ge=0, le=1, description="AnaXNet: neighbour share of the normalised adjacency")
+
+
+class TrainParams(_Section):
+    """The classifier zoo: one engine (cxr.train), DVC matrix `train@M` over `models`."""
+
+    models: list[str] = Field(default_factory=lambda: ["densenet121"], min_length=1,
+                              description="registered models trained by the train@M matrix (cxr.models.list_models)")
+    image_size: int = Field(128, ge=32, le=2048, description="classifier input side in pixels (CPU default 128)")
+    epochs: int = Field(4, ge=1, le=1000, description="maximum training epochs")
+    batch_size: int = Field(16, ge=1, le=1024, description="samples per batch")
+    lr: float = Field(1e-3, gt=0, le=1, description="AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0, le=1, description="AdamW weight decay")
+    schedule: Literal["cosine", "plateau"] = Field("cosine", description="learning-rate schedule")
+    loss: Literal["bce", "focal"] = Field("bce", description="masked BCE or focal loss (per element)")
+    focal_gamma: float = Field(2.0, ge=0, le=10, description="focusing parameter of the focal loss")
+    pos_weight: bool = Field(False, description="weight positives by negatives/positives of each class on TRAIN")
+    patience: int = Field(3, ge=1, le=1000, description="early stopping patience (epochs without better val macro AUROC)")
+    augment: bool = Field(True, description="seeded small affine + contrast augmentation of training images")
+    pool: Literal["avg", "max", "lse", "pcam"] = Field("avg", description="pooling head of the global CNN / ViT models")
+    frontal_only: bool = Field(True, description="train and evaluate on frontal views only")
+    pretrained: dict[str, str] = Field(default_factory=dict, description="model name -> local backbone weights file")
+    device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto = GPU when available")
+    precision: Literal["auto", "32", "bf16", "16"] = Field("auto", description="auto = bf16/fp16 mixed on GPU, 32 on CPU")
+    devices: int | Literal["auto"] = Field("auto", description="number of devices (GPUs) or auto")
+    strategy: str = Field("auto", description="Lightning strategy: auto | ddp | ...")
+    num_workers: int = Field(0, ge=0, le=64, description="data-loader worker processes")
+    mlgcn: MLGCNParams = MLGCNParams()
+    segfusion: SegFusionParams = SegFusionParams()
+    graph: GraphParams = GraphParams()
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"model names must be unique (got {v})")
+        return v
+
+
+class EvaluateParams(_Section):
+    """Test-set evaluation of each trained model (cxr.evaluate)."""
+
+    bootstrap: int = Field(1000, ge=10, le=100000, description="patient-bootstrap resamples for the 95% CIs and p-values")
+    ci: float = Field(0.95, gt=0.5, lt=1, description="confidence level of the intervals")
+    ece_bins: int = Field(10, ge=2, le=100, description="bins of the expected calibration error")
+    reference: str = Field("densenet121", description="model the comparison table tests every other model against")
 
 
 SECTIONS: dict[str, type[_Section]] = {
@@ -223,6 +401,12 @@ SECTIONS: dict[str, type[_Section]] = {
     "convert": ConvertParams,
     "label": LabelParams,
     "split": SplitParams,
+    "coco": CocoParams,
+    "detector": DetectorParams,
+    "features": FeaturesParams,
+    "unet": UnetParams,
+    "train": TrainParams,
+    "evaluate": EvaluateParams,
 }
 
 

@@ -1,0 +1,147 @@
+"""Helpers shared by the anatomy models: device choice, PNG loading, geometry, model dirs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from cxr.io import write_bytes, write_json
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "model.pt"
+CARD = "card.json"
+
+
+class AnatomyError(ValueError):
+    """Bad anatomy input: missing files, empty splits, unknown names (the message names the value)."""
+
+
+def pick_device(device: str) -> torch.device:
+    """``auto`` -> cuda if available, else mps, else cpu; an explicit choice must be available.
+
+    Raises:
+        AnatomyError: ``cuda`` / ``mps`` requested but not available.
+    """
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise AnatomyError("device = 'cuda' but CUDA is not available; use device: auto or cpu")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise AnatomyError("device = 'mps' but MPS is not available; use device: auto or cpu")
+    return torch.device(device)
+
+
+def lightning_accelerator(device: torch.device) -> str:
+    return {"cuda": "gpu", "mps": "mps"}.get(device.type, "cpu")
+
+
+def read_gray(path: str | Path) -> np.ndarray:
+    """A PNG as float32 ``[H, W]`` in ``[0, 1]`` (8- or 16-bit grayscale).
+
+    Raises:
+        AnatomyError: file missing or not a single-channel image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AnatomyError(f"{path}: image not found (was the convert stage run on this data?)")
+    with Image.open(path) as im:
+        arr = np.asarray(im)
+    if arr.ndim == 3:  # an RGB export of a grayscale radiograph: take the luminance
+        arr = arr[..., :3].mean(axis=2)
+    scale = 65535.0 if arr.dtype == np.uint16 or arr.max() > 255 else 255.0
+    return (arr.astype(np.float32) / scale).clip(0, 1)
+
+
+def resize_float(img: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Box-filter resize of a float image to ``rows x cols`` (exact area averaging when shrinking; writable copy)."""
+    if img.shape == (rows, cols):
+        return img.astype(np.float32, copy=False)
+    return np.array(Image.fromarray(img.astype(np.float32)).resize((cols, rows), Image.Resampling.BOX), np.float32)
+
+
+def fit_size(rows: int, cols: int, size: int) -> tuple[int, int, float]:
+    """Output shape and scale when the long side of ``rows x cols`` becomes ``size``."""
+    s = size / max(rows, cols)
+    return max(1, round(rows * s)), max(1, round(cols * s)), s
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_model_dir(out_dir: str | Path, model: torch.nn.Module, card: dict[str, Any]) -> None:
+    """Write ``model.pt`` (a state_dict, loadable with ``weights_only=True``) and ``card.json`` atomically."""
+    out_dir = Path(out_dir)
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    write_bytes(out_dir / WEIGHTS, buf.getvalue())
+    write_json(out_dir / CARD, card)
+
+
+def read_card(model_dir: str | Path) -> dict[str, Any]:
+    model_dir = Path(model_dir)
+    card_path, weights = model_dir / CARD, model_dir / WEIGHTS
+    if not card_path.is_file() or not weights.is_file():
+        raise AnatomyError(f"{model_dir}: not a model dir (expected {CARD} and {WEIGHTS})")
+    return json.loads(card_path.read_text(encoding="utf-8"))
+
+
+def load_state(model_dir: str | Path) -> dict[str, torch.Tensor]:
+    return torch.load(Path(model_dir) / WEIGHTS, map_location="cpu", weights_only=True)
+
+
+def load_local_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A local pretrained weights file (state_dict, or a checkpoint with a ``state_dict`` / ``model`` key).
+
+    Raises:
+        AnatomyError: the file is missing or holds no state_dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AnatomyError(f"pretrained weights file {path} not found (weights are never downloaded; "
+                           "put a local file there or set pretrained: null)")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise AnatomyError(f"{path}: not a state_dict of tensors")
+    return obj
+
+
+def gray_first_conv(state: dict[str, torch.Tensor], model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Adapt RGB pretrained weights to 1-channel input: sum the first conv's input channels."""
+    out = {}
+    for k, v in state.items():
+        target = model_state.get(k)
+        if target is not None and v.ndim == 4 and target.ndim == 4 and v.shape[1] == 3 and target.shape[1] == 1:
+            v = v.sum(dim=1, keepdim=True)
+        out[k] = v
+    return out
+
+
+def ok_images(images: pd.DataFrame) -> pd.DataFrame:
+    """Rows of images.parquet that converted, indexed by image_id."""
+    df = images[images["status"] == "ok"]
+    if df["image_id"].duplicated().any():
+        dup = df.loc[df["image_id"].duplicated(), "image_id"].iloc[0]
+        raise AnatomyError(f"images table: image_id {dup!r} appears twice")
+    return df.set_index("image_id", drop=False)

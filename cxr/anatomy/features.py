@@ -1,0 +1,231 @@
+"""Region features for every image: the AnaXNet / CheXtriev input.
+
+For each image, the trained detector runs once; for each configured region the best-scoring box
+of that class above ``features.score_thresh`` is kept (``boxes: pred``, the default), or the
+scene-graph box is used (``boxes: gt``, the CheXtriev setting; images without a scene graph then
+have no regions). The 1024-d output of the detector's box head (``roi_heads.box_roi_pool`` +
+``roi_heads.box_head``, as AnaXNet) on that box is the region's feature.
+
+Contract (folder written by the ``features`` stage; row ``i`` of every array is row ``i`` of
+``index.parquet``; region axis in the order of ``meta.json["regions"]``)::
+
+    features.npy  float16 [N, R, D]  box-head features; NaN where mask is False (never zero-filled)
+    mask.npy      bool    [N, R]     region found (pred: a box scored >= score_thresh; gt: in the scene graph)
+    boxes.npy     float32 [N, R, 4]  x1, y1, x2, y2 in PNG pixels (images.parquet png_path); NaN where missing
+    scores.npy    float32 [N, R]     detector score of the kept box (1.0 for gt boxes); NaN where missing
+    labels.npy    float32 [N, R, F]  region findings from the scene graph (1 / 0) in meta["findings"] order;
+                                     NaN for images without a scene graph or a region it does not list
+    index.parquet  row, image_id, dataset, patient_id, split, view, png_path, has_scene_graph, regions_found
+    meta.json      regions, findings, dim, box_source (pred | gt), score_thresh, detector card digest, counts
+
+Load with :func:`load_features`; use ``np.where(mask[..., None], features, 0)`` (or a learned
+"missing" embedding) before feeding a model, and keep the mask for attention / pooling.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from cxr.anatomy.common import AnatomyError, fit_size, ok_images, pick_device, read_gray, resize_float, sha256_file
+from cxr.anatomy.detector import load_detector
+from cxr.io import atomic_dir, write_json, write_parquet
+
+log = logging.getLogger(__name__)
+
+ARRAYS = ("features", "mask", "boxes", "scores", "labels")
+INDEX_COLUMNS = ("row", "image_id", "dataset", "patient_id", "split", "view", "png_path", "has_scene_graph",
+                 "regions_found")
+
+
+def gt_regions(coco_dir: str | Path, regions: Sequence[str], findings: Sequence[str]) -> dict[str, dict]:
+    """image_id -> ``{"boxes": [R, 4] (NaN missing), "labels": [R, F] (NaN missing)}`` from the COCO files."""
+    out: dict[str, dict] = {}
+    pos = {r: i for i, r in enumerate(regions)}
+    for path in sorted(Path(coco_dir).glob("*.json")):
+        coco = json.loads(path.read_text(encoding="utf-8"))
+        if list(coco["info"].get("findings", [])) != list(findings):
+            raise AnatomyError(f"{path}: findings {coco['info'].get('findings')} differ from the detector's "
+                               f"{list(findings)}; rerun coco and detector together")
+        cat = {c["id"]: c["name"] for c in coco["categories"]}
+        ids = {}
+        for im in coco["images"]:
+            ids[im["id"]] = im["name"]
+            out[im["name"]] = {"boxes": np.full((len(regions), 4), np.nan, np.float32),
+                               "labels": np.full((len(regions), len(findings)), np.nan, np.float32)}
+        for a in coco["annotations"]:
+            r = pos.get(cat[a["category_id"]])
+            if r is None:
+                continue
+            x, y, w, h = a["bbox"]
+            slot = out[ids[a["image_id"]]]
+            slot["boxes"][r] = (x, y, x + w, y + h)
+            slot["labels"][r] = a["attributes"]
+    return out
+
+
+@torch.inference_mode()
+def _region_features(model, images: list[torch.Tensor], boxes_in: list[torch.Tensor] | None,
+                     n_regions: int, score_thresh: float) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per image: features [R, D], mask [R], boxes [R, 4] (input pixels), scores [R]."""
+    il, _ = model.transform(images)
+    feats = model.backbone(il.tensors)
+    chosen: list[torch.Tensor] = []
+    masks, scores = [], []
+    if boxes_in is None:
+        proposals, _ = model.rpn(il, feats)
+        dets, _ = model.roi_heads(feats, proposals, il.image_sizes)
+        for d in dets:
+            b = torch.full((n_regions, 4), float("nan"))
+            s = torch.full((n_regions,), float("nan"))
+            for box, score, label in zip(d["boxes"], d["scores"], d["labels"]):  # sorted by score
+                k = int(label) - 1
+                if score >= score_thresh and torch.isnan(s[k]):
+                    b[k], s[k] = box, score
+            chosen.append(b)
+            scores.append(s)
+            masks.append(~torch.isnan(s))
+    else:
+        for b in boxes_in:
+            m = ~torch.isnan(b).any(1)
+            chosen.append(b)
+            masks.append(m)
+            scores.append(torch.where(m, 1.0, float("nan")))
+    # the transform may rescale (it does not when inputs are already image_size); boxes follow
+    ratios = [(s[0] / im.shape[-2], s[1] / im.shape[-1]) for s, im in zip(il.image_sizes, images)]
+    scaled = [b[m] * torch.tensor([rx, ry, rx, ry]) for b, m, (ry, rx) in zip(chosen, masks, ratios)]
+    dim = model.roi_heads.box_head.fc7.out_features
+    if sum(len(b) for b in scaled):
+        x = model.roi_heads.box_head(model.roi_heads.box_roi_pool(feats, scaled, il.image_sizes))
+    else:
+        x = torch.zeros(0, dim)
+    out, start = [], 0
+    for b, m, s in zip(chosen, masks, scores):
+        f = torch.full((n_regions, dim), float("nan"))
+        n = int(m.sum())
+        f[m] = x[start:start + n].float()
+        start += n
+        out.append((f.numpy(), m.numpy(), b.numpy(), s.numpy()))
+    return out
+
+
+def extract_features(
+    model_dir: str | Path,
+    coco_dir: str | Path,
+    images: pd.DataFrame,
+    splits: pd.DataFrame,
+    images_dir: str | Path,
+    out_dir: str | Path,
+    boxes: str = "pred",
+    score_thresh: float = 0.05,
+    views: Sequence[str] = ("PA", "AP"),
+    batch_size: int = 16,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write the features folder (see the module docstring) for every split image of the given views.
+
+    Returns:
+        The summary written to ``meta.json`` (counts of missing regions per region and per split).
+
+    Raises:
+        AnatomyError: bad ``boxes`` value, no image to extract, or COCO / detector mismatch.
+    """
+    if boxes not in ("pred", "gt"):
+        raise AnatomyError(f"features.boxes = {boxes!r}; choose 'pred' (detector) or 'gt' (scene graph)")
+    model, card = load_detector(model_dir)
+    dev = pick_device(device)
+    model.to(dev)
+    regions, findings = list(card["regions"]), list(card["findings"])
+    size = int(card["input"]["size"])
+    gt = gt_regions(coco_dir, regions, findings)
+    imgs = ok_images(images).reset_index(drop=True)
+    split_of = dict(zip(splits["image_id"], splits["split"]))
+    wanted = {v.upper() for v in views}
+    rows = imgs[imgs["image_id"].isin(split_of.keys()) & imgs["view"].fillna("").str.upper().isin(wanted)]
+    rows = rows.sort_values("image_id", kind="stable").reset_index(drop=True)
+    if rows.empty:
+        raise AnatomyError(f"no converted image with a split has a view in {sorted(wanted)}")
+    n, r, f = len(rows), len(regions), len(findings)
+    dim = model.roi_heads.box_head.fc7.out_features
+    arr = {"features": np.full((n, r, dim), np.nan, np.float16), "mask": np.zeros((n, r), bool),
+           "boxes": np.full((n, r, 4), np.nan, np.float32), "scores": np.full((n, r), np.nan, np.float32),
+           "labels": np.full((n, r, f), np.nan, np.float32)}
+    t0 = time.perf_counter()
+    for start in tqdm(range(0, n, batch_size), desc=f"features ({boxes} boxes)", unit="batch",
+                      disable=not progress, mininterval=2):
+        batch = rows.iloc[start:start + batch_size]
+        tensors, scales, box_in = [], [], []
+        for row in batch.itertuples(index=False):
+            img = read_gray(Path(images_dir) / row.png_path)
+            h, w, s = fit_size(*img.shape, size)
+            tensors.append(torch.from_numpy(resize_float(img, h, w)).unsqueeze(0).to(dev))
+            scales.append(s)
+            g = gt.get(row.image_id)
+            box_in.append(torch.from_numpy(g["boxes"] * s) if g is not None else torch.full((r, 4), float("nan")))
+        res = _region_features(model, tensors, None if boxes == "pred" else [b.to(dev) for b in box_in], r,
+                               score_thresh)
+        for j, (row, (feat, m, b, sc), s) in enumerate(zip(batch.itertuples(index=False), res, scales)):
+            i = start + j
+            arr["features"][i] = feat.astype(np.float16)
+            arr["mask"][i] = m
+            arr["boxes"][i] = b / s
+            arr["scores"][i] = sc
+            g = gt.get(row.image_id)
+            if g is not None:
+                arr["labels"][i] = g["labels"]
+    seconds = time.perf_counter() - t0
+    index = pd.DataFrame({
+        "row": np.arange(n), "image_id": rows["image_id"].to_numpy(), "dataset": rows["dataset"].to_numpy(),
+        "patient_id": rows["patient_id"].to_numpy(), "split": rows["image_id"].map(split_of).to_numpy(),
+        "view": rows["view"].to_numpy(), "png_path": rows["png_path"].to_numpy(),
+        "has_scene_graph": rows["image_id"].isin(gt.keys()).to_numpy(),
+        "regions_found": arr["mask"].sum(1).astype(np.int64),
+    }, columns=list(INDEX_COLUMNS))
+    missing = {reg: int((~arr["mask"][:, k]).sum()) for k, reg in enumerate(regions)}
+    meta = {
+        "regions": regions, "findings": findings, "dim": int(dim), "box_source": boxes,
+        "score_thresh": score_thresh, "views": sorted(wanted), "images": n,
+        "images_per_split": {k: int(v) for k, v in index["split"].value_counts().sort_index().items()},
+        "images_with_scene_graph": int(index["has_scene_graph"].sum()),
+        "images_missing_regions": int((index["regions_found"] < r).sum()),
+        "missing_per_region": {k: v for k, v in missing.items() if v},
+        "missing_on_scene_graph_images": int((~arr["mask"][index["has_scene_graph"].to_numpy()]).sum()),
+        "detector": {"backbone": card["backbone"], "weights_sha256": sha256_file(Path(model_dir) / "model.pt")},
+        "seconds": round(seconds, 1),
+    }
+    with atomic_dir(out_dir) as tmp:
+        for name in ARRAYS:
+            np.save(tmp / f"{name}.npy", arr[name], allow_pickle=False)
+        write_parquet(tmp / "index.parquet", index)
+        write_json(tmp / "meta.json", meta)
+    log.info("features: %d images, %s boxes, %d images missing regions", n, boxes, meta["images_missing_regions"])
+    return meta
+
+
+def load_features(folder: str | Path) -> tuple[dict[str, np.ndarray], pd.DataFrame, dict[str, Any]]:
+    """Read a features folder: ``(arrays by name, index, meta)``; checks that every array has N rows.
+
+    Raises:
+        AnatomyError: missing file or misaligned arrays.
+    """
+    folder = Path(folder)
+    try:
+        arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in ARRAYS}
+        index = pd.read_parquet(folder / "index.parquet")
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise AnatomyError(f"{folder}: incomplete features folder ({exc.filename} missing)") from None
+    n = len(index)
+    bad = {k: v.shape for k, v in arrays.items() if v.shape[0] != n or v.shape[1] != len(meta["regions"])}
+    if bad:
+        raise AnatomyError(f"{folder}: arrays {bad} do not match {n} index rows x {len(meta['regions'])} regions")
+    return arrays, index, meta

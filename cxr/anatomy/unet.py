@@ -1,0 +1,243 @@
+"""Organ segmentation: a segmentation-models-pytorch UNet (Ronneberger et al., MICCAI 2015) on organ masks.
+
+SegFusion-VAN-GCN pretrains a UNet on lung / heart / clavicle masks and fuses its masks into the
+classifier's stages. Here: one sigmoid channel per structure (structures may overlap), loss =
+BCE + soft Dice, trained with Lightning + DVCLive on the train split of the images that have
+every configured mask; Dice and IoU per structure on val and test at the network's input size.
+
+Model dir: ``model.pt`` (state_dict of :class:`OrganUNet`, load with ``weights_only=True``) +
+``card.json`` (architecture, encoder, classes in channel order, input size, normalisation,
+threshold, params, metrics). Load with :func:`load_unet`::
+
+    model, classes = load_unet("models/unet")          # eval mode, CPU
+    probs = torch.sigmoid(model(x))                    # x: [B, 1, S, S] float in [0, 1], S = card input size
+    masks = probs > card["threshold"]                  # [B, len(classes), S, S]
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from cxr.anatomy.common import (
+    AnatomyError,
+    fit_size,
+    gray_first_conv,
+    load_local_weights,
+    load_state,
+    ok_images,
+    pick_device,
+    read_card,
+    read_gray,
+    resize_float,
+    save_model_dir,
+)
+from cxr.anatomy.detector import fit
+from cxr.anatomy.masks import dice_iou, read_mask, resize_mask, to_png_grid
+from cxr.params import UnetParams
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURE = "segmentation_models_pytorch.Unet"
+MEAN, STD = 0.5, 0.25
+
+
+class OrganUNet(nn.Module):
+    """UNet on grayscale radiographs.
+
+    Input ``[B, 1, H, W]`` float in ``[0, 1]`` (H, W divisible by ``2 ** encoder_depth``); output
+    logits ``[B, C, H, W]``, one channel per structure in ``classes`` order.
+    """
+
+    def __init__(self, classes: Sequence[str], encoder: str = "resnet18", encoder_depth: int = 4,
+                 decoder_channels: Sequence[int] = (96, 48, 24, 12)):
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        self.classes = list(classes)
+        self.net = smp.Unet(encoder_name=encoder, encoder_depth=encoder_depth, encoder_weights=None,
+                            decoder_channels=list(decoder_channels), in_channels=1, classes=len(self.classes))
+        # smp keeps the ResNet stages beyond encoder_depth: dead weights that would never train
+        for k in range(max(encoder_depth, 1), 5):
+            if isinstance(getattr(self.net.encoder, f"layer{k}", None), nn.Module):
+                delattr(self.net.encoder, f"layer{k}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise AnatomyError(f"OrganUNet expects [B, 1, H, W], got {tuple(x.shape)}")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise AnatomyError(f"OrganUNet expects intensities in [0, 1], got [{lo:.3g}, {hi:.3g}]")
+        return self.net((x - MEAN) / STD)
+
+
+def load_unet(model_dir: str | Path) -> tuple[OrganUNet, list[str]]:
+    """The trained UNet of a model dir (eval mode, CPU) and its class names in channel order."""
+    card = read_card(model_dir)
+    if card.get("architecture") != ARCHITECTURE:
+        raise AnatomyError(f"{model_dir}: architecture {card.get('architecture')!r} is not {ARCHITECTURE}")
+    model = OrganUNet(card["classes"], card["encoder"], card["encoder_depth"], card["decoder_channels"])
+    model.load_state_dict(load_state(model_dir))
+    return model.eval(), list(card["classes"])
+
+
+def mask_table(images: pd.DataFrame, splits: pd.DataFrame, masks_dir: str | Path,
+               structures: Sequence[str]) -> pd.DataFrame:
+    """Converted images with a split and every structure's mask file (image rows + ``split``)."""
+    imgs = ok_images(images).reset_index(drop=True)
+    masks_dir = Path(masks_dir)
+    have = [all((masks_dir / iid / f"{s}.png").is_file() for s in structures) for iid in imgs["image_id"]]
+    out = imgs[np.array(have, bool)].merge(splits[["image_id", "split"]], on="image_id", how="inner")
+    return out.sort_values("image_id", kind="stable").reset_index(drop=True)
+
+
+class MaskImages(Dataset):
+    """Images and organ masks at ``size x size`` (long side resized, then padded bottom / right)."""
+
+    def __init__(self, table: pd.DataFrame, images_dir: str | Path, masks_dir: str | Path,
+                 structures: Sequence[str], size: int, progress: bool = True):
+        self.items = []
+        for row in tqdm(table.itertuples(index=False), total=len(table), desc="load masks", unit="img",
+                        disable=not progress, mininterval=2):
+            img = read_gray(Path(images_dir) / row.png_path)
+            h, w, _ = fit_size(*img.shape, size)
+            x = np.zeros((1, size, size), np.uint8)
+            x[0, :h, :w] = (resize_float(img, h, w) * 255).round().astype(np.uint8)
+            y = np.zeros((len(structures), size, size), bool)
+            for k, s in enumerate(structures):
+                m = to_png_grid(read_mask(Path(masks_dir) / row.image_id / f"{s}.png"), float(row.scale),
+                                int(row.offset_x), int(row.offset_y), int(row.out_rows), int(row.out_cols))
+                y[k, :h, :w] = resize_mask(m, h, w)
+            self.items.append((x, y))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.items[i]
+        return torch.from_numpy(x).float().div_(255), torch.from_numpy(y).float()
+
+
+class UNetModule(L.LightningModule):
+    """BCE + soft Dice, AdamW, one-cycle LR."""
+
+    def __init__(self, model: OrganUNet, lr: float, weight_decay: float, total_steps: int):
+        super().__init__()
+        self.model = model
+        self.lr, self.weight_decay, self.total_steps = lr, weight_decay, max(1, total_steps)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.model(x)
+        p = torch.sigmoid(logits)
+        inter = (p * y).sum((2, 3))
+        soft_dice = (2 * inter + 1) / (p.sum((2, 3)) + y.sum((2, 3)) + 1)
+        bce = nn.functional.binary_cross_entropy_with_logits(logits, y)
+        loss = bce + (1 - soft_dice).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite UNet loss {float(loss)} at step {self.global_step}; lower unet.lr")
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(x))
+        self.log("train/soft_dice", soft_dice.mean(), batch_size=len(x))
+        return loss
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=self.total_steps, pct_start=0.15)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+@torch.inference_mode()
+def evaluate_unet(model: OrganUNet, data: MaskImages, threshold: float = 0.5, batch_size: int = 8,
+                  device: torch.device | None = None) -> dict[str, Any]:
+    """Mean Dice and IoU per structure (and their means) over ``data``."""
+    device = device or torch.device("cpu")
+    model = model.to(device).eval()
+    scores: dict[str, list[tuple[float, float]]] = {c: [] for c in model.classes}
+    for x, y in DataLoader(data, batch_size=batch_size, shuffle=False):
+        pred = (torch.sigmoid(model(x.to(device))) > threshold).cpu()
+        for i in range(len(x)):
+            for k, c in enumerate(model.classes):
+                scores[c].append(dice_iou(pred[i, k], y[i, k] > 0.5))
+    per = {c: {"dice": round(float(np.mean([d for d, _ in v])), 4), "iou": round(float(np.mean([j for _, j in v])), 4)}
+           for c, v in scores.items() if v}
+    out: dict[str, Any] = {"images": len(data), "per_structure": per}
+    if per:
+        out["mean_dice"] = round(float(np.mean([v["dice"] for v in per.values()])), 4)
+        out["mean_iou"] = round(float(np.mean([v["iou"] for v in per.values()])), 4)
+    return out
+
+
+def train_unet(
+    images: pd.DataFrame,
+    splits: pd.DataFrame,
+    images_dir: str | Path,
+    masks_dir: str | Path,
+    out_dir: str | Path,
+    params: UnetParams,
+    seed: int = 42,
+    live_dir: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[OrganUNet, dict[str, Any]]:
+    """Train on the train split, evaluate on val and test, save the model dir; returns the model and metrics.
+
+    Raises:
+        AnatomyError: no training image has every configured mask, or bad encoder / weights.
+    """
+    L.seed_everything(seed, workers=True, verbose=False)
+    device = pick_device(params.device)
+    if params.image_size % (2 ** params.encoder_depth):
+        raise AnatomyError(f"unet.image_size = {params.image_size} must be divisible by 2**encoder_depth = "
+                           f"{2 ** params.encoder_depth}")
+    table = mask_table(images, splits, masks_dir, params.structures)
+    counts = {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")}
+    if counts["train"] == 0:
+        raise AnatomyError(f"no training image has all masks {list(params.structures)} under {masks_dir} "
+                           f"(images with masks per split: {counts})")
+    data = {s: MaskImages(table[table["split"] == s], images_dir, masks_dir, params.structures, params.image_size,
+                          progress=progress) for s in ("train", "val", "test")}
+    try:
+        model = OrganUNet(params.structures, params.encoder, params.encoder_depth, params.decoder_channels)
+    except (KeyError, ValueError) as exc:
+        raise AnatomyError(f"unet.encoder = {params.encoder!r}: {exc}") from None
+    if params.pretrained:
+        state = load_local_weights(params.pretrained)
+        enc = model.net.encoder
+        state = gray_first_conv(state, enc.state_dict())
+        missing, unexpected = enc.load_state_dict(state, strict=False)
+        log.info("loaded %s into the encoder: %d keys missing, %d unexpected", params.pretrained, len(missing),
+                 len(unexpected))
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(data["train"], batch_size=params.batch_size, shuffle=True, num_workers=params.workers,
+                        generator=gen, drop_last=len(data["train"]) > params.batch_size)
+    steps = params.epochs * len(loader)
+    if params.max_steps > 0:
+        steps = min(steps, params.max_steps)
+    module = UNetModule(model, params.lr, params.weight_decay, steps)
+    seconds = fit(module, loader, params.epochs, params.max_steps, device, live_dir, seed)
+    model = module.model
+    metrics: dict[str, Any] = {"images": counts, "train_seconds": round(seconds, 1)}
+    for split in ("val", "test"):
+        metrics[split] = evaluate_unet(model, data[split], params.threshold, device=device)
+    model = model.cpu().eval()
+    card = {
+        "architecture": ARCHITECTURE, "encoder": params.encoder, "encoder_depth": params.encoder_depth,
+        "decoder_channels": list(params.decoder_channels), "classes": list(params.structures),
+        "input": {"channels": 1, "size": params.image_size, "range": [0.0, 1.0],
+                  "resize": "long side to size, aspect kept, padded bottom/right with 0"},
+        "normalisation": {"mean": MEAN, "std": STD, "applied_by": "OrganUNet.forward"},
+        "output": "logits [B, C, H, W]; sigmoid > threshold = mask", "threshold": params.threshold,
+        "params": params.model_dump(), "seed": seed, "metrics": {s: metrics[s].get("mean_dice") for s in ("val", "test")},
+        "data": {"images": counts},
+    }
+    save_model_dir(out_dir, model, card)
+    log.info("unet: test mean Dice %s in %.0f s", metrics["test"].get("mean_dice"), seconds)
+    return model, metrics

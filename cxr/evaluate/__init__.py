@@ -1,0 +1,1 @@
+"""Evaluation of the classifier zoo: metrics, patient bootstrap, comparison table."""

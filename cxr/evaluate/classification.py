@@ -1,0 +1,142 @@
+"""Test-set evaluation of one trained classifier (the ``evaluate@M`` stage).
+
+Per class and macro/micro: AUROC with a patient-bootstrap CI, AUPRC, sensitivity / specificity /
+F1 at the thresholds stored in the model card (chosen on VALIDATION by the train stage; the test
+split never chooses anything), expected calibration error; per-region AUROC for anatomy models.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cxr.evaluate.bootstrap import bootstrap, patient_resamples, percentile_ci
+from cxr.evaluate.metrics import (
+    auprc,
+    expected_calibration_error,
+    macro_auroc,
+    micro_auroc,
+    operating_point,
+    per_class_auroc,
+    pr_curve,
+    roc_curve,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _f(x) -> float | None:
+    x = float(x)
+    return round(x, 6) if np.isfinite(x) else None
+
+
+def classification_metrics(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, patient_ids: Sequence,
+                           names: Sequence[str], thresholds: Mapping[str, float], n_boot: int = 1000, ci: float = 0.95,
+                           ece_bins: int = 10, seed: int = 0) -> dict:
+    """Metrics of test predictions ``probs [N, C]`` against ``targets``/``mask`` (see module docstring)."""
+    res = patient_resamples(patient_ids, n_boot, seed)
+    per_auc = per_class_auroc(probs, targets, mask)
+    boot_per = bootstrap(lambda r: per_class_auroc(probs[r], targets[r], mask[r]), res)
+    with np.errstate(all="ignore"):
+        boot_macro = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in boot_per])
+    boot_micro = bootstrap(lambda r: micro_auroc(probs[r], targets[r], mask[r]), res)
+    lo, hi = percentile_ci(boot_per, ci)
+    per_class = {}
+    for c, n in enumerate(names):
+        m = mask[:, c]
+        s, y = probs[m, c], targets[m, c].astype(bool)
+        op = operating_point(s, y, thresholds.get(n, 0.5))
+        per_class[n] = {
+            "auroc": _f(per_auc[c]), "auroc_ci_low": _f(np.atleast_1d(lo)[c]), "auroc_ci_high": _f(np.atleast_1d(hi)[c]),
+            "auprc": _f(auprc(s, y)), "threshold": _f(thresholds.get(n, 0.5)),
+            **{k: _f(v) for k, v in op.items()}, "positives": int(y.sum()), "negatives": int((~y).sum()),
+        }
+    mlo, mhi = percentile_ci(boot_macro, ci)
+    ulo, uhi = percentile_ci(boot_micro, ci)
+    auprcs = [v["auprc"] for v in per_class.values() if v["auprc"] is not None]
+    f1s = [v["f1"] for v in per_class.values() if v["f1"] is not None]
+    return {
+        "macro_auroc": _f(macro_auroc(probs, targets, mask)), "macro_auroc_ci_low": _f(mlo), "macro_auroc_ci_high": _f(mhi),
+        "micro_auroc": _f(micro_auroc(probs, targets, mask)), "micro_auroc_ci_low": _f(ulo), "micro_auroc_ci_high": _f(uhi),
+        "macro_auprc": _f(np.mean(auprcs)) if auprcs else None, "macro_f1": _f(np.mean(f1s)) if f1s else None,
+        "ece": _f(expected_calibration_error(probs, targets, mask, ece_bins)),
+        "classes_evaluated": int(np.isfinite(per_auc).sum()), "test_images": int(len(probs)),
+        "test_patients": int(len(set(patient_ids))), "bootstrap": n_boot, "ci": ci, "per_class": per_class,
+    }
+
+
+def curve_tables(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, names: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """ROC (class, fpr, tpr) and PR (class, recall, precision) points of every class with both outcomes."""
+    roc, pr = [], []
+    for c, n in enumerate(names):
+        m = mask[:, c]
+        y = targets[m, c].astype(bool)
+        if y.all() or not y.any():
+            continue
+        fpr, tpr, _ = roc_curve(probs[m, c], y)
+        roc.append(pd.DataFrame({"class": n, "fpr": fpr.round(6), "tpr": tpr.round(6)}))
+        prec, rec = pr_curve(probs[m, c], y)
+        pr.append(pd.DataFrame({"class": n, "recall": rec.round(6), "precision": prec.round(6)}))
+    empty_roc, empty_pr = pd.DataFrame(columns=["class", "fpr", "tpr"]), pd.DataFrame(columns=["class", "recall", "precision"])
+    return (pd.concat(roc, ignore_index=True) if roc else empty_roc), (pd.concat(pr, ignore_index=True) if pr else empty_pr)
+
+
+def region_auroc(node_probs: np.ndarray, region_targets: np.ndarray, region_mask: np.ndarray,
+                 region_names: Sequence[str] | None = None) -> dict[str, float | None]:
+    """AUROC per region (all findings of the region pooled) of an anatomy model's node predictions ``[N, R, F]``."""
+    from cxr.evaluate.metrics import auroc
+
+    out = {}
+    for r in range(node_probs.shape[1]):
+        m = region_mask[:, r]
+        name = region_names[r] if region_names is not None else str(r)
+        out[name] = _f(auroc(node_probs[:, r][m], region_targets[:, r][m]))
+    return out
+
+
+def evaluate_model(model_dir, *, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.DataFrame, images_dir,
+                   cache_dir, features_dir=None, n_boot: int = 1000, ci: float = 0.95, ece_bins: int = 10, seed: int = 0,
+                   batch_size: int = 32, progress: bool = True) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Evaluate a model dir on the TEST split.
+
+    Returns:
+        ``(metrics, roc, pr, predictions)``; predictions has image_id, patient_id and, per class,
+        ``p:<name>``, ``y:<name>``, ``m:<name>`` (probability, target, mask) for paired comparisons.
+    """
+    import torch
+
+    from cxr.train import REGION_MODELS, build_datasets, load_model_dir, predict
+
+    model, card = load_model_dir(model_dir)
+    name, names = card["architecture"], card["label_names"]
+    unc = card.get("uncertainty", {})
+    ds = build_datasets(name, images=images, labels=labels, splits=splits, images_dir=images_dir, names=names,
+                        uncertainty=unc, which=("test",), image_size=card["input"].get("size", 0),
+                        frontal_only=card["params"].get("frontal_only", True), cache_dir=cache_dir,
+                        features_dir=features_dir, progress=progress)["test"]
+    probs = predict(model, ds, batch_size=batch_size, norm=card["input"].get("normalisation"))
+    pids = ds.meta["patient_id"].astype(str).to_numpy()
+    metrics = classification_metrics(probs, ds.targets, ds.mask, pids, names, card["thresholds"], n_boot, ci, ece_bins, seed)
+    metrics["model"] = name
+    if name in REGION_MODELS:
+        nodes, rt, rm = [], [], []
+        with torch.inference_mode():
+            for batch in torch.utils.data.DataLoader(ds, batch_size=batch_size):
+                _, node = model.forward_all(**{k: batch[k] for k in model.input_keys})
+                nodes.append(torch.sigmoid(node.float()).numpy())
+                rt.append(batch["region_targets"].numpy())
+                rm.append((batch["region_mask"] & batch["presence"].unsqueeze(-1)).numpy())
+        metrics["region_auroc"] = region_auroc(np.concatenate(nodes), np.concatenate(rt), np.concatenate(rm),
+                                               ds.feats.region_names)
+    roc, pr = curve_tables(probs, ds.targets, ds.mask, names)
+    pred = pd.DataFrame({"image_id": ds.meta["image_id"].to_numpy(), "patient_id": pids})
+    for c, n in enumerate(names):
+        pred[f"p:{n}"] = probs[:, c]
+        pred[f"y:{n}"] = ds.targets[:, c]
+        pred[f"m:{n}"] = ds.mask[:, c]
+    log.info("%s: test macro AUROC %s [%s, %s] on %d images / %d patients", name, metrics["macro_auroc"],
+             metrics["macro_auroc_ci_low"], metrics["macro_auroc_ci_high"], metrics["test_images"], metrics["test_patients"])
+    return metrics, roc, pr, pred

@@ -1,0 +1,70 @@
+"""reports/models.md: one table comparing every trained model on the same test patients.
+
+Each row: macro AUROC with its patient-bootstrap CI, micro AUROC, macro AUPRC, macro F1 at the
+validation thresholds, ECE, and the paired patient-bootstrap p-value of the macro AUROC
+difference against the reference model (densenet121 by default). Models are compared on the
+test images they share (region models only see images with region features), with the same
+bootstrap replicates for both models of a pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cxr.evaluate.bootstrap import paired_p_value, patient_resamples
+from cxr.evaluate.metrics import macro_auroc
+
+
+def _arrays(pred: pd.DataFrame, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (pred[[f"p:{n}" for n in names]].to_numpy(float), pred[[f"y:{n}" for n in names]].to_numpy(float),
+            pred[[f"m:{n}" for n in names]].to_numpy(bool))
+
+
+def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, names: Sequence[str], n_boot: int, seed: int = 0) -> dict:
+    """Macro-AUROC difference a - b on shared test images, with a paired patient-bootstrap p-value."""
+    shared = a[["image_id"]].merge(b[["image_id"]], on="image_id")
+    a = a.set_index("image_id").loc[shared["image_id"]].reset_index()
+    b = b.set_index("image_id").loc[shared["image_id"]].reset_index()
+    pa, ya, ma = _arrays(a, names)
+    pb, _, mb = _arrays(b, names)
+    m = ma & mb
+    res = patient_resamples(a["patient_id"].astype(str).to_numpy(), n_boot, seed)
+    diffs = np.array([macro_auroc(pa[r], ya[r], m[r]) - macro_auroc(pb[r], ya[r], m[r]) for r in res])
+    return {"shared_images": int(len(shared)), "difference": float(macro_auroc(pa, ya, m) - macro_auroc(pb, ya, m)),
+            "p_value": paired_p_value(diffs)}
+
+
+def _fmt(x, digits: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def models_table(metrics: Mapping[str, dict], predictions: Mapping[str, pd.DataFrame], names: Sequence[str],
+                 reference: str = "densenet121", n_boot: int = 1000, seed: int = 0) -> tuple[str, dict]:
+    """Markdown comparison table + its data (for ``reports/models.json``)."""
+    rows, data = [], {}
+    for m in metrics:
+        met = metrics[m]
+        cmp = None
+        if m != reference and reference in predictions:
+            cmp = paired_comparison(predictions[m], predictions[reference], names, n_boot, seed)
+        data[m] = {k: met.get(k) for k in ("macro_auroc", "macro_auroc_ci_low", "macro_auroc_ci_high", "micro_auroc",
+                                           "macro_auprc", "macro_f1", "ece", "test_images", "test_patients")}
+        data[m]["vs_reference"] = cmp
+        p = "reference" if m == reference else ("n/a" if cmp is None else f"{cmp['p_value']:.3f} ({cmp['difference']:+.3f}, n={cmp['shared_images']})")
+        rows.append(f"| {m} | {_fmt(met.get('macro_auroc'))} [{_fmt(met.get('macro_auroc_ci_low'))}, "
+                    f"{_fmt(met.get('macro_auroc_ci_high'))}] | {_fmt(met.get('micro_auroc'))} | {_fmt(met.get('macro_auprc'))} | "
+                    f"{_fmt(met.get('macro_f1'))} | {_fmt(met.get('ece'))} | {met.get('test_images')} / {met.get('test_patients')} | {p} |")
+    head = [
+        "# Classifier comparison (test split)",
+        "",
+        f"Macro AUROC with 95% CI by bootstrap over patients ({n_boot} replicates); F1 at thresholds chosen on the "
+        f"validation split; p: paired patient-bootstrap test of the macro AUROC difference against {reference} "
+        "on the test images both models saw.",
+        "",
+        "| model | macro AUROC [95% CI] | micro AUROC | macro AUPRC | macro F1 | ECE | test images / patients | p vs reference (diff, n) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    return "\n".join(head + rows) + "\n", data

@@ -1,0 +1,111 @@
+"""SegFusion-VAN-GCN (seed 000): VAN backbone, frozen UNet organ masks fused into each of the
+four stages, and an ML-GCN label head.
+
+A pre-trained UNet (the ``unet`` stage, loaded with ``cxr.anatomy.unet.load_unet``) is kept frozen
+(``requires_grad=False``, always in eval mode) and predicts K organ masks ``[B, K, H, W]`` from
+the input image. Before stage ``i`` of the VAN, the masks resized to that stage's resolution gate
+the features: ``f * (1 + tanh(conv1x1(masks)))`` plus a learned additive term, so a region of
+the lungs / heart can be emphasised per channel. Global average pooling of the last stage goes
+to :class:`~cxr.models.mlgcn.LabelGCNHead`. Input ``image [B, 1, H, W]``; output ``[B, C]``.
+
+Every trainable weight is a registered parameter; the UNet weights are saved with the model so
+the model dir is self-contained.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cxr.models.mlgcn import LabelGCNHead
+from cxr.models.registry import register_model
+from cxr.models.van import VAN
+
+
+def default_unet(in_chans: int = 1, classes: int = 3) -> nn.Module:
+    """A small untrained UNet (segmentation-models-pytorch), used when no ``unet_dir`` is given."""
+    import segmentation_models_pytorch as smp
+
+    return smp.Unet("resnet18", encoder_weights=None, encoder_depth=3, decoder_channels=(64, 32, 16),
+                    in_channels=in_chans, classes=classes)
+
+
+class FrozenUNet(nn.Module):
+    """Wraps a segmentation net: frozen, always eval, outputs sigmoid masks without autograd.
+
+    Args:
+        net: the segmentation network (logits ``[B, K, H, W]``).
+        unit_range: the net expects intensities in [0, 1] (``cxr.anatomy.unet.OrganUNet``): the
+            classifier input, normalised as ``(x - 0.5) / 0.25`` (cxr.data.NORMALISATION), is mapped back.
+    """
+
+    def __init__(self, net: nn.Module, unit_range: bool = False):
+        super().__init__()
+        self.net, self.unit_range = net, unit_range
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.net.eval()
+
+    def train(self, mode: bool = True) -> FrozenUNet:  # the UNet never leaves eval mode
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            if self.unit_range:
+                from cxr.data import NORMALISATION
+
+                x = (x * NORMALISATION["std"] + NORMALISATION["mean"]).clamp(0, 1)
+            return torch.sigmoid(self.net(x))
+
+
+class MaskFusion(nn.Module):
+    """Fuse K masks into C feature channels: ``f * (1 + tanh(g(m))) + h(m)``."""
+
+    def __init__(self, num_masks: int, channels: int):
+        super().__init__()
+        self.gate = nn.Conv2d(num_masks, channels, 1)
+        self.add = nn.Conv2d(num_masks, channels, 1)
+
+    def forward(self, f: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        m = F.interpolate(masks, size=f.shape[-2:], mode="bilinear", align_corners=False)
+        return f * (1 + torch.tanh(self.gate(m))) + self.add(m)
+
+
+class SegFusionVANGCN(nn.Module):
+    input_keys = ("image",)
+
+    def __init__(self, num_classes: int = 14, in_chans: int = 1, image_size: int = 224, unet: nn.Module | None = None,
+                 num_masks: int = 3, dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), adjacency: np.ndarray | None = None,
+                 node_dim: int = 64, hidden: int = 256):
+        super().__init__()
+        self.unet = FrozenUNet(unet if unet is not None else default_unet(in_chans, num_masks), unit_range=unet is not None)
+        with torch.no_grad():
+            num_masks = int(self.unet(torch.zeros(1, in_chans, 64, 64)).shape[1])
+        self.van = VAN(in_chans, tuple(dims), tuple(depths))
+        # stage 0 fuses on the input resolution (before the stem), stages 1-3 on the previous output
+        self.fuse = nn.ModuleList(MaskFusion(num_masks, c) for c in (in_chans, *dims[:3]))
+        self.head = LabelGCNHead(dims[3], num_classes, adjacency, node_dim, hidden)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        masks = self.unet(image)
+        x = image
+        for i in range(4):
+            x = self.van.stage(i, self.fuse[i](x, masks))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@register_model
+def segfusion_van_gcn(num_classes: int = 14, in_chans: int = 1, image_size: int = 224, unet_dir: str | None = None,
+                      num_masks: int = 3, dims=(32, 64, 160, 256), depths=(2, 2, 2, 2),
+                      adjacency: np.ndarray | None = None, node_dim: int = 64, hidden: int = 256) -> SegFusionVANGCN:
+    """SegFusion-VAN-GCN. ``unet_dir``: model dir of the ``unet`` stage (``cxr.anatomy.unet.load_unet``)."""
+    unet = None
+    if unet_dir:
+        from cxr.anatomy.unet import load_unet  # issue 5 contract: model dir -> (OrganUNet, class names)
+
+        unet, _ = load_unet(unet_dir)
+    return SegFusionVANGCN(num_classes, in_chans, image_size, unet, num_masks, dims, depths, adjacency, node_dim, hidden)

@@ -1,0 +1,436 @@
+"""One training engine for every model of the zoo (Lightning), after torchvision's
+``references/detection/engine.py``: the architecture differs, the loop does not.
+
+* Loss: masked BCE on logits (:func:`masked_bce`): entries the uncertainty policy ignores
+  (``cxr.labels.apply_uncertainty``) contribute nothing; optional per-class ``pos_weight``
+  (negatives / positives on TRAIN) or a per-element focal term. Models with ``forward_all``
+  (anatomy models) add a node (per-region) loss: ``g * image + (1 - g) * node`` with
+  ``g = graph_importance``.
+* AdamW + cosine or plateau schedule; the run stops on a non-finite loss; validation under
+  ``torch.inference_mode()`` gives the macro AUROC that early stopping and the best-epoch
+  checkpoint follow.
+* Seeds: ``seed_everything(seed, workers=True)``, deterministic algorithms; batch
+  augmentation (small affine + contrast) uses a generator seeded by (seed, epoch, step).
+* Device auto: CPU here; on GPU bf16 (or fp16) mixed precision and any Lightning strategy (DDP).
+* DVCLive logs per-epoch curves and params into the run's log dir.
+
+A model dir (:func:`save_model_dir`) holds ``model.pt`` (a state_dict, loadable with
+``weights_only=True``) and ``card.json`` (architecture, model kwargs, label names in order, input
+size, normalisation, thresholds chosen on VALIDATION, params, data hashes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from cxr.data import NORMALISATION, normalise
+from cxr.evaluate.metrics import macro_auroc, youden_threshold
+from cxr.io import write_bytes, write_json
+from cxr.models import create_model
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "model.pt"
+CARD = "card.json"
+IMAGE_MODELS_WITH_LABEL_GRAPH = ("mlgcn", "segfusion_van_gcn")
+REGION_MODELS = ("anaxnet", "graph_transformer")
+
+
+class TrainError(RuntimeError):
+    """Training cannot go on: non-finite loss, empty data, bad configuration (message names it)."""
+
+
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, pos_weight: torch.Tensor | None = None,
+               focal_gamma: float = 0.0) -> torch.Tensor:
+    """Mean binary cross-entropy over the entries where ``mask`` is True.
+
+    Args:
+        logits, targets: ``[..., C]``.
+        mask: bool ``[..., C]``; False entries contribute neither to the sum nor to the count.
+        pos_weight: ``[C]`` weight of positive terms (``BCEWithLogits`` semantics).
+        focal_gamma: > 0 multiplies each element by ``(1 - p_t) ** gamma`` (Lin et al. 2017).
+    """
+    loss = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=pos_weight, reduction="none")
+    if focal_gamma > 0:
+        p = torch.sigmoid(logits.float())
+        p_t = p * targets + (1 - p) * (1 - targets)
+        loss = loss * (1 - p_t).pow(focal_gamma)
+    m = mask.to(loss.dtype)
+    return (loss * m).sum() / m.sum().clamp_min(1.0)
+
+
+def train_pos_weight(targets: np.ndarray, mask: np.ndarray, cap: float = 50.0) -> torch.Tensor:
+    """Per-class negatives / positives over unmasked TRAIN entries (capped; 1 when undefined)."""
+    pos = ((targets == 1) & mask).sum(0)
+    neg = ((targets == 0) & mask).sum(0)
+    w = np.where(pos > 0, neg / np.maximum(pos, 1), 1.0)
+    return torch.as_tensor(np.clip(w, 1.0 / cap, cap), dtype=torch.float32)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, strength: float = 1.0) -> torch.Tensor:
+    """Small random affine (rotation +-5 deg, scale +-5 %, shift +-4 %) and contrast (+-10 %) per image.
+
+    ``x`` is a normalised float batch ``[B, 1, H, W]``; the random state comes only from ``generator``.
+    No horizontal flips: laterality (left/right regions, dextrocardia) is meaningful in a radiograph.
+    """
+    b = x.shape[0]
+    u = torch.rand(b, 5, generator=generator).to(x.device) * 2 - 1
+    ang = u[:, 0] * math.radians(5) * strength
+    sc = 1 + 0.05 * strength * u[:, 1]
+    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
+    theta = torch.stack([torch.stack([cos, -sin, 0.04 * strength * u[:, 2]], 1),
+                         torch.stack([sin, cos, 0.04 * strength * u[:, 3]], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    bg = x.amin(dim=(1, 2, 3), keepdim=True)
+    y = F.grid_sample(x - bg, grid, align_corners=False, padding_mode="zeros") + bg
+    return y * (1 + 0.1 * strength * u[:, 4, None, None, None])
+
+
+class Classifier(L.LightningModule):
+    """The Lightning module shared by every registered model.
+
+    Args:
+        model: a registered model (``input_keys`` + ``forward``; optional ``forward_all``).
+        lr, weight_decay, schedule, epochs: AdamW and the ``cosine`` / ``plateau`` schedule.
+        pos_weight: ``[C]`` or None.
+        focal_gamma: 0 = plain BCE.
+        graph_importance: weight of the image loss vs the node loss for models with ``forward_all``.
+        augment_seed: None = no augmentation; else batch augmentation seeded by (seed, epoch, step).
+    """
+
+    def __init__(self, model: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-4, schedule: str = "cosine",
+                 epochs: int = 5, pos_weight: torch.Tensor | None = None, focal_gamma: float = 0.0,
+                 graph_importance: float = 1.0, augment_seed: int | None = None, norm: Mapping | None = None):
+        super().__init__()
+        self.model = model
+        self.lr, self.weight_decay, self.schedule, self.epochs = lr, weight_decay, schedule, epochs
+        self.register_buffer("pos_weight", pos_weight if pos_weight is not None else None, persistent=False)
+        self.focal_gamma, self.graph_importance = focal_gamma, graph_importance
+        self.augment_seed, self.norm = augment_seed, dict(norm or NORMALISATION)
+        self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.history: list[dict[str, float]] = []
+
+    def inputs(self, batch: Mapping[str, torch.Tensor], train: bool = False) -> dict[str, torch.Tensor]:
+        out = {k: batch[k] for k in self.model.input_keys}
+        if "image" in out:
+            x = normalise(out["image"], self.norm)
+            if train and self.augment_seed is not None:
+                g = torch.Generator().manual_seed(hash((self.augment_seed, self.current_epoch, self.global_step)) & 0x7FFFFFFF)
+                x = augment(x, g)
+            out["image"] = x
+        return out
+
+    def _loss(self, batch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.inputs(batch, train)
+        if hasattr(self.model, "forward_all") and "region_targets" in batch and self.graph_importance < 1:
+            logits, node = self.model.forward_all(**x)
+            img = masked_bce(logits, batch["targets"], batch["mask"], self.pos_weight, self.focal_gamma)
+            nd = masked_bce(node, batch["region_targets"], batch["region_mask"] & batch["presence"].unsqueeze(-1), None,
+                            self.focal_gamma)
+            loss = self.graph_importance * img + (1 - self.graph_importance) * nd
+        else:
+            logits = self.model(**x)
+            loss = masked_bce(logits, batch["targets"], batch["mask"], self.pos_weight, self.focal_gamma)
+        return loss, logits
+
+    def training_step(self, batch, batch_idx):
+        loss, _ = self._loss(batch, train=True)
+        if not torch.isfinite(loss):
+            raise TrainError(f"non-finite training loss {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
+                             "lower train.lr or check the inputs")
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, logits = self._loss(batch, train=False)
+        self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]))
+        self._val.append((torch.sigmoid(logits.float()).cpu(), batch["targets"].cpu(), batch["mask"].cpu()))
+
+    def on_validation_epoch_end(self):
+        if not self._val:
+            return
+        p, y, m = (torch.cat(t).numpy() for t in zip(*self._val))
+        self._val.clear()
+        auc = macro_auroc(p, y, m)
+        # an undefined AUROC (tiny val split) must not stop training as "no improvement forever"
+        self.log("val/macro_auroc", auc if math.isfinite(auc) else 0.5, prog_bar=True)
+        if not self.trainer.sanity_checking:
+            self.history.append({"epoch": self.current_epoch, "val_macro_auroc": auc})
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.schedule == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.epochs, 1))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/macro_auroc", "interval": "epoch"}}
+
+
+class BestState(L.Callback):
+    """Keeps an in-memory copy of the model's state_dict at the best validation macro AUROC."""
+
+    def __init__(self, monitor: str = "val/macro_auroc"):
+        self.monitor, self.best, self.state, self.epoch = monitor, -math.inf, None, -1
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        v = trainer.callback_metrics.get(self.monitor)
+        if v is not None and float(v) > self.best:
+            self.best, self.epoch = float(v), trainer.current_epoch
+            self.state = {k: t.detach().cpu().clone() for k, t in pl_module.model.state_dict().items()}
+
+
+def precision_for(precision: str, accelerator: str) -> str:
+    """``auto`` -> bf16-mixed on a GPU that supports it, else 16-mixed on GPU, 32-true on CPU."""
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if precision == "auto":
+        if not on_gpu:
+            return "32-true"
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}[precision]
+
+
+def _loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, workers: int) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=workers,
+                      persistent_workers=workers > 0, drop_last=False)
+
+
+def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, seed: int, epochs: int, batch_size: int, lr: float,
+        weight_decay: float = 1e-4, schedule: str = "cosine", pos_weight: torch.Tensor | None = None,
+        focal_gamma: float = 0.0, graph_importance: float = 1.0, augment_images: bool = True, patience: int = 3,
+        device: str = "auto", precision: str = "auto", devices: str | int = "auto", strategy: str = "auto",
+        num_workers: int = 0, log_dir: str | Path | None = None, hparams: Mapping | None = None,
+        progress: bool = True) -> dict[str, Any]:
+    """Train ``model`` in place and load its best-epoch weights.
+
+    Returns:
+        ``{"best_epoch", "best_val_macro_auroc", "epochs_run", "history"}``.
+    """
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise TrainError(f"empty split: {len(train_ds)} train / {len(val_ds)} val samples")
+    L.seed_everything(seed, workers=True, verbose=False)
+    module = Classifier(model, lr=lr, weight_decay=weight_decay, schedule=schedule, epochs=epochs, pos_weight=pos_weight,
+                        focal_gamma=focal_gamma, graph_importance=graph_importance,
+                        augment_seed=seed if augment_images else None)
+    best = BestState()
+    callbacks: list[L.Callback] = [best, L.pytorch.callbacks.EarlyStopping("val/macro_auroc", mode="max", patience=patience)]
+    loggers = []
+    if log_dir is not None:
+        from dvclive.lightning import DVCLiveLogger
+
+        # dvcyaml=None: plots are declared in the project's dvc.yaml, DVCLive must not edit it
+        lg = DVCLiveLogger(dir=str(log_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+        if hparams:
+            lg.log_hyperparams(dict(hparams))
+        loggers.append(lg)
+    accelerator = {"auto": "auto", "cpu": "cpu", "gpu": "gpu"}[device]
+    trainer = L.Trainer(
+        max_epochs=epochs, accelerator=accelerator, devices=devices, strategy=strategy,
+        precision=precision_for(precision, accelerator),
+        # CPU kernels are deterministic; some CUDA backward kernels (scatter, pooling) have no
+        # deterministic version, so on a GPU ask for determinism but only warn where it is missing
+        deterministic=True if precision_for(precision, accelerator) == "32-true" and not torch.cuda.is_available() else "warn",
+        logger=loggers or False,
+        callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+        num_sanity_val_steps=0, log_every_n_steps=1,
+    )
+    trainer.fit(module, _loader(train_ds, batch_size, True, seed, num_workers),
+                _loader(val_ds, batch_size, False, seed, num_workers))
+    if best.state is None:
+        raise TrainError("no validation result was recorded; nothing to keep")
+    model.load_state_dict(best.state)
+    return {"best_epoch": best.epoch, "best_val_macro_auroc": best.best, "epochs_run": trainer.current_epoch,
+            "history": module.history}
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, ds: Dataset, batch_size: int = 32, norm: Mapping | None = None,
+            device: str | torch.device = "cpu") -> np.ndarray:
+    """Sigmoid probabilities ``[N, C]`` of ``model`` on ``ds`` (eval mode, inference mode)."""
+    model.eval().to(device)
+    out = []
+    for batch in DataLoader(ds, batch_size=batch_size, shuffle=False):
+        x = {k: batch[k].to(device) for k in model.input_keys}
+        if "image" in x:
+            x["image"] = normalise(x["image"], dict(norm or NORMALISATION))
+        out.append(torch.sigmoid(model(**x).float()).cpu())
+    return torch.cat(out).numpy()
+
+
+def val_thresholds(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+    """Per-class operating thresholds (Youden's J) from VALIDATION predictions."""
+    return {n: youden_threshold(probs[mask[:, c], c], targets[mask[:, c], c]) for c, n in enumerate(names)}
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    return v
+
+
+def save_model_dir(out_dir: str | Path, model: nn.Module, card: Mapping[str, Any]) -> None:
+    """Write ``model.pt`` (state_dict) and ``card.json`` atomically into ``out_dir``."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    write_bytes(Path(out_dir) / WEIGHTS, buf.getvalue())
+    write_json(Path(out_dir) / CARD, _jsonable(dict(card)))
+
+
+def load_model_dir(model_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from its card and load its weights (``weights_only=True``).
+
+    Raises:
+        TrainError: the dir lacks ``model.pt`` or ``card.json``.
+    """
+    d = Path(model_dir)
+    if not (d / WEIGHTS).is_file() or not (d / CARD).is_file():
+        raise TrainError(f"{d}: not a model dir (expected {WEIGHTS} and {CARD}; run the train stage)")
+    card = json.loads((d / CARD).read_text())
+    kwargs = dict(card["model_kwargs"])
+    for k in ("adjacency", "cooccurrence"):
+        if kwargs.get(k) is not None:
+            kwargs[k] = np.asarray(kwargs[k], dtype=np.float32)
+    model = create_model(card["architecture"], **kwargs)
+    model.load_state_dict(torch.load(d / WEIGHTS, map_location="cpu", weights_only=True))
+    return model.eval(), card
+
+
+def file_hash(path: str | Path) -> str:
+    """sha256 of a file (the data hashes of the model card)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_kwargs(name: str, *, num_classes: int, params: Any, train_targets: np.ndarray | None = None,
+                 train_mask: np.ndarray | None = None, region_info: Mapping[str, Any] | None = None,
+                 unet_dir: str | None = None) -> dict[str, Any]:
+    """Constructor arguments of model ``name`` from the train params and TRAIN-split statistics only."""
+    from cxr.models.anaxnet import region_adjacency
+    from cxr.models.cnn import BACKBONES
+    from cxr.models.mlgcn import label_adjacency
+
+    kw: dict[str, Any] = {"num_classes": num_classes}
+    weights = params.pretrained.get(name)
+    if name in BACKBONES:
+        kw.update(image_size=params.image_size, pool=params.pool, weights=weights)
+    elif name == "mlgcn":
+        kw.update(image_size=params.image_size, backbone=params.mlgcn.backbone, weights=weights,
+                  adjacency=label_adjacency(train_targets, train_mask, params.mlgcn.t, params.mlgcn.p))
+    elif name == "segfusion_van_gcn":
+        kw.update(image_size=params.image_size, unet_dir=unet_dir, dims=list(params.segfusion.dims),
+                  depths=list(params.segfusion.depths),
+                  adjacency=label_adjacency(train_targets, train_mask, params.mlgcn.t, params.mlgcn.p))
+    elif name in REGION_MODELS:
+        if region_info is None:
+            raise TrainError(f"model {name!r} needs region features (--features, from the features stage)")
+        g = params.graph
+        kw.update(num_regions=region_info["num_regions"], feature_dim=region_info["feature_dim"],
+                  num_findings=region_info["num_findings"], hidden=g.hidden)
+        adj = region_adjacency(region_info["train_region_labels"], region_info["train_presence"], t=g.t, p=g.p)
+        if name == "anaxnet":
+            kw["adjacency"] = adj
+        else:
+            kw.update(layers=g.layers, edges=g.edges, cooccurrence=adj, positional=g.positional, learnable_edges=g.learnable_edges,
+                      residual=g.residual)
+    return kw
+
+
+def build_datasets(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.DataFrame, images_dir: str | Path,
+                   names: Sequence[str], uncertainty: Mapping[str, Any], which: Sequence[str], image_size: int,
+                   frontal_only: bool, cache_dir: str | Path, features_dir: str | Path | None = None,
+                   progress: bool = True) -> dict[str, Dataset]:
+    """The datasets of ``which`` splits for model ``name`` (image cache or region features)."""
+    from cxr.data import ImageCache, ImageDataset, RegionDataset, RegionFeatures, join_split
+
+    metas = {s: join_split(images, labels, splits, names, s, frontal_only=frontal_only) for s in which}
+    if name in REGION_MODELS:
+        if features_dir is None:
+            raise TrainError(f"model {name!r} needs region features (--features, from the features stage)")
+        feats = RegionFeatures(features_dir)
+        return {s: RegionDataset(m, names, feats, dict(uncertainty)) for s, m in metas.items()}
+    allm = pd.concat(metas.values()).drop_duplicates("image_id").sort_values("image_id")
+    cache = ImageCache.build(list(allm["image_id"]), [Path(images_dir) / p for p in allm["png_path"]], image_size,
+                             cache_dir, progress=progress)
+    return {s: ImageDataset(m, names, cache, dict(uncertainty)) for s, m in metas.items()}
+
+
+def train_model(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.DataFrame, images_dir: str | Path,
+                names: Sequence[str], uncertainty: Mapping[str, Any], params: Any, seed: int, out_dir: str | Path,
+                log_dir: str | Path | None, cache_dir: str | Path, features_dir: str | Path | None = None,
+                unet_dir: str | None = None, data_hashes: Mapping[str, str] | None = None,
+                progress: bool = True) -> dict[str, Any]:
+    """Train model ``name`` on the TRAIN split, select the epoch and the thresholds on VAL, write the model dir.
+
+    Returns:
+        the model card (also written to ``out_dir/card.json``).
+    """
+    ds = build_datasets(name, images=images, labels=labels, splits=splits, images_dir=images_dir, names=names,
+                        uncertainty=uncertainty, which=("train", "val"), image_size=params.image_size,
+                        frontal_only=params.frontal_only, cache_dir=cache_dir, features_dir=features_dir,
+                        progress=progress)
+    tr, va = ds["train"], ds["val"]
+    region_info = None
+    if name in REGION_MODELS:
+        f = tr.feats
+        region_info = {"num_regions": f.features.shape[1], "feature_dim": f.features.shape[2],
+                       "num_findings": f.region_labels.shape[2], "train_region_labels": f.region_labels[tr._rows],
+                       "train_presence": f.presence[tr._rows]}
+    kwargs = model_kwargs(name, num_classes=len(names), params=params, train_targets=tr.targets, train_mask=tr.mask,
+                          region_info=region_info, unet_dir=unet_dir)
+    L.seed_everything(seed, workers=True, verbose=False)
+    model = create_model(name, **kwargs)
+    graph_importance = params.graph.graph_importance if name in REGION_MODELS else 1.0
+    hparams = {"model": name, **params.model_dump(exclude={"models"})}
+    summary = fit(model, tr, va, seed=seed, epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
+                  weight_decay=params.weight_decay, schedule=params.schedule,
+                  pos_weight=train_pos_weight(tr.targets, tr.mask) if params.pos_weight else None,
+                  focal_gamma=params.focal_gamma if params.loss == "focal" else 0.0,
+                  graph_importance=graph_importance, augment_images=params.augment, patience=params.patience,
+                  device=params.device, precision=params.precision, devices=params.devices, strategy=params.strategy,
+                  num_workers=params.num_workers, log_dir=log_dir, hparams=hparams, progress=progress)
+    model.cpu()
+    val_probs = predict(model, va, batch_size=params.batch_size)
+    thresholds = val_thresholds(val_probs, va.targets, va.mask, names)
+    card = {
+        "architecture": name,
+        "model_kwargs": kwargs,
+        "label_names": list(names),
+        "input": ({"kind": "image", "size": params.image_size, "channels": 1, "dtype": "uint8", "normalisation": NORMALISATION}
+                  if name not in REGION_MODELS else {"kind": "region_features", "num_regions": kwargs["num_regions"],
+                                                     "feature_dim": kwargs["feature_dim"]}),
+        "thresholds": thresholds,
+        "threshold_rule": "Youden J on the validation split",
+        "uncertainty": dict(uncertainty),
+        "params": params.model_dump(),
+        "seed": seed,
+        "data_hashes": dict(data_hashes or {}),
+        "train": {"images": len(tr), "val_images": len(va), **{k: v for k, v in summary.items()}},
+    }
+    save_model_dir(out_dir, model, card)
+    log.info("%s: best epoch %d, val macro AUROC %.3f -> %s", name, summary["best_epoch"], summary["best_val_macro_auroc"], out_dir)
+    return card

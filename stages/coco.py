@@ -1,0 +1,65 @@
+"""DVC stage `coco`: Chest ImaGenome scene graphs -> COCO json per split (see cxr.anatomy.coco).
+
+Writes <out>/{train,val,test}.json and a summary (images, annotations, missing regions) to --metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from cxr.anatomy.coco import SPLITS, build_coco, read_graphs
+from cxr.anatomy.common import AnatomyError
+from cxr.io import write_json, write_text
+from cxr.params import ParamsError, load_section
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--scene-graphs", required=True, help="folder searched for *_SceneGraph.json")
+    p.add_argument("--images", required=True, help="images table (data/interim/images.parquet)")
+    p.add_argument("--splits", required=True, help="splits table (data/processed/splits.parquet)")
+    p.add_argument("--out", required=True, help="output folder (data/processed/coco)")
+    p.add_argument("--metrics", required=True, help="summary JSON (reports/coco.json)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("coco")
+    try:
+        params = load_section("coco", args.params)
+    except ParamsError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        graphs, bad = read_graphs(args.scene_graphs, unknown=params.unknown_findings)
+        cocos, summary = build_coco(
+            graphs=graphs,
+            images=pd.read_parquet(args.images),
+            splits=pd.read_parquet(args.splits),
+            regions=params.regions,
+            findings=params.findings,
+        )
+    except AnatomyError as exc:
+        log.error("%s", exc)
+        return 1
+    summary["malformed_graphs"] = len(bad)
+    for msg in bad[:20]:
+        log.warning("skipped: %s", msg)
+    for split in SPLITS:  # compact JSON: these files are read by programs
+        write_text(Path(args.out) / f"{split}.json", json.dumps(cocos[split], separators=(",", ":")) + "\n")
+    write_json(args.metrics, summary)
+    log.info("coco done: images %s, images missing regions %s", summary["images"], summary["images_missing_regions"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""DVC stage `detector`: train the Faster R-CNN region detector and evaluate it (see cxr.anatomy.detector).
+
+Writes the model dir (model.pt + card.json), DVCLive logs, and COCOeval metrics of val and test
+(mAP@[.5:.95], AP50, per-region AP) to --metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from cxr.anatomy.common import AnatomyError
+from cxr.anatomy.detector import evaluate_detector, train_detector
+from cxr.io import write_json
+from cxr.params import ParamsError, load_section
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--coco", required=True, help="COCO folder with train/val/test.json (data/processed/coco)")
+    p.add_argument("--images", required=True, help="PNG folder the COCO file names are relative to")
+    p.add_argument("--out", required=True, help="model dir (models/detector)")
+    p.add_argument("--live", default=None, help="DVCLive folder (reports/detector/live)")
+    p.add_argument("--metrics", required=True, help="metrics JSON (reports/detector/metrics.json)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("detector")
+    try:
+        base = load_section("base", args.params)
+        params = load_section("detector", args.params)
+    except ParamsError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        model, card = train_detector(coco_dir=args.coco, images_dir=args.images, out_dir=args.out, params=params,
+                                     seed=base.seed, live_dir=args.live)
+        metrics = evaluate_detector(model, coco_dir=args.coco, images_dir=args.images,
+                                    image_size=params.image_size, device=params.device)
+    except (AnatomyError, FloatingPointError) as exc:
+        log.error("%s", exc)
+        return 1
+    metrics["train_seconds"] = card["train_seconds"]
+    metrics["backbone"] = params.backbone
+    write_json(args.metrics, metrics)
+    log.info("detector done: test AP50 %.3f, mAP %.3f", metrics["test"]["AP50"], metrics["test"]["mAP"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""DVC stage `features`: 1024-d region features of every image from the trained detector (see cxr.anatomy.features).
+
+Writes the features folder (features / mask / boxes / scores / labels .npy, index.parquet, meta.json)
+and a copy of meta.json (counts, box source) to --metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import pandas as pd
+
+from cxr.anatomy.common import AnatomyError
+from cxr.anatomy.features import extract_features
+from cxr.io import write_json
+from cxr.params import ParamsError, load_section
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--model", required=True, help="detector model dir (models/detector)")
+    p.add_argument("--coco", required=True, help="COCO folder (ground-truth boxes and region labels)")
+    p.add_argument("--images", required=True, help="images table (data/interim/images.parquet)")
+    p.add_argument("--image-dir", required=True, help="PNG folder (data/interim/images)")
+    p.add_argument("--splits", required=True, help="splits table (data/processed/splits.parquet)")
+    p.add_argument("--out", required=True, help="features folder (data/processed/features)")
+    p.add_argument("--metrics", required=True, help="summary JSON (reports/features.json)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("features")
+    try:
+        params = load_section("features", args.params)
+    except ParamsError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        meta = extract_features(
+            model_dir=args.model, coco_dir=args.coco, images=pd.read_parquet(args.images),
+            splits=pd.read_parquet(args.splits), images_dir=args.image_dir, out_dir=args.out,
+            boxes=params.boxes, score_thresh=params.score_thresh, views=params.views,
+            batch_size=params.batch_size, device=params.device,
+        )
+    except AnatomyError as exc:
+        log.error("%s", exc)
+        return 1
+    write_json(args.metrics, meta)
+    log.info("features done: %d images, box source %s, %d images missing regions",
+             meta["images"], meta["box_source"], meta["images_missing_regions"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""DVC stage `models_table`: reports/models.md comparing every model of train.models (cxr.evaluate.report_table).
+
+Reads reports/<M>/metrics.json and the test predictions of each model; the paired
+patient-bootstrap p-values test each model's macro AUROC against evaluate.reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from cxr.evaluate.report_table import models_table
+from cxr.io import write_json, write_text
+from cxr.params import ParamsError, load_section
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--reports", required=True, help="directory holding <M>/metrics.json (reports)")
+    p.add_argument("--predictions", required=True, help="directory holding <M>.parquet test predictions")
+    p.add_argument("--out", required=True, help="markdown table (reports/models.md)")
+    p.add_argument("--json", required=True, help="table data (reports/models.json)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("models_table")
+    try:
+        base = load_section("base", args.params)
+        train = load_section("train", args.params)
+        params = load_section("evaluate", args.params)
+    except ParamsError as exc:
+        log.error("%s", exc)
+        return 2
+    metrics, preds = {}, {}
+    for m in train.models:
+        mpath, ppath = Path(args.reports) / m / "metrics.json", Path(args.predictions) / f"{m}.parquet"
+        if not mpath.is_file() or not ppath.is_file():
+            log.error("model %s has no evaluation (%s, %s); run evaluate@%s", m, mpath, ppath, m)
+            return 1
+        metrics[m] = json.loads(mpath.read_text())
+        preds[m] = pd.read_parquet(ppath)
+    names = [c[2:] for c in next(iter(preds.values())).columns if c.startswith("p:")]
+    text, data = models_table(metrics, preds, names, reference=params.reference, n_boot=params.bootstrap, seed=base.seed)
+    write_text(args.out, text)
+    write_json(args.json, data)
+    log.info("wrote %s (%d models)", args.out, len(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""DVC stage `train@M`: train one model of the zoo (cxr.train) and write its model dir.
+
+Writes models/<M>/model.pt + card.json (label names, input size, normalisation, validation
+thresholds, params, data hashes) and DVCLive training curves under reports/<M>/train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+
+import pandas as pd
+
+from cxr.data import DataError
+from cxr.labels import LabelError, label_names
+from cxr.models import ModelError
+from cxr.params import ParamsError, load_section
+from cxr.train import TrainError, file_hash, train_model
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--model", required=True, help="registered model name (one entry of train.models)")
+    p.add_argument("--images", required=True, help="converted PNG directory (data/interim/images)")
+    p.add_argument("--table", required=True, help="images table (data/interim/images.parquet)")
+    p.add_argument("--labels", required=True, help="labels table (data/interim/labels.parquet)")
+    p.add_argument("--splits", required=True, help="splits table (data/processed/splits.parquet)")
+    p.add_argument("--features", default=None, help="region feature dir (anatomy models)")
+    p.add_argument("--unet", default=None, help="UNet model dir (segfusion_van_gcn)")
+    p.add_argument("--out", required=True, help="model dir (models/<M>)")
+    p.add_argument("--log-dir", default=None, help="DVCLive dir (reports/<M>/train)")
+    p.add_argument("--cache-dir", default=None, help="image cache dir (default: a temporary dir)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("train")
+    try:
+        base = load_section("base", args.params)
+        label = load_section("label", args.params)
+        params = load_section("train", args.params)
+    except ParamsError as exc:
+        log.error("%s", exc)
+        return 2
+    hashes = {k: file_hash(v) for k, v in (("images", args.table), ("labels", args.labels), ("splits", args.splits))}
+    try:
+        with tempfile.TemporaryDirectory(prefix="cxr-cache-") as tmp:
+            train_model(
+                args.model, images=pd.read_parquet(args.table), labels=pd.read_parquet(args.labels),
+                splits=pd.read_parquet(args.splits), images_dir=args.images, names=label_names(base.label_space),
+                uncertainty={"policy": dict(label.uncertainty.per_class), "default": label.uncertainty.default,
+                             "blank": label.uncertainty.blank}, params=params, seed=base.seed, out_dir=args.out,
+                log_dir=args.log_dir, cache_dir=args.cache_dir or tmp, features_dir=args.features, unet_dir=args.unet,
+                data_hashes=hashes,
+            )
+    except (TrainError, DataError, ModelError, LabelError, OSError) as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

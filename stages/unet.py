@@ -1,0 +1,58 @@
+"""DVC stage `unet`: organ-segmentation UNet on the masked subset (see cxr.anatomy.unet).
+
+Writes the model dir (model.pt + card.json with class names), DVCLive logs, and Dice / IoU per
+structure on val and test to --metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import pandas as pd
+
+from cxr.anatomy.common import AnatomyError
+from cxr.anatomy.unet import train_unet
+from cxr.io import write_json
+from cxr.params import ParamsError, load_section
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--images", required=True, help="images table (data/interim/images.parquet)")
+    p.add_argument("--image-dir", required=True, help="PNG folder (data/interim/images)")
+    p.add_argument("--splits", required=True, help="splits table (data/processed/splits.parquet)")
+    p.add_argument("--masks", required=True, help="organ masks folder (data/raw/masks/<image_id>/<structure>.png)")
+    p.add_argument("--out", required=True, help="model dir (models/unet)")
+    p.add_argument("--live", default=None, help="DVCLive folder (reports/unet/live)")
+    p.add_argument("--metrics", required=True, help="metrics JSON (reports/unet/metrics.json)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("unet")
+    try:
+        base = load_section("base", args.params)
+        params = load_section("unet", args.params)
+    except ParamsError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        _, metrics = train_unet(
+            images=pd.read_parquet(args.images), splits=pd.read_parquet(args.splits), images_dir=args.image_dir,
+            masks_dir=args.masks, out_dir=args.out, params=params, seed=base.seed, live_dir=args.live,
+        )
+    except (AnatomyError, FloatingPointError) as exc:
+        log.error("%s", exc)
+        return 1
+    write_json(args.metrics, metrics)
+    log.info("unet done: test mean Dice %s", metrics["test"].get("mean_dice"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Metrics against sklearn, the patient bootstrap, validation thresholds, and the comparison table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from cxr.evaluate.bootstrap import paired_p_value, patient_resamples, percentile_ci
+from cxr.evaluate.classification import classification_metrics, curve_tables, region_auroc
+from cxr.evaluate.metrics import (
+    auprc,
+    auroc,
+    expected_calibration_error,
+    macro_auroc,
+    operating_point,
+    youden_threshold,
+)
+from cxr.evaluate.report_table import models_table, paired_comparison
+from cxr.train import val_thresholds
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auroc_and_auprc_match_sklearn_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 200).astype(bool)
+    s = np.round(rng.random(200) + 0.3 * y, 1)  # rounding creates ties
+    assert auroc(s, y) == pytest.approx(roc_auc_score(y, s))
+    assert auprc(s, y) == pytest.approx(average_precision_score(y, s))
+    assert np.isnan(auroc(s, np.zeros(200, bool)))
+
+
+def test_macro_skips_undefined_classes_and_respects_mask():
+    p = np.array([[0.9, 0.1], [0.1, 0.2], [0.8, 0.3], [0.2, 0.4]])
+    y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]], float)
+    m = np.ones_like(y, bool)
+    assert macro_auroc(p, y, m) == 1.0  # class 1 has no positive: left out, not NaN-poisoning
+    m2 = m.copy()
+    m2[0, 0] = False
+    p2 = p.copy()
+    p2[0, 0] = 0.0  # a masked wrong score changes nothing
+    assert macro_auroc(p2, y, m2) == 1.0
+
+
+def test_patient_bootstrap_keeps_patients_whole_and_is_seeded():
+    pids = np.array(["a", "a", "b", "c", "c", "c"])
+    res = patient_resamples(pids, 20, seed=1)
+    for rows in res:
+        for p in set(pids[rows]):
+            assert (pids[rows] == p).sum() % (pids == p).sum() == 0  # all images of a drawn patient
+    again = patient_resamples(pids, 20, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(res, again))
+    with pytest.raises(ValueError, match="at least 2 patients"):
+        patient_resamples(["a", "a"], 5, 0)
+
+
+def test_ci_and_paired_p_value():
+    rng = np.random.default_rng(0)
+    n = 300
+    y = rng.integers(0, 2, (n, 2)).astype(float)
+    pids = np.repeat(np.arange(n // 3), 3)
+    good = np.clip(y * 0.6 + rng.random((n, 2)) * 0.5, 0, 1)
+    bad = rng.random((n, 2))
+    m = np.ones_like(y, bool)
+    met = classification_metrics(good, y, m, pids, ["A", "B"], {"A": 0.5, "B": 0.5}, n_boot=200, seed=0)
+    assert met["macro_auroc_ci_low"] <= met["macro_auroc"] <= met["macro_auroc_ci_high"]
+    assert met["per_class"]["A"]["auroc_ci_low"] <= met["per_class"]["A"]["auroc"]
+    assert met["test_patients"] == n // 3 and met["classes_evaluated"] == 2
+    lo, hi = percentile_ci(np.array([np.nan, 1.0, 2.0, 3.0]), 0.5)
+    assert 1.0 <= lo <= hi <= 3.0
+
+    def frame(p):
+        d = pd.DataFrame({"image_id": [f"i{k}" for k in range(n)], "patient_id": pids.astype(str)})
+        for c, name in enumerate("AB"):
+            d[f"p:{name}"], d[f"y:{name}"], d[f"m:{name}"] = p[:, c], y[:, c], True
+        return d
+
+    same = paired_comparison(frame(good), frame(good), ["A", "B"], 100)
+    assert same["p_value"] == 1.0 and same["difference"] == 0
+    better = paired_comparison(frame(good), frame(bad), ["A", "B"], 200)
+    assert better["difference"] > 0.2 and better["p_value"] < 0.05
+    assert np.isnan(paired_p_value(np.array([np.nan])))
+    text, data = models_table({"densenet121": met, "anaxnet": met}, {"densenet121": frame(good), "anaxnet": frame(bad)},
+                              ["A", "B"], n_boot=100)
+    assert "| densenet121 |" in text and "reference" in text and data["anaxnet"]["vs_reference"]["p_value"] < 0.05
+
+
+def test_thresholds_come_from_validation_and_are_applied_as_given():
+    rng = np.random.default_rng(3)
+    yv = rng.integers(0, 2, 100).astype(bool)
+    sv = rng.random(100) * 0.5 + 0.4 * yv
+    t = youden_threshold(sv, yv)
+    op = operating_point(sv, yv, t)
+    assert op["sensitivity"] + op["specificity"] - 1 >= max(
+        operating_point(sv, yv, x)["sensitivity"] + operating_point(sv, yv, x)["specificity"] - 1 for x in np.linspace(0, 1, 21)
+    ) - 1e-9
+    th = val_thresholds(sv[:, None], yv[:, None].astype(float), np.ones((100, 1), bool), ["A"])
+    assert th == {"A": t}
+    assert youden_threshold(sv, np.ones(100, bool)) == 0.5  # not estimable -> 0.5
+    # the test metrics use the given (validation) threshold; they never choose one
+    yt = rng.integers(0, 2, (50, 1)).astype(float)
+    st = rng.random((50, 1))
+    a = classification_metrics(st, yt, np.ones_like(yt, bool), np.arange(50), ["A"], {"A": 0.0}, n_boot=10)
+    b = classification_metrics(st, yt, np.ones_like(yt, bool), np.arange(50), ["A"], {"A": 1.1}, n_boot=10)
+    assert a["per_class"]["A"]["sensitivity"] == 1.0 and b["per_class"]["A"]["sensitivity"] == 0.0
+
+
+def test_ece_curves_and_region_auroc():
+    rng = np.random.default_rng(0)
+    p = rng.random((20000, 1))
+    y = (rng.random((20000, 1)) < p).astype(float)
+    m = np.ones_like(y, bool)
+    assert expected_calibration_error(p, y, m) < 0.02
+    assert expected_calibration_error(np.full_like(p, 0.99), np.zeros_like(y), m) > 0.9
+    roc, pr = curve_tables(p[:200], y[:200], m[:200], ["A"])
+    assert roc.iloc[0][["fpr", "tpr"]].tolist() == [0, 0] and roc.iloc[-1][["fpr", "tpr"]].tolist() == [1, 1]
+    assert set(pr.columns) == {"class", "recall", "precision"}
+    node = rng.random((30, 3, 2))
+    rt = (node > 0.5).astype(float)
+    ra = region_auroc(node, rt, np.ones_like(rt, bool), ["r0", "r1", "r2"])
+    assert ra == {"r0": 1.0, "r1": 1.0, "r2": 1.0}

@@ -1,0 +1,117 @@
+"""Region features: the [N, R, D] contract, row alignment of features / labels / boxes, gt vs pred boxes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cxr.anatomy.common import AnatomyError, fit_size, read_gray, resize_float
+from cxr.anatomy.detector import load_detector, train_detector
+from cxr.anatomy.features import ARRAYS, _region_features, extract_features, load_features
+from cxr.params import DetectorParams, ParamsError, parse_section
+from stages import features as features_stage
+
+FAST = dict(image_size=128, epochs=1, max_steps=1, batch_size=2, rpn_pre_nms_top_n_test=50,
+            rpn_post_nms_top_n_test=20, box_batch_size_per_image=32, rpn_batch_size_per_image=32)
+
+
+@pytest.fixture(scope="module")
+def detector_dir(anatomy_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("feat") / "detector"
+    train_detector(anatomy_data["coco"], anatomy_data["image_dir"], out, DetectorParams(**FAST), seed=5,
+                   progress=False)
+    return out
+
+
+def _extract(d, detector_dir, out, boxes="gt", images=None, **kw):
+    return extract_features(detector_dir, d["coco"], images if images is not None else pd.read_parquet(d["images"]),
+                            pd.read_parquet(d["splits"]), d["image_dir"], out, boxes=boxes, progress=False, **kw)
+
+
+def test_gt_features_labels_and_boxes_stay_aligned_row_by_row(anatomy_data, detector_dir, tmp_path):
+    d = anatomy_data
+    # shuffled input rows must not change the output order (rows sorted by image_id)
+    images = pd.read_parquet(d["images"]).sample(frac=1.0, random_state=1)
+    meta = _extract(d, detector_dir, tmp_path / "f", boxes="gt", images=images, batch_size=3)
+    arrays, index, meta2 = load_features(tmp_path / "f")
+    assert meta == meta2 and meta["box_source"] == "gt" and meta["dim"] == 1024
+    n, r = len(index), len(meta["regions"])
+    assert arrays["features"].dtype == np.float16 and arrays["features"].shape == (n, r, 1024)
+    assert arrays["mask"].shape == (n, r) and arrays["boxes"].shape == (n, r, 4)
+    assert arrays["labels"].shape == (n, r, len(meta["findings"]))
+    assert list(index["row"]) == list(range(n)) and index["image_id"].is_monotonic_increasing
+    assert set(index["view"]) <= {"PA", "AP"}
+    # every scene-graph image: boxes and labels equal its COCO annotations, in region order
+    cocos = {s: json.loads((d["coco"] / f"{s}.json").read_text()) for s in ("train", "val", "test")}
+    checked = 0
+    for split, coco in cocos.items():
+        for img in coco["images"]:
+            i = int(index.index[index["image_id"] == img["name"]][0])
+            assert index.at[i, "split"] == split and index.at[i, "has_scene_graph"]
+            for a in (a for a in coco["annotations"] if a["image_id"] == img["id"]):
+                k = a["category_id"] - 1
+                x, y, w, h = a["bbox"]
+                assert arrays["mask"][i, k]
+                np.testing.assert_allclose(arrays["boxes"][i, k], [x, y, x + w, y + h], atol=0.02)
+                assert list(arrays["labels"][i, k]) == a["attributes"]
+            checked += 1
+    assert checked == int(index["has_scene_graph"].sum()) > 0
+    # no scene graph -> no gt region, NaN labels; missing regions are NaN, never zero-filled
+    no_graph = ~index["has_scene_graph"].to_numpy()
+    assert not arrays["mask"][no_graph].any() and np.isnan(arrays["labels"][no_graph]).all()
+    assert np.isnan(arrays["features"][~arrays["mask"]].astype(np.float32)).all()
+    assert np.isfinite(arrays["features"][arrays["mask"]].astype(np.float32)).all()
+    # the features of one row are that image's own features, recomputed alone
+    i = int(np.flatnonzero(index["has_scene_graph"])[-1])
+    model, card = load_detector(detector_dir)
+    img = read_gray(d["image_dir"] / index.at[i, "png_path"])
+    h, w, s = fit_size(*img.shape, card["input"]["size"])
+    x = torch.from_numpy(resize_float(img, h, w)).unsqueeze(0)
+    feat, m, _, _ = _region_features(model, [x], [torch.from_numpy(arrays["boxes"][i] * s)], r, 0.05)[0]
+    assert (m == arrays["mask"][i]).all()
+    np.testing.assert_allclose(feat[m].astype(np.float16).astype(np.float32),
+                               arrays["features"][i][m].astype(np.float32), rtol=1e-2, atol=1e-2)
+
+
+def test_pred_boxes_mark_missing_regions_in_the_mask(anatomy_data, detector_dir, tmp_path):
+    meta = _extract(anatomy_data, detector_dir, tmp_path / "p", boxes="pred", score_thresh=0.0)
+    arrays, index, _ = load_features(tmp_path / "p")
+    assert meta["box_source"] == "pred"
+    m = arrays["mask"]
+    assert (m == ~np.isnan(arrays["scores"])).all()
+    assert (index["regions_found"].to_numpy() == m.sum(1)).all()
+    assert meta["images_missing_regions"] == int((m.sum(1) < m.shape[1]).sum())
+    assert np.isnan(arrays["boxes"][~m]).all() and np.isfinite(arrays["boxes"][m]).all()
+    assert np.isnan(arrays["features"][~m].astype(np.float32)).all()
+    # a deterministic stage: same inputs, same bytes
+    _extract(anatomy_data, detector_dir, tmp_path / "p2", boxes="pred", score_thresh=0.0)
+    for name in ARRAYS:
+        assert (tmp_path / "p" / f"{name}.npy").read_bytes() == (tmp_path / "p2" / f"{name}.npy").read_bytes()
+
+
+def test_errors_name_the_value(anatomy_data, detector_dir, tmp_path):
+    with pytest.raises(AnatomyError, match="features.boxes"):
+        _extract(anatomy_data, detector_dir, tmp_path / "x", boxes="both")
+    with pytest.raises(AnatomyError, match="no converted image"):
+        _extract(anatomy_data, detector_dir, tmp_path / "x", views=["OBLIQUE"])
+    with pytest.raises(AnatomyError, match="incomplete features folder"):
+        load_features(tmp_path)
+    with pytest.raises(ParamsError, match="features.boxes"):
+        parse_section("features", {"boxes": "oracle"})
+
+
+def test_stage_writes_the_folder_and_summary(anatomy_data, detector_dir, tmp_path):
+    d = anatomy_data
+    params = tmp_path / "params.yaml"
+    params.write_text("features: {boxes: gt}\n")
+    rc = features_stage.main(["--params", str(params), "--model", str(detector_dir), "--coco", str(d["coco"]),
+                              "--images", str(d["images"]), "--image-dir", str(d["image_dir"]),
+                              "--splits", str(d["splits"]), "--out", str(tmp_path / "f"),
+                              "--metrics", str(tmp_path / "features.json")])
+    assert rc == 0
+    assert json.loads((tmp_path / "features.json").read_text())["box_source"] == "gt"
+    load_features(tmp_path / "f")

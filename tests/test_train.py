@@ -1,0 +1,278 @@
+"""The training engine, the dataset + image cache, and train -> evaluate on the tiny cohort."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from cxr.data import DataError, ImageCache, RegionDataset, RegionFeatures, load_png_square, normalise
+from cxr.params import TrainParams
+from cxr.train import (
+    TrainError,
+    fit,
+    load_model_dir,
+    masked_bce,
+    save_model_dir,
+    train_model,
+    train_pos_weight,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- loss
+
+
+def test_masked_entries_do_not_contribute():
+    logits = torch.randn(4, 3, requires_grad=True)
+    y = torch.randint(0, 2, (4, 3)).float()
+    m = torch.ones(4, 3, dtype=torch.bool)
+    m[0, 1] = m[2, 2] = False
+    loss = masked_bce(logits, y, m)
+    loss.backward()
+    assert logits.grad[0, 1] == 0 and logits.grad[2, 2] == 0 and logits.grad[1, 1] != 0
+    changed = logits.detach().clone()
+    changed[0, 1] = 100.0
+    assert torch.isclose(masked_bce(changed, y, m), loss.detach())
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(logits.detach()[m], y[m])
+    assert torch.isclose(loss.detach(), ref)  # mean over the unmasked entries only
+    assert masked_bce(logits, y, torch.zeros_like(m)) == 0  # nothing to learn -> zero, not NaN
+
+
+def test_pos_weight_and_focal():
+    y = np.array([[1, 0], [0, 0], [0, 0], [0, 1]], np.float32)
+    m = np.ones_like(y, bool)
+    m[1, 1] = False
+    w = train_pos_weight(y, m)
+    assert w.tolist() == [3.0, 2.0]
+    logits, t = torch.tensor([[4.0, -4.0]]), torch.tensor([[1.0, 0.0]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    assert masked_bce(logits, t, mask, focal_gamma=2.0) < 0.01 * masked_bce(logits, t, mask)  # easy examples fade
+
+
+# ---------------------------------------------------------------- data
+
+
+def _png(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def test_image_cache_decodes_once_and_pads(tmp_path):
+    a = _png(tmp_path / "a.png", np.full((40, 20), 200, np.uint8))
+    b = _png(tmp_path / "b.png", (np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60))  # 16-bit
+    cache = ImageCache.build(["a", "b"], [a, b], 16, tmp_path / "cache", progress=False)
+    assert cache.array.shape == (2, 16, 16) and cache.array.dtype == np.uint8
+    assert isinstance(cache.array, np.memmap)
+    assert cache["a"][:, 0].max() == 0 and cache["a"][8, 8] == 200  # centred on a black square
+    assert cache["b"].max() > 200  # 16 bit rescaled to the 8-bit range
+    stamp = (tmp_path / "cache" / "images.npy").stat().st_mtime_ns
+    ImageCache.build(["a", "b"], [a, b], 16, tmp_path / "cache", progress=False)
+    assert (tmp_path / "cache" / "images.npy").stat().st_mtime_ns == stamp  # reused, not re-decoded
+    ImageCache.build(["a", "b"], [a, b], 8, tmp_path / "cache", progress=False)
+    assert ImageCache(tmp_path / "cache").size == 8  # another size -> rebuilt
+    with pytest.raises(DataError, match="not found"):
+        ImageCache.build(["c"], [tmp_path / "c.png"], 16, tmp_path / "cache2", progress=False)
+    assert load_png_square(a, 16).shape == (16, 16)
+
+
+def test_normalise_checks_input_range():
+    x = torch.full((1, 1, 2, 2), 255, dtype=torch.uint8)
+    assert torch.allclose(normalise(x), torch.full((1, 1, 2, 2), 2.0))
+    with pytest.raises(DataError, match=r"expected raw pixel values in \[0, 255\]"):
+        normalise(torch.full((1, 1, 2, 2), -1.5))
+
+
+def _region_dir(root: Path, n: int = 24, r: int = 18, d: int = 16, f: int = 3, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rl = (rng.random((n, r, f)) < 0.3).astype(np.float32)
+    feats = rng.normal(size=(n, r, d)).astype(np.float16)
+    feats[..., 0] += rl.any(-1) * 2  # learnable signal
+    pres = rng.random((n, r)) > 0.1
+    feats[~pres] = np.nan  # the contract: NaN where a region is missing
+    np.save(root / "features.npy", feats)
+    np.save(root / "mask.npy", pres)
+    np.save(root / "boxes.npy", rng.random((n, r, 4)).astype(np.float32))
+    np.save(root / "labels.npy", rl)
+    pd.DataFrame({"image_id": [f"i{k:03d}" for k in range(n)]}).to_parquet(root / "index.parquet")
+    return root
+
+
+def _region_meta(n: int = 24, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed + 1)
+    return pd.DataFrame({"image_id": [f"i{k:03d}" for k in range(n)], "patient_id": [f"p{k // 2}" for k in range(n)],
+                         "A": rng.integers(0, 2, n).astype(float), "B": rng.choice([1.0, 0.0, -1.0, np.nan], n)})
+
+
+def test_region_dataset_contract(tmp_path):
+    feats = RegionFeatures(_region_dir(tmp_path / "f"))
+    ds = RegionDataset(_region_meta(), ["A", "B"], feats, {"default": "ignore"})
+    s = ds[3]
+    assert set(s) == {"features", "presence", "boxes", "region_targets", "region_mask", "targets", "mask", "index"}
+    assert s["features"].shape == (18, 16) and s["features"].dtype == torch.float16
+    assert torch.isfinite(s["features"].float()).all() and (s["features"][~s["presence"]] == 0).all()
+    assert ds.mask[ds.raw[:, 1] == -1, 1].sum() == 0  # U-Ignore masks uncertain labels
+    (tmp_path / "g").mkdir()
+    with pytest.raises(DataError, match="missing"):
+        RegionFeatures(tmp_path / "g")
+
+
+def _fit_region(tmp_path, seed=3, lr=1e-2, **kw):
+    from cxr.models import create_model
+
+    feats = RegionFeatures(_region_dir(tmp_path / "f"))
+    meta = _region_meta()
+    tr = RegionDataset(meta.iloc[:16], ["A", "B"], feats)
+    va = RegionDataset(meta.iloc[16:], ["A", "B"], feats)
+    torch.manual_seed(seed)
+    model = create_model("graph_transformer", num_classes=2, feature_dim=16, hidden=16, edge_dim=4, num_findings=3)
+    summary = fit(model, tr, va, seed=seed, epochs=2, batch_size=8, lr=lr, graph_importance=0.5, progress=False,
+                  device="cpu", **kw)
+    return model, summary
+
+
+def test_fit_is_seeded_and_logs_with_dvclive(tmp_path):
+    m1, s1 = _fit_region(tmp_path / "a", log_dir=tmp_path / "live")
+    m2, s2 = _fit_region(tmp_path / "b")
+    assert s1["epochs_run"] == 2 and s1["best_epoch"] in (0, 1)
+    for (k, v), w in zip(m1.state_dict().items(), m2.state_dict().values()):
+        assert torch.equal(v, w), k  # same seed -> same weights
+    assert (tmp_path / "live" / "metrics.json").is_file()
+    assert any((tmp_path / "live" / "plots" / "metrics").rglob("*macro_auroc*"))
+
+
+def test_non_finite_loss_stops_training(tmp_path):
+    with pytest.raises(TrainError, match="non-finite"):
+        _fit_region(tmp_path, lr=1e30)
+
+
+def test_model_dir_roundtrip(tmp_path):
+    from cxr.models import create_model
+
+    adj = np.eye(18, dtype=np.float32)
+    m = create_model("anaxnet", num_classes=2, feature_dim=8, hidden=16, adjacency=adj).eval()
+    save_model_dir(tmp_path / "m", m, {"architecture": "anaxnet", "label_names": ["A", "B"],
+                                       "model_kwargs": {"num_classes": 2, "feature_dim": 8, "hidden": 16, "adjacency": adj}})
+    m2, card = load_model_dir(tmp_path / "m")
+    x = torch.randn(2, 18, 8), torch.ones(2, 18, dtype=torch.bool)
+    assert torch.equal(m(*x), m2(*x)) and card["label_names"] == ["A", "B"]
+    with pytest.raises(TrainError, match="not a model dir"):
+        load_model_dir(tmp_path)
+
+
+# ---------------------------------------------------------------- tiny cohort end to end (in-process stages)
+
+
+@pytest.fixture(scope="module")
+def tiny_processed(tiny_cohort, tmp_path_factory):
+    """convert -> label -> split of the tiny cohort (the real stage functions, in process)."""
+    sys.path.insert(0, str(REPO))
+    from stages import convert, label, split
+
+    root = tmp_path_factory.mktemp("proc")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["convert"].update(size=128, workers=1)
+    params["train"].update(image_size=64, epochs=1, batch_size=8)
+    params["evaluate"].update(bootstrap=50)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    p = str(root / "params.yaml")
+    assert convert.main(["--params", p, "--raw", str(tiny_cohort), "--images", str(root / "images"), "--table", str(root / "images.parquet")]) == 0
+    assert label.main(["--params", p, "--raw", str(tiny_cohort), "--out", str(root / "labels.parquet"), "--metrics", str(root / "label.json")]) == 0
+    assert split.main(["--params", p, "--images", str(root / "images.parquet"), "--labels", str(root / "labels.parquet"),
+                       "--raw", str(tiny_cohort), "--out", str(root / "splits.parquet"), "--metrics", str(root / "split.json")]) == 0
+    return root
+
+
+def test_train_then_evaluate_stages_on_tiny_cohort(tiny_processed):
+    from stages import evaluate as evaluate_stage
+    from stages import train as train_stage
+
+    r = tiny_processed
+    common = ["--images", str(r / "images"), "--table", str(r / "images.parquet"), "--labels", str(r / "labels.parquet"),
+              "--splits", str(r / "splits.parquet")]
+    assert train_stage.main(["--params", str(r / "params.yaml"), "--model", "densenet121", "--out", str(r / "m"), *common]) == 0
+    card = json.loads((r / "m" / "card.json").read_text())
+    assert card["label_names"][0] == "No Finding" and card["input"]["size"] == 64
+    assert set(card["thresholds"]) == set(card["label_names"]) and card["threshold_rule"].endswith("validation split")
+    assert len(card["data_hashes"]["splits"]) == 64
+    state = torch.load(r / "m" / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    out = r / "rep"
+    assert evaluate_stage.main(["--params", str(r / "params.yaml"), "--model-dir", str(r / "m"), *common,
+                                "--metrics", str(out / "metrics.json"), "--roc", str(out / "roc.csv"), "--pr", str(out / "pr.csv"),
+                                "--predictions", str(out / "pred.parquet")]) == 0
+    met = json.loads((out / "metrics.json").read_text())
+    splits = pd.read_parquet(r / "splits.parquet")
+    pred = pd.read_parquet(out / "pred.parquet")
+    assert set(pred["image_id"]) <= set(splits.loc[splits["split"] == "test", "image_id"])  # never train or val
+    assert met["test_images"] == len(pred) and met["bootstrap"] == 50
+    assert met["macro_auroc"] is None or 0 <= met["macro_auroc"] <= 1
+
+
+def test_train_stage_errors_name_the_problem(tiny_processed, caplog):
+    from stages import train as train_stage
+
+    r = tiny_processed
+    rc = train_stage.main(["--params", str(r / "params.yaml"), "--model", "densenet12", "--out", str(r / "x"),
+                           "--images", str(r / "images"), "--table", str(r / "images.parquet"),
+                           "--labels", str(r / "labels.parquet"), "--splits", str(r / "splits.parquet")])
+    assert rc == 1 and "registered models: " in caplog.text and "densenet121" in caplog.text
+    rc = train_stage.main(["--params", str(r / "params.yaml"), "--model", "anaxnet", "--out", str(r / "x"),
+                           "--images", str(r / "images"), "--table", str(r / "images.parquet"),
+                           "--labels", str(r / "labels.parquet"), "--splits", str(r / "splits.parquet")])
+    assert rc == 1 and "needs region features" in caplog.text
+
+
+def test_train_model_uses_train_split_only_for_the_label_graph(tiny_processed, tmp_path):
+    r = tiny_processed
+    images, labels, splits = (pd.read_parquet(r / f) for f in ("images.parquet", "labels.parquet", "splits.parquet"))
+    from cxr.labels import label_names
+    from cxr.models.mlgcn import label_adjacency
+    from cxr.train import build_datasets
+
+    names = label_names("chexpert14")
+    params = TrainParams(image_size=64, epochs=1, batch_size=8, mlgcn={"backbone": "efficientnet_b0"})
+    card = train_model("mlgcn", images=images, labels=labels, splits=splits, images_dir=r / "images", names=names,
+                       uncertainty={}, params=params, seed=1, out_dir=tmp_path / "m", log_dir=None,
+                       cache_dir=tmp_path / "c", progress=False)
+    tr = build_datasets("mlgcn", images=images, labels=labels, splits=splits, images_dir=r / "images", names=names,
+                        uncertainty={}, which=("train",), image_size=64, frontal_only=True, cache_dir=tmp_path / "c",
+                        progress=False)["train"]
+    expected = label_adjacency(tr.targets, tr.mask, 0.4, 0.2)
+    assert np.allclose(np.asarray(card["model_kwargs"]["adjacency"]), expected)
+    model, _ = load_model_dir(tmp_path / "m")
+    assert np.allclose(model.head.adjacency.numpy(), expected)
+
+
+@pytest.mark.parametrize("name", ["anaxnet", "graph_transformer"])
+def test_region_models_train_and_evaluate_on_feature_folder(tiny_processed, tmp_path, name):
+    """The features-stage contract (random values) aligned with the tiny cohort's image ids."""
+    from cxr.evaluate.classification import evaluate_model
+    from cxr.labels import label_names
+
+    r = tiny_processed
+    images, labels, splits = (pd.read_parquet(r / f) for f in ("images.parquet", "labels.parquet", "splits.parquet"))
+    ids = sorted(images.loc[images["status"] == "ok", "image_id"])
+    fdir = _region_dir(tmp_path / "features", n=len(ids), d=8)
+    pd.DataFrame({"row": range(len(ids)), "image_id": ids}).to_parquet(fdir / "index.parquet")
+    (fdir / "meta.json").write_text(json.dumps({"regions": [f"region{k}" for k in range(18)], "findings": ["a", "b", "c"]}))
+    params = TrainParams(epochs=1, batch_size=8, graph={"hidden": 16, "edges": "cooccurrence"})
+    card = train_model(name, images=images, labels=labels, splits=splits, images_dir=r / "images",
+                       names=label_names("chexpert14"), uncertainty={}, params=params, seed=0, out_dir=tmp_path / "m",
+                       log_dir=None, cache_dir=tmp_path / "c", features_dir=fdir, progress=False)
+    assert card["input"] == {"kind": "region_features", "num_regions": 18, "feature_dim": 8}
+    metrics, roc, pr, pred = evaluate_model(tmp_path / "m", images=images, labels=labels, splits=splits,
+                                            images_dir=r / "images", cache_dir=tmp_path / "c2", features_dir=fdir,
+                                            n_boot=20, progress=False)
+    assert list(metrics["region_auroc"])[:2] == ["region0", "region1"] and metrics["model"] == name
+    assert set(pred["image_id"]) <= set(splits.loc[splits["split"] == "test", "image_id"])
