@@ -47,7 +47,7 @@ from PIL import Image
 
 from cxr.dicom import DICOM_SUFFIXES, RASTER_SUFFIXES, DecodeError, NotRadiograph, read_image
 from cxr.executor import Executor, make_executor
-from cxr.io import write_bytes, write_json, write_parquet
+from cxr.io import sha256_file, write_bytes, write_json, write_parquet
 from cxr.params import ConvertParams
 
 log = logging.getLogger(__name__)
@@ -493,7 +493,7 @@ def _load_state(path: Path, digest: str) -> dict[str, Any]:
 
 def _sha256(path: Path) -> str | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return sha256_file(path)
     except FileNotFoundError:
         return None
 

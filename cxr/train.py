@@ -21,8 +21,6 @@ size, normalisation, thresholds chosen on VALIDATION, params, data hashes).
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 import math
@@ -40,13 +38,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from cxr.data import NORMALISATION, normalise
 from cxr.evaluate.metrics import macro_auroc, youden_threshold
-from cxr.io import write_bytes, write_json
+from cxr import modeldir
+from cxr.modeldir import CARD, WEIGHTS
 from cxr.models import create_model
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = "model.pt"
-CARD = "card.json"
 IMAGE_MODELS_WITH_LABEL_GRAPH = ("mlgcn", "segfusion_van_gcn")
 REGION_MODELS = ("anaxnet", "graph_transformer")
 
@@ -291,11 +288,8 @@ def _jsonable(v: Any) -> Any:
 
 
 def save_model_dir(out_dir: str | Path, model: nn.Module, card: Mapping[str, Any]) -> None:
-    """Write ``model.pt`` (state_dict) and ``card.json`` atomically into ``out_dir``."""
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    write_bytes(Path(out_dir) / WEIGHTS, buf.getvalue())
-    write_json(Path(out_dir) / CARD, _jsonable(dict(card)))
+    """Write a model dir (:mod:`cxr.modeldir`); the card is made JSON-safe first."""
+    modeldir.save_model_dir(out_dir, model, _jsonable(dict(card)))
 
 
 def load_model_dir(model_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -305,7 +299,7 @@ def load_model_dir(model_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         TrainError: the dir lacks ``model.pt`` or ``card.json``.
     """
     d = Path(model_dir)
-    if not (d / WEIGHTS).is_file() or not (d / CARD).is_file():
+    if not modeldir.is_model_dir(d):
         raise TrainError(f"{d}: not a model dir (expected {WEIGHTS} and {CARD}; run the train stage)")
     card = json.loads((d / CARD).read_text())
     kwargs = dict(card["model_kwargs"])
@@ -313,17 +307,8 @@ def load_model_dir(model_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         if kwargs.get(k) is not None:
             kwargs[k] = np.asarray(kwargs[k], dtype=np.float32)
     model = create_model(card["architecture"], **kwargs)
-    model.load_state_dict(torch.load(d / WEIGHTS, map_location="cpu", weights_only=True))
+    model.load_state_dict(modeldir.load_state(d))
     return model.eval(), card
-
-
-def file_hash(path: str | Path) -> str:
-    """sha256 of a file (the data hashes of the model card)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def model_kwargs(name: str, *, num_classes: int, params: Any, train_targets: np.ndarray | None = None,

@@ -17,7 +17,8 @@ from cxr.data import DataError
 from cxr.labels import LabelError, label_names
 from cxr.models import ModelError
 from cxr.params import ParamsError, load_section
-from cxr.train import TrainError, file_hash, train_model
+from cxr.io import sha256_file
+from cxr.train import TrainError, train_model
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as exc:
         log.error("%s", exc)
         return 2
-    hashes = {k: file_hash(v) for k, v in (("images", args.table), ("labels", args.labels), ("splits", args.splits))}
+    hashes = {k: sha256_file(v) for k, v in (("images", args.table), ("labels", args.labels), ("splits", args.splits))}
     try:
         with tempfile.TemporaryDirectory(prefix="cxr-cache-") as tmp:
             train_model(

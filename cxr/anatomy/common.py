@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 from pathlib import Path
@@ -14,12 +12,10 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from cxr.io import write_bytes, write_json
+from cxr.modeldir import CARD, WEIGHTS, is_model_dir
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = "model.pt"
-CARD = "card.json"
 
 
 class AnatomyError(ValueError):
@@ -79,33 +75,11 @@ def fit_size(rows: int, cols: int, size: int) -> tuple[int, int, float]:
     return max(1, round(rows * s)), max(1, round(cols * s)), s
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def save_model_dir(out_dir: str | Path, model: torch.nn.Module, card: dict[str, Any]) -> None:
-    """Write ``model.pt`` (a state_dict, loadable with ``weights_only=True``) and ``card.json`` atomically."""
-    out_dir = Path(out_dir)
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
-    write_bytes(out_dir / WEIGHTS, buf.getvalue())
-    write_json(out_dir / CARD, card)
-
-
 def read_card(model_dir: str | Path) -> dict[str, Any]:
     model_dir = Path(model_dir)
-    card_path, weights = model_dir / CARD, model_dir / WEIGHTS
-    if not card_path.is_file() or not weights.is_file():
+    if not is_model_dir(model_dir):
         raise AnatomyError(f"{model_dir}: not a model dir (expected {CARD} and {WEIGHTS})")
-    return json.loads(card_path.read_text(encoding="utf-8"))
-
-
-def load_state(model_dir: str | Path) -> dict[str, torch.Tensor]:
-    return torch.load(Path(model_dir) / WEIGHTS, map_location="cpu", weights_only=True)
+    return json.loads((model_dir / CARD).read_text(encoding="utf-8"))
 
 
 def load_local_weights(path: str | Path) -> dict[str, torch.Tensor]:

@@ -46,14 +46,13 @@ from cxr.anatomy.common import (
     gray_first_conv,
     lightning_accelerator,
     load_local_weights,
-    load_state,
     pick_device,
     read_card,
     read_gray,
     resize_float,
-    save_model_dir,
-    sha256_file,
 )
+from cxr.io import sha256_file
+from cxr.modeldir import load_state, save_model_dir
 from cxr.params import DetectorParams
 
 log = logging.getLogger(__name__)

@@ -33,16 +33,15 @@ from cxr.anatomy.common import (
     fit_size,
     gray_first_conv,
     load_local_weights,
-    load_state,
     ok_images,
     pick_device,
     read_card,
     read_gray,
     resize_float,
-    save_model_dir,
 )
 from cxr.anatomy.detector import fit
 from cxr.anatomy.masks import dice_iou, read_mask, resize_mask, to_png_grid
+from cxr.modeldir import load_state, save_model_dir
 from cxr.params import UnetParams
 
 log = logging.getLogger(__name__)
