@@ -49,27 +49,12 @@ from cxr.dicom import DICOM_SUFFIXES, RASTER_SUFFIXES, DecodeError, NotRadiograp
 from cxr.executor import Executor, make_executor
 from cxr.io import sha256_file, write_bytes, write_json, write_parquet
 from cxr.params import ConvertParams
+from cxr.sources.common import DATASET_FOLDERS  # unknown folders fall back to their own name
 
 log = logging.getLogger(__name__)
 
 #: Top-level folders of data/raw that hold no source images (masks are labels, not inputs).
 NOT_IMAGES = frozenset({"masks", "truth", "chest-imagenome", "imagenome"})
-#: Known top-level folder spellings -> dataset name.
-DATASET_FOLDERS = {
-    "mimic-cxr": "mimic",
-    "mimic-cxr-jpg": "mimic",
-    "mimic": "mimic",
-    "padchest": "padchest",
-    "nih": "nih",
-    "chestxray14": "nih",
-    "chestx-ray14": "nih",
-    "chexpert": "chexpert",
-    "chexpert-v1.0": "chexpert",
-    "chexpert-v1.0-small": "chexpert",
-    "openi": "openi",
-    "rsna": "rsna",
-    "siim": "siim",
-}
 #: Column order of images.parquet.
 COLUMNS = (
     "image_id",

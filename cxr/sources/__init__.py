@@ -11,26 +11,11 @@ import logging
 from pathlib import Path
 
 from cxr.sources import chexpert, imagenome, mimic, nih, openi, padchest
-from cxr.sources.common import Issue, SourceError, SourceTables, safe_id
+from cxr.sources.common import DATASET_FOLDERS, Issue, SourceError, SourceTables, safe_id
 
 log = logging.getLogger(__name__)
 
-#: Top-level folder spellings -> adapter name.
-FOLDERS = {
-    "mimic-cxr": "mimic",
-    "mimic-cxr-jpg": "mimic",
-    "mimic": "mimic",
-    "chest-imagenome": "imagenome",
-    "imagenome": "imagenome",
-    "padchest": "padchest",
-    "nih": "nih",
-    "chestxray14": "nih",
-    "chestx-ray14": "nih",
-    "chexpert": "chexpert",
-    "chexpert-v1.0": "chexpert",
-    "chexpert-v1.0-small": "chexpert",
-    "openi": "openi",
-}
+FOLDERS = DATASET_FOLDERS  # top-level folder spellings -> adapter name (cxr.sources.common)
 
 __all__ = ["FOLDERS", "Issue", "SourceError", "SourceTables", "read_raw", "safe_id"]
 

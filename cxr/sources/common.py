@@ -27,6 +27,23 @@ REPORT_COLUMNS = ("dataset", "patient_id", "study_id", "report")
 BOX_COLUMNS = ("image_id", "label", "x", "y", "w", "h")
 
 
+#: Top-level folder spellings of the raw layout -> dataset / adapter name (shared with cxr.convert).
+DATASET_FOLDERS = {
+    "mimic-cxr": "mimic",
+    "mimic-cxr-jpg": "mimic",
+    "mimic": "mimic",
+    "chest-imagenome": "imagenome",
+    "imagenome": "imagenome",
+    "padchest": "padchest",
+    "nih": "nih",
+    "chestxray14": "nih",
+    "chestx-ray14": "nih",
+    "chexpert": "chexpert",
+    "chexpert-v1.0": "chexpert",
+    "chexpert-v1.0-small": "chexpert",
+    "openi": "openi",
+}
+
 class SourceError(ValueError):
     """A dataset file cannot be used at all (missing, wrong columns, unreadable)."""
 
