@@ -451,6 +451,7 @@ def build_labels(
     reports = [(t.dataset, t.reports) for t in tables.values() if t.reports is not None and len(t.reports)]
     if reports:
         labeller = Labeler(vocabulary, sections=sections)
+        labelled: dict[str, pd.DataFrame] = {}
         rows = []
         n_reports, seconds = 0, 0.0
         for dataset, rep in reports:
@@ -459,6 +460,7 @@ def build_labels(
             seconds += time.perf_counter() - t0
             n_reports += len(rep)
             lab.insert(0, "study_id", rep["study_id"].to_numpy())
+            labelled[dataset] = lab
             lab = lab.drop_duplicates("study_id")
             mapped = to_space(lab, vocabulary, space, key="study_id")
             imgs = images_by_ds.get(dataset)
@@ -480,7 +482,7 @@ def build_labels(
             # labels.parquet never takes a value from the truth table).
             from cxr.labeler.score import score_synthetic
 
-            summary["labeller"]["synthetic_truth"] = score_synthetic(raw_dir, mimic, labeller)
+            summary["labeller"]["synthetic_truth"] = score_synthetic(raw_dir, mimic, labeller, labelled["mimic"])
 
     for name, df in candidates.items():
         summary["sources"][name] = {"images": int(len(df)), "counts": _label_counts(df, names)}

@@ -44,13 +44,17 @@ def scores(pred: np.ndarray, gold: np.ndarray, names: Sequence[str]) -> pd.DataF
     return df
 
 
-def score_synthetic(raw_dir: str | Path, reports: pd.DataFrame, labeller: Labeler) -> dict:
+def score_synthetic(
+    raw_dir: str | Path, reports: pd.DataFrame, labeller: Labeler, predictions: pd.DataFrame | None = None
+) -> dict:
     """Score ``labeller`` on a synthetic cohort's MIMIC-style reports against its truth table.
 
     Args:
         raw_dir: the cohort root (with ``truth/truth.parquet``).
         reports: the MIMIC adapter's report table (``study_id``, ``report``).
         labeller: the labeller the ``label`` stage used.
+        predictions: its output for ``reports`` (``study_id`` + label columns), when already
+            computed; otherwise the reports are labelled here.
 
     Returns:
         ``{"reports": n, "policy": ..., "micro_f1", "macro_f1", "per_class": {name: {P, R, F1, n_pos}},
@@ -66,7 +70,10 @@ def score_synthetic(raw_dir: str | Path, reports: pd.DataFrame, labeller: Labele
     common = study_truth.index.intersection(rep.index)
     gold = study_truth.loc[common, names].to_numpy() == 1
     texts = rep.loc[common, "report"].tolist()
-    v = labeller.label_many(texts, progress=False)[names].to_numpy()
+    if predictions is None:
+        v = labeller.label_many(texts, progress=False)[names].to_numpy()
+    else:
+        v = predictions.drop_duplicates("study_id").set_index("study_id").loc[common, names].to_numpy()
     a = scores((v == 1) | (v == -1), gold, names)
     keyword = Labeler(labeller.vocab.name, use_context=False).label_many(texts, progress=False)[names].to_numpy()
     b = scores(keyword == 1, gold, names)
