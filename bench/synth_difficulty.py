@@ -26,7 +26,7 @@ from torch import nn
 from cxr.params import SyntheticParams
 from cxr.synth import generate
 from cxr.synth.labels import CHEXPERT14
-from cxr.synth.preview import _load_display
+from cxr.synth.preview import load_display
 
 MIN_POSITIVES = 8
 
@@ -34,7 +34,7 @@ MIN_POSITIVES = 8
 def load(root: Path, size: int) -> tuple[np.ndarray, pd.DataFrame]:
     truth = pd.read_parquet(root / "truth/truth.parquet")
     truth = truth[truth.broken == ""].reset_index(drop=True)
-    x = np.stack([np.asarray(Image.fromarray(_load_display(root / f)).resize((size, size), Image.BILINEAR)) for f in truth.file])
+    x = np.stack([np.asarray(Image.fromarray(load_display(root / f)).resize((size, size), Image.BILINEAR)) for f in truth.file])
     return x.astype(np.float32)[:, None] / 255.0, truth
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pydicom
 from PIL import Image, ImageDraw, ImageFont
 
 from cxr import io as cio
+from cxr.dicom import read_image
 
 _SHORT = {
     "Enlarged Cardiomediastinum": "EnlCM", "Cardiomegaly": "Cardiomeg", "Lung Opacity": "Opacity",
@@ -20,15 +20,10 @@ _SHORT = {
 }
 
 
-def _load_display(path: Path) -> np.ndarray:
-    """Decode a generated file for display: DICOM (modality LUT, MONOCHROME1 inverted) or PNG."""
-    if path.suffix == ".dcm":
-        ds = pydicom.dcmread(path)
-        arr = pydicom.pixels.apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
-        if ds.PhotometricInterpretation == "MONOCHROME1":
-            arr = arr.max() - arr
-    else:
-        arr = np.asarray(Image.open(path), dtype=np.float32)
+def load_display(path: Path) -> np.ndarray:
+    """Decode an image through the converter's reader (modality LUT, VOI, MONOCHROME1 inverted)
+    and stretch it to uint8 for display."""
+    arr = read_image(path).image
     lo, hi = np.percentile(arr, [0.5, 99.5])
     return (np.clip((arr - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
 
@@ -53,7 +48,7 @@ def contact_sheet(root: str | Path, out_png: str | Path, n: int = 16, tile: int 
     font = ImageFont.load_default()
     for k, i in enumerate(chosen):
         r = truth.loc[i]
-        img = Image.fromarray(_load_display(root / r["file"]))
+        img = Image.fromarray(load_display(root / r["file"]))
         img.thumbnail((tile, tile))
         x0, y0 = (k % cols) * tile, (k // cols) * (tile + 28)
         sheet.paste(img, (x0 + (tile - img.width) // 2, y0))
