@@ -8,9 +8,18 @@ STAMP  := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test clean-venv
+.PHONY: setup repro test clean-venv chromium
 
-setup: $(STAMP)
+setup: $(STAMP) chromium
+
+# Headless Chromium (Debian package) for the report's browser test (tests/test_report.py); playwright
+# drives this system binary, it never downloads a browser of its own.
+CHROMIUM ?= /usr/bin/chromium
+SUDO     := $(shell test "$$(id -u)" = 0 || echo sudo)
+
+chromium:
+	@test -x $(CHROMIUM) || { echo "installing chromium (apt-get)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

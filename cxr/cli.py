@@ -47,6 +47,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     from cxr.labeler.cli import add_label_parser
 
     add_label_parser(sub)
+    from cxr.predict import add_predict_parser
+
+    add_predict_parser(sub)
     return p
 
 

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cxr.dicom import DICOM_SUFFIXES, RASTER_SUFFIXES, DecodeError, NotRadiograph, read_image
+from cxr.dicom import DICOM_SUFFIXES, RASTER_SUFFIXES, Decoded, DecodeError, NotRadiograph, read_image
 from cxr.executor import Executor, make_executor
 from cxr.io import sha256_file, write_bytes, write_json, write_parquet
 from cxr.params import ConvertParams
@@ -368,15 +368,18 @@ def encode_png(img: np.ndarray, bits: int = 8, compress_level: int = 6) -> bytes
     """Quantise ``[0, 1]`` floats to 8 or 16 bits and encode a PNG (deterministic bytes, no metadata)."""
     import io
 
-    if bits == 8:
-        im = Image.fromarray(np.clip(np.rint(img * 255), 0, 255).astype(np.uint8))
-    elif bits == 16:
-        im = Image.fromarray(np.clip(np.rint(img * 65535), 0, 65535).astype(np.uint16))
-    else:
-        raise ValueError(f"bits must be 8 or 16, got {bits}")
     buf = io.BytesIO()
-    im.save(buf, format="PNG", compress_level=compress_level)
+    Image.fromarray(quantise(img, bits)).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
+
+
+def quantise(img: np.ndarray, bits: int = 8) -> np.ndarray:
+    """``[0, 1]`` floats -> uint8 (``bits=8``) or uint16 (``bits=16``), rounded to nearest."""
+    if bits == 8:
+        return np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+    if bits == 16:
+        return np.clip(np.rint(img * 65535), 0, 65535).astype(np.uint16)
+    raise ValueError(f"bits must be 8 or 16, got {bits}")
 
 
 # ------------------------------------------------------------------------------ one image
@@ -413,6 +416,38 @@ def _fill(row: dict[str, Any], m: dict[str, Any], src: Source) -> None:
         row["pixel_spacing"] = src.pixel_spacing
 
 
+def decode_file(path: str | Path, opt: Options, photometric: str | None = None) -> Decoded:
+    """Decode one source file exactly as the stage does (VOI, rescale, MONOCHROME1, draft decoding).
+
+    Raises:
+        DecodeError, NotRadiograph: see :func:`cxr.dicom.read_image`.
+    """
+    return read_image(
+        path,
+        voi=opt.voi,
+        max_pixels=opt.max_pixels,
+        photometric=photometric,
+        draft=(opt.size, opt.side) if opt.draft else None,
+    )
+
+
+def convert_file(path: str | Path, opt: Options, photometric: str | None = None) -> tuple[np.ndarray, dict, dict]:
+    """One source file -> the stage's output image in memory, for callers outside the stage (``cxr predict``).
+
+    Returns:
+        ``(png, geo, meta)``: ``png`` is the array the stage writes as a PNG (uint8 or uint16 per
+        ``opt.bits``, the same quantisation as :func:`encode_png`), ``geo`` maps original pixels to
+        ``png`` pixels (:func:`fit`), ``meta`` is the decoder's header facts.
+
+    Raises:
+        DecodeError, NotRadiograph: see :func:`cxr.dicom.read_image`.
+    """
+    dec = decode_file(path, opt, photometric)
+    m = dec.meta
+    img, geo = fit(dec.image, opt.size, opt.side, opt.square, orig_shape=(m["rows"], m["cols"]))
+    return quantise(img, opt.bits), geo, m
+
+
 def convert_one(task: tuple[str, str, Source, Options]) -> dict[str, Any]:
     """Convert one source image and return its images.parquet row (never raises on bad input).
 
@@ -422,13 +457,7 @@ def convert_one(task: tuple[str, str, Source, Options]) -> dict[str, Any]:
     raw_dir, images_dir, src, opt = task
     row = _row(src)
     try:
-        dec = read_image(
-            Path(raw_dir) / src.source_path,
-            voi=opt.voi,
-            max_pixels=opt.max_pixels,
-            photometric=src.photometric,
-            draft=(opt.size, opt.side) if opt.draft else None,
-        )
+        dec = decode_file(Path(raw_dir) / src.source_path, opt, photometric=src.photometric)
     except NotRadiograph as exc:
         _fill(row, exc.meta, src)
         row.update(status="skipped", error=str(exc))

@@ -37,3 +37,26 @@ def is_model_dir(model_dir: str | Path) -> bool:
 def load_state(model_dir: str | Path) -> dict[str, torch.Tensor]:
     """The state_dict of a model dir, loaded safely (``weights_only=True``) onto the CPU."""
     return torch.load(Path(model_dir) / WEIGHTS, map_location="cpu", weights_only=True)
+
+
+def load_classifier(model_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a registered classifier from its card and load its weights (eval mode, CPU).
+
+    Lives here rather than in :mod:`cxr.train` so that inference (``cxr predict``) does not import
+    the training stack (Lightning); :func:`cxr.train.load_model_dir` is the checked entry point.
+    """
+    import json
+
+    import numpy as np
+
+    from cxr.models import create_model
+
+    d = Path(model_dir)
+    card = json.loads((d / CARD).read_text())
+    kwargs = dict(card["model_kwargs"])
+    for k in ("adjacency", "cooccurrence"):
+        if kwargs.get(k) is not None:
+            kwargs[k] = np.asarray(kwargs[k], dtype=np.float32)
+    model = create_model(card["architecture"], **kwargs)
+    model.load_state_dict(load_state(d))
+    return model.eval(), card

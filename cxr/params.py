@@ -350,6 +350,25 @@ class GraphParams(_Section):
     p: float = Field(0.2, ge=0, le=1, description="AnaXNet: neighbour share of the normalised adjacency")
 
 
+class ATHParams(_Section):
+    """ATH, the attention-based triplet hashing baseline (cxr/models/ath.py), trained by `train_hash@ath`."""
+
+    bits: int = Field(32, ge=8, le=1024, description="code length in bits (a multiple of 8)")
+    backbone: str = Field("small", description="'small' (4-stage conv net, CPU default) or a cxr.models.cnn.BACKBONES name")
+    widths: list[int] = Field(default_factory=lambda: [32, 64, 128, 256], min_length=1, max_length=6,
+                              description="stage widths of the 'small' backbone")
+    margin: float = Field(0.25, gt=0, le=2, description="triplet margin on the normalised code distance (fraction of bits)")
+    quantization: float = Field(0.1, ge=0, le=10, description="weight of the (|u| - 1)^2 quantisation loss")
+    classification: float = Field(1.0, ge=0, le=10, description="weight of the auxiliary BCE head (its val AUROC drives early stopping)")
+
+    @field_validator("bits")
+    @classmethod
+    def _check_bits(cls, v: int) -> int:
+        if v % 8:
+            raise ValueError(f"bits must be a multiple of 8 (faiss binary codes are whole bytes), got {v}")
+        return v
+
+
 class TrainParams(_Section):
     """The classifier zoo: one engine (cxr.train), DVC matrix `train@M` over `models`."""
 
@@ -370,13 +389,14 @@ class TrainParams(_Section):
     frontal_only: bool = Field(True, description="train and evaluate on frontal views only")
     pretrained: dict[str, str] = Field(default_factory=dict, description="model name -> local backbone weights file")
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto = GPU when available")
-    precision: Literal["auto", "32", "bf16", "16"] = Field("auto", description="auto = bf16/fp16 mixed on GPU, 32 on CPU")
+    precision: Literal["auto", "32", "bf16", "16"] = Field("auto", description="auto = bf16/fp16 mixed on GPU; bf16 mixed for image models on a CPU with native bf16, else 32")
     devices: int | Literal["auto"] = Field("auto", description="number of devices (GPUs) or auto")
     strategy: str = Field("auto", description="Lightning strategy: auto | ddp | ...")
     num_workers: int = Field(0, ge=0, le=64, description="data-loader worker processes")
     mlgcn: MLGCNParams = MLGCNParams()
     segfusion: SegFusionParams = SegFusionParams()
     graph: GraphParams = GraphParams()
+    ath: ATHParams = ATHParams()
 
     @field_validator("models")
     @classmethod
@@ -395,6 +415,72 @@ class EvaluateParams(_Section):
     reference: str = Field("densenet121", description="model the comparison table tests every other model against")
 
 
+class LocalizeParams(_Section):
+    """Weak localisation per model (`localize@M`, cxr.localize): heatmaps -> boxes -> IoU / IoBB accuracy."""
+
+    method: Literal["cam", "gradcam", "gradcam++"] = Field("gradcam", description="heatmap method of the image models")
+    thresholds: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75], min_length=1,
+                                    description="T(IoU) and T(IoBB) thresholds of the accuracies")
+    heatmap_thresholds: list[float] = Field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], min_length=1,
+                                            description="candidate heatmap binarisation thresholds (chosen on VAL)")
+    select_iou: float = Field(0.25, gt=0, le=1, description="the VAL choice maximises accuracy at T(IoU) = select_iou")
+    default_threshold: float = Field(0.5, gt=0, le=1, description="heatmap threshold when VAL has no GT boxes")
+    max_boxes: int = Field(3, ge=0, le=100, description="boxes kept per heatmap, highest peak first (0 = all)")
+    gallery_size: int = Field(8, ge=0, le=64, description="TEST images in the gallery (fixed sample from base.seed)")
+    batch_size: int = Field(16, ge=1, le=1024, description="images per heatmap batch")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
+
+    @field_validator("thresholds", "heatmap_thresholds")
+    @classmethod
+    def _check_unit(cls, v: list[float]) -> list[float]:
+        if any(not 0 < x <= 1 for x in v) or len(set(v)) != len(v):
+            raise ValueError(f"thresholds must be distinct values in (0, 1] (got {v})")
+        return sorted(v)
+
+
+class RetrieveIndexParams(_Section):
+    """faiss index choice (cxr.retrieve.IndexConfig)."""
+
+    kind: Literal["auto", "flat", "ivf", "hnsw"] = Field("auto", description="auto = exact up to exact_max items, else `approximate`")
+    exact_max: int = Field(100_000, ge=1, description="largest database searched exactly (kind auto)")
+    approximate: Literal["ivf", "hnsw"] = Field("hnsw", description="approximate index above exact_max")
+    ivf_lists: int = Field(0, ge=0, description="IVF k-means cells; 0 = 4 * sqrt(N)")
+    nprobe: int = Field(16, ge=1, description="IVF cells visited per query")
+    hnsw_m: int = Field(32, ge=4, le=256, description="HNSW links per node")
+    ef_construction: int = Field(80, ge=8, le=4096, description="HNSW beam width while building")
+    ef_search: int = Field(64, ge=1, le=4096, description="HNSW beam width while searching")
+
+
+class RetrieveParams(_Section):
+    """Image search per model (`retrieve@M`, cxr.retrieve) and the hashing models trained for it (`train_hash@M`)."""
+
+    models: list[str] = Field(default_factory=lambda: ["densenet121"], min_length=1,
+                              description="models searched by the retrieve@M matrix (from train.models or retrieve.hashing)")
+    hashing: list[str] = Field(default_factory=lambda: ["ath"], min_length=1,
+                               description="hashing models trained by train_hash@M (retrieval only, never evaluate@M)")
+    database: list[Literal["train", "val", "test"]] = Field(
+        default_factory=lambda: ["train", "val"], min_length=1,
+        description="splits forming the searched database; the queries are the test images")
+    k: list[int] = Field(default_factory=lambda: [3, 5, 10], min_length=1, description="metric cut-offs")
+    examples: int = Field(4, ge=0, le=100, description="example queries (with their top 5) kept for the report")
+    batch_size: int = Field(32, ge=1, le=4096, description="images per embedding forward pass")
+    index: RetrieveIndexParams = RetrieveIndexParams()
+
+    @field_validator("models", "hashing", "database")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError(f"entries must be unique (got {v})")
+        return v
+
+    @field_validator("k")
+    @classmethod
+    def _check_k(cls, v: list[int]) -> list[int]:
+        if any(x < 1 for x in v) or len(set(v)) != len(v):
+            raise ValueError(f"k must be distinct positive integers (got {v})")
+        return sorted(v)
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "base": BaseParams,
     "ingest": IngestParams,
@@ -407,6 +493,8 @@ SECTIONS: dict[str, type[_Section]] = {
     "unet": UnetParams,
     "train": TrainParams,
     "evaluate": EvaluateParams,
+    "localize": LocalizeParams,
+    "retrieve": RetrieveParams,
 }
 
 

@@ -6,6 +6,8 @@
   (negatives / positives on TRAIN) or a per-element focal term. Models with ``forward_all``
   (anatomy models) add a node (per-region) loss: ``g * image + (1 - g) * node`` with
   ``g = graph_importance``.
+  A model with ``training_loss(batch, inputs) -> (loss, logits)`` (ATH) supplies its own loss;
+  its logits still feed the validation macro AUROC.
 * AdamW + cosine or plateau schedule; the run stops on a non-finite loss; validation under
   ``torch.inference_mode()`` gives the macro AUROC that early stopping and the best-epoch
   checkpoint follow.
@@ -21,7 +23,6 @@ size, normalisation, thresholds chosen on VALIDATION, params, data hashes).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -129,11 +130,19 @@ class Classifier(L.LightningModule):
             if train and self.augment_seed is not None:
                 g = torch.Generator().manual_seed(hash((self.augment_seed, self.current_epoch, self.global_step)) & 0x7FFFFFFF)
                 x = augment(x, g)
-            out["image"] = x
+            # NHWC: oneDNN (CPU) and cuDNN (GPU) convolutions run faster in channels_last (1.2x densenet121,
+            # 1.9x the VAN of segfusion at 128 px on this CPU); the model is converted in on_fit_start
+            out["image"] = x.contiguous(memory_format=torch.channels_last)
         return out
+
+    def on_fit_start(self) -> None:
+        if "image" in self.model.input_keys:
+            self.model.to(memory_format=torch.channels_last)
 
     def _loss(self, batch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.inputs(batch, train)
+        if hasattr(self.model, "training_loss"):  # a model with its own objective (ATH: triplet hashing + auxiliary BCE)
+            return self.model.training_loss(batch, x)
         if hasattr(self.model, "forward_all") and "region_targets" in batch and self.graph_importance < 1:
             logits, node = self.model.forward_all(**x)
             img = masked_bce(logits, batch["targets"], batch["mask"], self.pos_weight, self.focal_gamma)
@@ -194,12 +203,27 @@ class BestState(L.Callback):
             self.state = {k: t.detach().cpu().clone() for k, t in pl_module.model.state_dict().items()}
 
 
-def precision_for(precision: str, accelerator: str) -> str:
-    """``auto`` -> bf16-mixed on a GPU that supports it, else 16-mixed on GPU, 32-true on CPU."""
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 / AMX), so bf16 autocast is faster, not emulated."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def precision_for(precision: str, accelerator: str, convolutional: bool = True) -> str:
+    """Lightning precision for ``train.precision``.
+
+    ``auto`` -> on a GPU bf16-mixed where supported, else 16-mixed; on a CPU, for convolutional image
+    models, bf16-mixed when the CPU has native bf16 (:func:`cpu_has_bf16`: about 1.6x faster for
+    densenet121 at 128 px here), else 32-true (the small matrix products of the region models gain
+    nothing from bf16 on a CPU; a model with ``cpu_bf16 = False`` stays in fp32 too). Mixed precision keeps fp32 master weights and computes the loss in fp32
+    (:func:`masked_bce`).
+    """
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if precision == "auto":
         if not on_gpu:
-            return "32-true"
+            return "bf16-mixed" if convolutional and cpu_has_bf16() else "32-true"
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}[precision]
 
@@ -241,10 +265,11 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, seed: int, epoc
     accelerator = {"auto": "auto", "cpu": "cpu", "gpu": "gpu"}[device]
     trainer = L.Trainer(
         max_epochs=epochs, accelerator=accelerator, devices=devices, strategy=strategy,
-        precision=precision_for(precision, accelerator),
+        precision=precision_for(precision, accelerator,
+                                convolutional="image" in model.input_keys and getattr(model, "cpu_bf16", True)),
         # CPU kernels are deterministic; some CUDA backward kernels (scatter, pooling) have no
         # deterministic version, so on a GPU ask for determinism but only warn where it is missing
-        deterministic=True if precision_for(precision, accelerator) == "32-true" and not torch.cuda.is_available() else "warn",
+        deterministic=True if accelerator == "cpu" or not torch.cuda.is_available() else "warn",
         logger=loggers or False,
         callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
         num_sanity_val_steps=0, log_every_n_steps=1,
@@ -301,14 +326,7 @@ def load_model_dir(model_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     d = Path(model_dir)
     if not modeldir.is_model_dir(d):
         raise TrainError(f"{d}: not a model dir (expected {WEIGHTS} and {CARD}; run the train stage)")
-    card = json.loads((d / CARD).read_text())
-    kwargs = dict(card["model_kwargs"])
-    for k in ("adjacency", "cooccurrence"):
-        if kwargs.get(k) is not None:
-            kwargs[k] = np.asarray(kwargs[k], dtype=np.float32)
-    model = create_model(card["architecture"], **kwargs)
-    model.load_state_dict(modeldir.load_state(d))
-    return model.eval(), card
+    return modeldir.load_classifier(d)
 
 
 def model_kwargs(name: str, *, num_classes: int, params: Any, train_targets: np.ndarray | None = None,
@@ -330,6 +348,10 @@ def model_kwargs(name: str, *, num_classes: int, params: Any, train_targets: np.
         kw.update(image_size=params.image_size, unet_dir=unet_dir, dims=list(params.segfusion.dims),
                   depths=list(params.segfusion.depths),
                   adjacency=label_adjacency(train_targets, train_mask, params.mlgcn.t, params.mlgcn.p))
+    elif name == "ath":
+        a = params.ath
+        kw.update(image_size=params.image_size, weights=weights, bits=a.bits, backbone=a.backbone, widths=list(a.widths),
+                  margin=a.margin, quantization=a.quantization, classification=a.classification)
     elif name in REGION_MODELS:
         if region_info is None:
             raise TrainError(f"model {name!r} needs region features (--features, from the features stage)")

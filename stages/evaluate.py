@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 import tempfile
+from pathlib import Path
 
 import pandas as pd
 
@@ -34,7 +35,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", required=True, help="metrics JSON (reports/<M>/metrics.json)")
     p.add_argument("--roc", required=True, help="ROC points CSV (reports/<M>/roc.csv)")
     p.add_argument("--pr", required=True, help="precision-recall points CSV (reports/<M>/pr.csv)")
-    p.add_argument("--predictions", required=True, help="test predictions parquet")
+    p.add_argument("--out-dir", required=True,
+                   help="evaluation dir read by later stages (data/processed/evaluation/<M>): metrics.json, roc.csv, "
+                        "pr.csv, predictions.parquet (test predictions)")
     return p
 
 
@@ -58,10 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainError, DataError, ModelError, OSError, ValueError) as exc:
         log.error("%s", exc)
         return 1
+    out = Path(args.out_dir)
+    # the declared outputs later stages depend on, and the DVC metrics/plots copies under reports/
+    write_json(out / "metrics.json", metrics)
+    write_csv(out / "roc.csv", roc)
+    write_csv(out / "pr.csv", pr)
+    write_parquet(out / "predictions.parquet", pred)
     write_json(args.metrics, metrics)
     write_csv(args.roc, roc)
     write_csv(args.pr, pr)
-    write_parquet(args.predictions, pred)
     return 0
 
 

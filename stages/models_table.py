@@ -1,7 +1,8 @@
 """DVC stage `models_table`: reports/models.md comparing every model of train.models (cxr.evaluate.report_table).
 
-Reads reports/<M>/metrics.json and the test predictions of each model; the paired
-patient-bootstrap p-values test each model's macro AUROC against evaluate.reference.
+Reads data/processed/evaluation/<M>/{metrics.json,predictions.parquet} (outputs of evaluate@M); the paired
+patient-bootstrap p-values test each model's macro AUROC against evaluate.reference. A second table compares the
+retrieval metrics of every model of retrieve.models (data/processed/retrieval/<M>/retrieval.json, from retrieve@M).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr.evaluate.report_table import models_table
+from cxr.evaluate.report_table import models_table, retrieval_table
 from cxr.io import write_json, write_text
 from cxr.params import ParamsError, load_section
 
@@ -22,8 +23,9 @@ from cxr.params import ParamsError, load_section
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    p.add_argument("--reports", required=True, help="directory holding <M>/metrics.json (reports)")
-    p.add_argument("--predictions", required=True, help="directory holding <M>.parquet test predictions")
+    p.add_argument("--evaluation", required=True,
+                   help="directory holding <M>/metrics.json and <M>/predictions.parquet (data/processed/evaluation)")
+    p.add_argument("--retrieval", required=True, help="directory holding <M>/retrieval.json (data/processed/retrieval)")
     p.add_argument("--out", required=True, help="markdown table (reports/models.md)")
     p.add_argument("--json", required=True, help="table data (reports/models.json)")
     return p
@@ -37,19 +39,28 @@ def main(argv: list[str] | None = None) -> int:
         base = load_section("base", args.params)
         train = load_section("train", args.params)
         params = load_section("evaluate", args.params)
+        retrieve = load_section("retrieve", args.params)
     except ParamsError as exc:
         log.error("%s", exc)
         return 2
     metrics, preds = {}, {}
     for m in train.models:
-        mpath, ppath = Path(args.reports) / m / "metrics.json", Path(args.predictions) / f"{m}.parquet"
+        mpath, ppath = Path(args.evaluation) / m / "metrics.json", Path(args.evaluation) / m / "predictions.parquet"
         if not mpath.is_file() or not ppath.is_file():
             log.error("model %s has no evaluation (%s, %s); run evaluate@%s", m, mpath, ppath, m)
             return 1
         metrics[m] = json.loads(mpath.read_text())
         preds[m] = pd.read_parquet(ppath)
     names = [c[2:] for c in next(iter(preds.values())).columns if c.startswith("p:")]
+    retrieval = {}
+    for m in retrieve.models:
+        rpath = Path(args.retrieval) / m / "retrieval.json"
+        if not rpath.is_file():
+            log.error("model %s has no retrieval result (%s); run retrieve@%s", m, rpath, m)
+            return 1
+        retrieval[m] = json.loads(rpath.read_text())
     text, data = models_table(metrics, preds, names, reference=params.reference, n_boot=params.bootstrap, seed=base.seed)
+    text += retrieval_table(retrieval)
     write_text(args.out, text)
     write_json(args.json, data)
     log.info("wrote %s (%d models)", args.out, len(metrics))

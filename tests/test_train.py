@@ -151,6 +151,43 @@ def test_fit_is_seeded_and_logs_with_dvclive(tmp_path):
     assert any((tmp_path / "live" / "plots" / "metrics").rglob("*macro_auroc*"))
 
 
+class _Images(torch.utils.data.Dataset):
+    """The image-dataset contract with random uint8 images (learnable: label A = bright top half)."""
+
+    def __init__(self, n: int, seed: int):
+        g = np.random.default_rng(seed)
+        self.x = g.integers(0, 200, (n, 1, 32, 32), dtype=np.uint8)
+        self.y = (g.random((n, 2)) < 0.5).astype(np.float32)
+        self.x[self.y[:, 0] == 1, :, :16] += 50
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"image": torch.from_numpy(self.x[i]), "targets": torch.from_numpy(self.y[i]),
+                "mask": torch.ones(2, dtype=torch.bool), "index": i}
+
+
+@pytest.mark.parametrize("precision", ["auto", "32"])
+def test_image_model_fit_is_seeded_in_channels_last(precision):
+    from cxr.models import create_model
+    from cxr.train import precision_for
+
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = create_model("resnet18", num_classes=2, image_size=32)
+        fit(model, _Images(16, 0), _Images(8, 1), seed=5, epochs=1, batch_size=8, lr=1e-3, progress=False,
+            device="cpu", precision=precision)
+        runs.append(model.state_dict())
+    conv = next(v for v in runs[0].values() if v.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)  # the engine trains NHWC
+    for (k, v), w in zip(runs[0].items(), runs[1].values()):
+        assert torch.equal(v, w), k  # same seed -> same weights, in bf16 autocast too
+    assert precision_for(precision, "cpu") in ("32-true", "bf16-mixed")
+    assert precision_for("auto", "cpu", convolutional=False) == "32-true"
+
+
 def test_non_finite_loss_stops_training(tmp_path):
     with pytest.raises(TrainError, match="non-finite"):
         _fit_region(tmp_path, lr=1e30)
@@ -210,10 +247,11 @@ def test_train_then_evaluate_stages_on_tiny_cohort(tiny_processed):
     out = r / "rep"
     assert evaluate_stage.main(["--params", str(r / "params.yaml"), "--model-dir", str(r / "m"), *common,
                                 "--metrics", str(out / "metrics.json"), "--roc", str(out / "roc.csv"), "--pr", str(out / "pr.csv"),
-                                "--predictions", str(out / "pred.parquet")]) == 0
+                                "--out-dir", str(out / "evaluation")]) == 0
     met = json.loads((out / "metrics.json").read_text())
     splits = pd.read_parquet(r / "splits.parquet")
-    pred = pd.read_parquet(out / "pred.parquet")
+    pred = pd.read_parquet(out / "evaluation" / "predictions.parquet")
+    assert json.loads((out / "evaluation" / "metrics.json").read_text()) == json.loads((out / "metrics.json").read_text())
     assert set(pred["image_id"]) <= set(splits.loc[splits["split"] == "test", "image_id"])  # never train or val
     assert met["test_images"] == len(pred) and met["bootstrap"] == 50
     assert met["macro_auroc"] is None or 0 <= met["macro_auroc"] <= 1

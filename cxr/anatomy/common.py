@@ -56,6 +56,11 @@ def read_gray(path: str | Path) -> np.ndarray:
         raise AnatomyError(f"{path}: image not found (was the convert stage run on this data?)")
     with Image.open(path) as im:
         arr = np.asarray(im)
+    return gray_float(arr)
+
+
+def gray_float(arr: np.ndarray) -> np.ndarray:
+    """A decoded PNG array (8 / 16 bit, or RGB) -> float32 ``[H, W]`` in ``[0, 1]`` (see :func:`read_gray`)."""
     if arr.ndim == 3:  # an RGB export of a grayscale radiograph: take the luminance
         arr = arr[..., :3].mean(axis=2)
     scale = 65535.0 if arr.dtype == np.uint16 or arr.max() > 255 else 255.0

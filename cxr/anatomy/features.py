@@ -118,6 +118,35 @@ def _region_features(model, images: list[torch.Tensor], boxes_in: list[torch.Ten
     return out
 
 
+def detector_input(img: np.ndarray, size: int) -> tuple[torch.Tensor, float]:
+    """A PNG image (float ``[H, W]`` in ``[0, 1]``, :func:`read_gray`) -> detector input ``[1, h, w]`` and its scale.
+
+    The long side becomes ``size`` (box-filter resize); ``scale`` = input pixels per PNG pixel.
+    """
+    h, w, s = fit_size(*img.shape, size)
+    return torch.from_numpy(resize_float(img, h, w)).unsqueeze(0), s
+
+
+def image_region_features(model, card: dict[str, Any], img: np.ndarray, score_thresh: float,
+                          device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+    """Region features of ONE image, as the ``features`` stage computes them with ``boxes: pred``.
+
+    Used for images outside the pipeline (``cxr predict``).
+
+    Args:
+        model, card: :func:`~cxr.anatomy.detector.load_detector` output (model already on ``device``).
+        img: float32 ``[H, W]`` in ``[0, 1]``: the converted PNG as :func:`read_gray` returns it.
+        score_thresh: ``features.score_thresh``.
+
+    Returns:
+        ``features`` float16 ``[R, D]`` (NaN where missing), ``mask`` bool ``[R]``, ``boxes``
+        float32 ``[R, 4]`` in PNG pixels (NaN where missing), ``scores`` float32 ``[R]``.
+    """
+    x, s = detector_input(img, int(card["input"]["size"]))
+    (feat, m, b, sc), = _region_features(model, [x.to(device)], None, len(card["regions"]), score_thresh)
+    return {"features": feat.astype(np.float16), "mask": m, "boxes": (b / s).astype(np.float32), "scores": sc}
+
+
 def extract_features(
     model_dir: str | Path,
     coco_dir: str | Path,
@@ -166,9 +195,8 @@ def extract_features(
         batch = rows.iloc[start:start + batch_size]
         tensors, scales, box_in = [], [], []
         for row in batch.itertuples(index=False):
-            img = read_gray(Path(images_dir) / row.png_path)
-            h, w, s = fit_size(*img.shape, size)
-            tensors.append(torch.from_numpy(resize_float(img, h, w)).unsqueeze(0).to(dev))
+            x, s = detector_input(read_gray(Path(images_dir) / row.png_path), size)
+            tensors.append(x.to(dev))
             scales.append(s)
             g = gt.get(row.image_id)
             box_in.append(torch.from_numpy(g["boxes"] * s) if g is not None else torch.full((r, 4), float("nan")))

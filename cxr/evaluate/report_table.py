@@ -68,3 +68,48 @@ def models_table(metrics: Mapping[str, dict], predictions: Mapping[str, pd.DataF
         "|---|---|---|---|---|---|---|---|",
     ]
     return "\n".join(head + rows) + "\n", data
+
+
+def retrieval_table(results: Mapping[str, dict]) -> str:
+    """Markdown table comparing the ``retrieval.json`` of every searched model (``retrieve@M``).
+
+    Class averages, no-skip, at every k of the runs (AP@k) and, at k = 5 (else the middle k),
+    precision@k, hit@k and RR@k; plus the query-weighted, the skip and the chance-level AP@k and the number of
+    (query, class) pairs without any relevant item in their top k. Definitions: ``cxr.retrieve.metrics``.
+    """
+    if not results:
+        return ""
+    first = next(iter(results.values()))
+    ks = [int(k) for k in first["k"]]
+    km = 5 if 5 in ks else ks[len(ks) // 2]
+    db = first["database"]
+    rows = []
+    for m, r in results.items():
+        met = r["metrics"]
+        avg = {k: (met[str(k)]["no_skip"]["class_average"] or {}) for k in ks}
+        main = met[str(km)]
+        qw = main["no_skip"]["query_weighted"] or {}
+        sk = main["skip"]["class_average"] or {}
+        ch = ((r.get("chance") or {}).get(str(km)) or {}).get("class_average") or {}
+        emb = r["embedding"]
+        code = f"{emb['dim']} bits, Hamming" if emb["binary"] else f"{emb['dim']}-d float, inner product"
+        rows.append(f"| {m} | {code}, {r['index']['kind']} | " + " | ".join(_fmt(avg[k].get("ap")) for k in ks)
+                    + f" | {_fmt(avg[km].get('precision'))} | {_fmt(avg[km].get('hit'))} | {_fmt(avg[km].get('rr'))} | "
+                    f"{_fmt(qw.get('ap'))} | {_fmt(sk.get('ap'))} | {_fmt(ch.get('ap'))} | {main['no_relevant_in_top_k']} / "
+                    f"{main['no_skip']['query_class_pairs']} | {r['queries']['images']} / {r['database']['images']} |")
+    head = [
+        "",
+        f"# Retrieval comparison (test queries; database: {' + '.join(db['splits'])}; each query's own patient excluded)",
+        "",
+        "Per class c, the queries are the test images positive for c and a result is relevant if it is positive for c "
+        "(CheXtriev). AP@k: mean precision at the ranks of the relevant results; precision@k: relevant / k (CheXtriev's "
+        "\"HR\"); hit@k: any relevant in the top k; RR@k: reciprocal rank of the first relevant. Class averages, every "
+        f"query counted (no-skip), unless marked: query-weighted averages over (query, class) pairs; skip leaves out the "
+        f"queries with no relevant result in the top {km}; chance: a random ranking of the same database.",
+        "",
+        "| model | code, index | " + " | ".join(f"AP@{k}" for k in ks)
+        + f" | precision@{km} | hit@{km} | RR@{km} | AP@{km} query-weighted | AP@{km} skip | AP@{km} chance | no relevant in top {km} "
+          "(query-class pairs) | queries / database |",
+        "|---|---|" + "---|" * len(ks) + "---|---|---|---|---|---|---|---|",
+    ]
+    return "\n".join(head + rows) + "\n"

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import timm
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cxr.models.registry import ModelError, register_model
@@ -31,6 +30,7 @@ POOLS = ("avg", "max", "lse", "pcam")
 #: registry name -> (timm name, is a token transformer)
 BACKBONES: dict[str, tuple[str, bool]] = {
     "densenet121": ("densenet121", False),
+    "resnet18": ("resnet18", False),
     "resnet50": ("resnet50", False),
     "efficientnet_b0": ("efficientnet_b0", False),
     "convnext_tiny": ("convnext_tiny", False),
@@ -114,6 +114,15 @@ class PoolHead(nn.Module):
         """Per-class activation maps ``[B, C, h, w]`` (the CAM of this head)."""
         return torch.einsum("bdhw,cd->bchw", f, self.fc.weight) + self.fc.bias[None, :, None, None]
 
+    def pooled(self, f: torch.Tensor) -> torch.Tensor:
+        """The pooled vector ``[B, D]`` of ``avg`` / ``max`` / ``lse`` (``pcam``, per class, falls back to the average)."""
+        if self.pool == "max":
+            return f.amax(dim=(2, 3))
+        if self.pool == "lse":
+            r = self.lse_r
+            return (torch.logsumexp(r * f.flatten(2), dim=2) - math.log(f.shape[2] * f.shape[3])) / r
+        return f.mean(dim=(2, 3))
+
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         if self.pool == "pcam":
             prob = torch.sigmoid(self.class_maps(f))  # [B, C, h, w]
@@ -121,14 +130,7 @@ class PoolHead(nn.Module):
             pooled = torch.einsum("bchw,bdhw->bcd", w, f)  # [B, C, D]
             pooled = self.drop(pooled)
             return (pooled * self.fc.weight[None]).sum(-1) + self.fc.bias
-        if self.pool == "avg":
-            v = f.mean(dim=(2, 3))
-        elif self.pool == "max":
-            v = f.amax(dim=(2, 3))
-        else:
-            r = self.lse_r
-            v = (torch.logsumexp(r * f.flatten(2), dim=2) - math.log(f.shape[2] * f.shape[3])) / r
-        return self.fc(self.drop(v))
+        return self.fc(self.drop(self.pooled(f)))
 
 
 class GlobalClassifier(nn.Module):
@@ -148,8 +150,25 @@ class GlobalClassifier(nn.Module):
         return self.head(self.features(image))
 
     def embed(self, image: torch.Tensor) -> torch.Tensor:
-        """Globally average-pooled features ``[B, D]`` (for retrieval)."""
-        return F.adaptive_avg_pool2d(self.features(image), 1).flatten(1)
+        """Pooled features ``[B, D]`` the linear classifier reads (retrieval): the head's avg / max / LSE
+        pooling; global average for ``pcam``, whose pooling is per class."""
+        return self.head.pooled(self.features(image))
+
+    def cam_target_layers(self) -> list[nn.Module]:
+        """Layers whose output ``[B, D, h, w]`` the CAM family reads (``cxr.localize.cam``): the
+        backbone feature map the head pools (transformer tokens already reshaped to their grid)."""
+        return [self.features]
+
+    def cam_classifier(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class weights ``[C, D]`` and bias ``[C]`` that make CAM exact for this head.
+
+        Raises:
+            ModelError: max / LSE pooling, where logits are no linear function of the feature map.
+        """
+        if self.head.pool not in ("avg", "pcam"):
+            raise ModelError(f"CAM is undefined for {self.head.pool!r} pooling (only 'avg' and 'pcam' heads are linear "
+                             "in the feature map); use method 'gradcam' or 'gradcam++'")
+        return self.head.fc.weight, self.head.fc.bias
 
 
 def _factory(backbone: str):

@@ -107,6 +107,15 @@ class MLGCN(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(image).amax(dim=(2, 3)))
 
+    def embed(self, image: torch.Tensor) -> torch.Tensor:
+        """Globally max-pooled features ``[B, D]``, the vector the label-GCN classifiers read (retrieval)."""
+        return self.features(image).amax(dim=(2, 3))
+
+    def cam_target_layers(self) -> list[nn.Module]:
+        """The backbone feature map (input of the global max pooling) for Grad-CAM; plain CAM is
+        undefined here (max pooling), so there is no ``cam_classifier``."""
+        return [self.features]
+
 
 @register_model
 def mlgcn(num_classes: int = 14, backbone: str = "densenet121", in_chans: int = 1, image_size: int = 224,

@@ -11,6 +11,10 @@ Every registered model is an ``nn.Module`` with
 * ``forward(**inputs) -> logits [B, C]`` (image-level logits, one per label, in label order);
 * optionally ``forward_all(**inputs) -> (logits [B, C], node_logits [B, R, F])`` for models that
   also predict per-region findings (the engine adds a node loss for them).
+* ``embed(**inputs) -> [B, D]``: the pooled features the classifier reads (retrieval, ``cxr.retrieve``);
+* optionally ``training_loss(batch, inputs) -> (loss, logits [B, C])`` for models with their own
+  objective (ATH's triplet hashing loss); the engine then uses it instead of its BCE, and
+  ``hashing = True`` marks models whose ``embed`` codes are searched as binary codes.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | No
 
 def _ensure_loaded() -> None:
     # Importing the family modules runs their @register_model decorators.
-    from cxr.models import anaxnet, cnn, graph_transformer, mlgcn, segfusion  # noqa: F401
+    from cxr.models import anaxnet, ath, cnn, graph_transformer, mlgcn, segfusion  # noqa: F401
 
 
 def list_models() -> list[str]:

@@ -77,6 +77,9 @@ class MaskFusion(nn.Module):
 
 class SegFusionVANGCN(nn.Module):
     input_keys = ("image",)
+    # bf16 autocast on a CPU overflows in the large-kernel attention (NaN loss within two epochs on the
+    # default cohort), so `train.precision: auto` keeps this model in fp32 on a CPU (cxr.train.precision_for)
+    cpu_bf16 = False
 
     def __init__(self, num_classes: int = 14, in_chans: int = 1, image_size: int = 224, unet: nn.Module | None = None,
                  num_masks: int = 3, dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), adjacency: np.ndarray | None = None,
@@ -89,13 +92,30 @@ class SegFusionVANGCN(nn.Module):
         # stage 0 fuses on the input resolution (before the stem), stages 1-3 on the previous output
         self.fuse = nn.ModuleList(MaskFusion(num_masks, c) for c in (in_chans, *dims[:3]))
         self.head = LabelGCNHead(dims[3], num_classes, adjacency, node_dim, hidden)
+        self.last = nn.Identity()  # marks the pooled feature map [B, D, h, w] for the CAM family (no weights)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def pooled(self, image: torch.Tensor) -> torch.Tensor:
+        """Mask-fused VAN features, globally averaged: ``[B, dims[3]]`` (what the GCN head classifies)."""
         masks = self.unet(image)
         x = image
         for i in range(4):
             x = self.van.stage(i, self.fuse[i](x, masks))
-        return self.head(x.mean(dim=(2, 3)))
+        return self.last(x).mean(dim=(2, 3))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pooled(image))
+
+    def embed(self, image: torch.Tensor) -> torch.Tensor:
+        """The pooled features ``[B, dims[3]]`` before the label-GCN head (retrieval)."""
+        return self.pooled(image)
+
+    def cam_target_layers(self) -> list[nn.Module]:
+        """The last VAN stage output (after its LayerNorm) that the head averages, for the CAM family."""
+        return [self.last]
+
+    def cam_classifier(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """GCN-generated class weights ``[C, D]`` and bias ``[C]``: the head is linear in the average-pooled map."""
+        return self.head.classifiers(), self.head.bias
 
 
 @register_model

@@ -1,0 +1,578 @@
+"""``cxr predict``: a trained model on new DICOM / PNG / JPEG files, outside the pipeline.
+
+Every input goes through the pipeline's own code, so a file gives the model exactly what the
+same file would have given it inside ``dvc repro``:
+
+1. decode + fit: :func:`cxr.convert.convert_file` (the ``convert`` stage's DICOM / raster decoder
+   with modality rescale, VOI LUT / window, MONOCHROME1 inversion, draft decoding, area resize,
+   pad or crop, 8 / 16-bit quantisation). The conversion settings are the ``convert`` section of
+   ``--params`` (default ``./params.yaml``): the model card does not record them, and the
+   params file the model was trained with is the one that knows how its PNGs were made.
+2. model input: the PNG bytes the stage would have written (kept in memory) are read by the
+   training cache's loader :func:`cxr.data.load_png_square` (centred square pad, bilinear resize
+   to the card's input size) and normalised with the card's constants (:func:`cxr.data.normalise`).
+   Anatomy models (input kind ``region_features``) instead run the region detector
+   (``--detector``, default ``models/detector`` beside the model dir) through
+   :func:`cxr.anatomy.features.image_region_features` with ``features.score_thresh``.
+3. outputs per image ``<out>/<stem>.json``: per-class probabilities, the card's validation
+   thresholds (``thresholds``, Youden's J on the validation split), the positive classes
+   (probability >= threshold), for CNN models a heatmap overlay PNG per positive class
+   (:func:`cxr.localize.cam.heatmaps`, ``--method``), for anatomy models per-region finding
+   probabilities and a region overlay PNG, and with ``--similar K`` the K nearest cases of the
+   retrieval index (``--index``, default ``data/processed/retrieval/<model name>``).
+
+Errors: a bad model dir, params file or index stops everything (:class:`PredictError`, exit 2);
+a bad input file (:class:`InputError`: unreadable, corrupt, not an image, not a chest
+radiograph) is reported with its path, the other files are still processed, and the exit code
+is 1. ``<out>/summary.json`` lists what succeeded and what failed.
+
+The outputs hold no timestamps or timings: the same files, model and params give the same JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from cxr.io import write_bytes, write_json
+from cxr.params import ConvertParams, FeaturesParams, ParamsError, load_section
+
+if TYPE_CHECKING:  # torch is imported where it is used: `cxr --help` and `cxr synth` do not need it
+    import torch
+
+log = logging.getLogger("cxr.predict")
+
+#: heatmap blending weight over the radiograph
+ALPHA = 0.45
+DEFAULT_INDEX_ROOT = Path("data/processed/retrieval")
+
+
+class PredictError(RuntimeError):
+    """Nothing can be predicted: bad model dir, params, detector or retrieval index (message names it)."""
+
+
+class InputError(RuntimeError):
+    """One input file cannot be used (unreadable, corrupt, not an image, not a chest radiograph)."""
+
+
+@dataclass
+class Prepared:
+    """One input after the convert stage's decoding, ready for the model.
+
+    Attributes:
+        png: the converted image as the stage's PNG decodes (``[H, W]``, uint8 or 16-bit ints).
+        geo: ``scale``, ``offset_x``, ``offset_y``: original pixels -> ``png`` pixels.
+        meta: decoder header facts (rows, cols, bits, photometric, ...; nothing identifying is used).
+        model_input: uint8 ``[S, S]`` for image models, else None.
+        regions: region features of :func:`cxr.anatomy.features.image_region_features` (anatomy models).
+    """
+
+    source: Path
+    png: np.ndarray
+    geo: dict[str, Any]
+    meta: dict[str, Any]
+    model_input: np.ndarray | None = None
+    regions: dict[str, np.ndarray] | None = None
+
+
+@dataclass
+class Prediction:
+    """The model's answer for one input (JSON-ready record + the arrays behind the figures)."""
+
+    record: dict[str, Any]
+    heatmaps: dict[str, np.ndarray] = field(default_factory=dict)  # class -> [S, S] in [0, 1]
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower() or "class"
+
+
+def _num(v: Any, nd: int = 6) -> float | None:
+    """A finite float rounded for the JSON, else None."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return round(f, nd) if math.isfinite(f) else None
+
+
+def read_model_card(model_dir: str | Path) -> dict[str, Any]:
+    """The card of a classifier model dir, checked for what prediction needs.
+
+    Raises:
+        PredictError: missing dir / card / weights, unreadable card, or a card without
+            ``architecture``, ``label_names``, ``input`` or ``thresholds``.
+    """
+    from cxr.modeldir import CARD, WEIGHTS
+
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise PredictError(f"model dir {d} does not exist (expected a train@M output such as models/densenet121)")
+    if not (d / CARD).is_file():
+        raise PredictError(f"{d}: no model card {CARD}; a model dir needs {WEIGHTS} + {CARD} (run the train stage)")
+    if not (d / WEIGHTS).is_file():
+        raise PredictError(f"{d}: no weights {WEIGHTS} beside {CARD} (run the train stage)")
+    try:
+        card = json.loads((d / CARD).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PredictError(f"{d / CARD}: unreadable model card ({type(exc).__name__}: {exc})") from None
+    missing = [k for k in ("architecture", "label_names", "input", "thresholds", "model_kwargs") if k not in card]
+    if missing:
+        raise PredictError(f"{d / CARD}: model card lacks {missing}; is this a classifier trained by the train stage?")
+    kind = card["input"].get("kind")
+    if kind not in ("image", "region_features"):
+        raise PredictError(f"{d / CARD}: input kind {kind!r} is not supported (image | region_features)")
+    return card
+
+
+class Predictor:
+    """A loaded model (and, for anatomy models, the region detector) ready to predict files.
+
+    Args:
+        model_dir: a train@M output (``model.pt`` + ``card.json``).
+        convert: the ``convert`` params used to decode inputs (as the pipeline did).
+        features: the ``features`` params (``score_thresh``) for anatomy models.
+        detector_dir: region detector for anatomy models; default ``<model_dir>/../detector``.
+        device: ``auto`` | ``cpu`` | ``cuda`` | ``mps``.
+        method: CAM method passed to :func:`cxr.localize.cam.heatmaps` (CNN models).
+
+    Raises:
+        PredictError: see :func:`read_model_card`; weights that do not fit the card; an anatomy
+            model without a usable detector.
+    """
+
+    def __init__(self, model_dir: str | Path, *, convert: ConvertParams | None = None,
+                 features: FeaturesParams | None = None, detector_dir: str | Path | None = None,
+                 device: str = "auto", method: str = "gradcam"):
+        from cxr.anatomy.common import AnatomyError, pick_device
+        from cxr.convert import Options
+        from cxr.modeldir import load_classifier  # not cxr.train: inference must not import Lightning
+
+        self.model_dir = Path(model_dir)
+        self.card = read_model_card(self.model_dir)
+        try:
+            self.device = pick_device(device)
+        except AnatomyError as exc:
+            raise PredictError(str(exc)) from None
+        try:
+            self.model, _ = load_classifier(self.model_dir)
+        except Exception as exc:  # unknown architecture, state_dict that does not fit the card
+            raise PredictError(f"{self.model_dir}: cannot rebuild the model from its card and weights "
+                               f"({type(exc).__name__}: {exc})") from None
+        self.model.to(self.device).eval()
+        self.names = list(self.card["label_names"])
+        self.kind = self.card["input"]["kind"]
+        self.options = Options.from_params(convert or ConvertParams())
+        self.features = features or FeaturesParams()
+        self.method = method
+        self.detector = self.detector_card = None
+        self.detector_dir: Path | None = None
+        if self.kind == "region_features":
+            if self.features.boxes == "gt":
+                log.warning("features.boxes is 'gt' (scene-graph boxes) in the params, but a new image has no scene "
+                            "graph: its regions come from the detector, unlike the features the model was trained on")
+            self._load_detector(detector_dir)
+
+    # ------------------------------------------------------------------ loading
+
+    def _load_detector(self, detector_dir: str | Path | None) -> None:
+        from cxr.anatomy.common import AnatomyError
+        from cxr.anatomy.detector import load_detector
+        from cxr.modeldir import CARD, WEIGHTS, is_model_dir
+
+        d = Path(detector_dir) if detector_dir is not None else self.model_dir.parent / "detector"
+        arch = self.card["architecture"]
+        if not is_model_dir(d):
+            raise PredictError(
+                f"{self.model_dir}: {arch} is an anatomy model and needs region features from the region detector, "
+                f"but {d} is not a detector model dir ({WEIGHTS} + {CARD}); pass --detector DIR (the detector stage's "
+                f"models/detector)")
+        try:
+            self.detector, self.detector_card = load_detector(d)
+        except (AnatomyError, RuntimeError, KeyError) as exc:
+            raise PredictError(f"{d}: cannot load the region detector ({type(exc).__name__}: {exc})") from None
+        regions = len(self.detector_card["regions"])
+        dim = self.detector.roi_heads.box_head.fc7.out_features
+        want = (int(self.card["input"]["num_regions"]), int(self.card["input"]["feature_dim"]))
+        if (regions, dim) != want:
+            raise PredictError(f"{d}: detector gives {regions} regions x {dim}-d features, but {self.model_dir} "
+                               f"was trained on {want[0]} x {want[1]}; use the detector its features came from")
+        self.detector.to(self.device)
+        self.detector_dir = d
+
+    # ------------------------------------------------------------------ one file
+
+    def prepare(self, path: str | Path) -> Prepared:
+        """Decode ``path`` like the convert stage and build the model input.
+
+        Raises:
+            InputError: the file is missing, unreadable, corrupt, not an image or not a chest radiograph.
+        """
+        from cxr.convert import convert_file
+        from cxr.data import load_png_square
+        from cxr.dicom import DecodeError, NotRadiograph
+
+        path = Path(path)
+        if path.is_dir():
+            raise InputError(f"{path}: is a directory, not an image file")
+        try:
+            arr, geo, meta = convert_file(path, self.options)
+        except NotRadiograph as exc:
+            raise InputError(f"{path}: not a chest radiograph ({exc})") from None
+        except DecodeError as exc:
+            raise InputError(f"{path}: {exc}") from None
+        except Exception as exc:  # a decoder bug on one file must not stop the others (as in the stage)
+            raise InputError(f"{path}: internal decoding error ({type(exc).__name__}: {exc})") from None
+        # The stage's PNG, in memory: the loaders below then see exactly what they see in the pipeline
+        # (the compression level does not change pixels; 0 is the fastest).
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG", compress_level=0)
+        with Image.open(io.BytesIO(buf.getvalue())) as im:
+            png = np.asarray(im)
+        prep = Prepared(source=path, png=png, geo=geo, meta=meta)
+        if self.kind == "image":
+            prep.model_input = load_png_square(io.BytesIO(buf.getvalue()), int(self.card["input"]["size"]))
+        else:
+            from cxr.anatomy.common import gray_float
+            from cxr.anatomy.features import image_region_features
+
+            prep.regions = image_region_features(self.detector, self.detector_card, gray_float(png),
+                                                 self.features.score_thresh, self.device)
+        return prep
+
+    def raw_inputs(self, prep: Prepared) -> dict[str, torch.Tensor]:
+        """One prepared file as a batch of one, as the datasets give it (uint8 image or region features; CPU)."""
+        import torch
+
+        if self.kind == "image":
+            return {"image": torch.from_numpy(np.array(prep.model_input, dtype=np.uint8)).unsqueeze(0).unsqueeze(0)}
+        r = prep.regions
+        # as RegionDataset: float16 features with missing regions zeroed, the mask carries the absence
+        feats = np.nan_to_num(r["features"].astype(np.float16), nan=0.0, posinf=0.0, neginf=0.0)
+        return {"features": torch.from_numpy(feats).unsqueeze(0),
+                "presence": torch.from_numpy(r["mask"].astype(bool)).unsqueeze(0),
+                "boxes": torch.from_numpy(np.nan_to_num(r["boxes"]).astype(np.float32)).unsqueeze(0)}
+
+    def inputs(self, prep: Prepared) -> dict[str, torch.Tensor]:
+        """The model's keyword inputs for one prepared file: :meth:`raw_inputs` normalised as the engine does, on the device."""
+        from cxr.data import normalise
+
+        x = {k: v.to(self.device) for k, v in self.raw_inputs(prep).items()}
+        if "image" in x:
+            x["image"] = normalise(x["image"], self.card["input"].get("normalisation"))
+        return x
+
+    def predict(self, prep: Prepared, heatmaps: bool = True) -> Prediction:
+        """Probabilities, thresholds, positives (+ heatmaps or region scores) for one prepared file."""
+        import torch
+
+        x = self.inputs(prep)
+        node = None
+        with torch.inference_mode():
+            if self.kind == "region_features" and hasattr(self.model, "forward_all"):
+                logits, node_logits = self.model.forward_all(**x)
+                node = torch.sigmoid(node_logits.float())[0].cpu().numpy()
+            else:
+                logits = self.model(**x)
+            probs = torch.sigmoid(logits.float())[0].cpu().numpy()
+        raw = {n: _num(self.card["thresholds"].get(n), 17) for n in self.names}  # compare unrounded, report rounded
+        positive = [n for n, p in zip(self.names, probs) if raw[n] is not None and p >= raw[n]]
+        thresholds = {n: None if t is None else round(t, 6) for n, t in raw.items()}
+        rec: dict[str, Any] = {
+            "input": str(prep.source),
+            "model": {"dir": str(self.model_dir), "architecture": self.card["architecture"]},
+            "label_names": self.names,
+            "probabilities": {n: _num(p) for n, p in zip(self.names, probs)},
+            "thresholds": thresholds,
+            "threshold_rule": self.card.get("threshold_rule", "from the model card"),
+            "positive": positive,
+            "image": self._image_facts(prep),
+        }
+        out = Prediction(record=rec)
+        if self.kind == "image" and heatmaps and positive:
+            out.heatmaps = self._heatmaps(x["image"], positive)
+            rec["heatmap_method"] = self.method
+        if self.kind == "region_features":
+            rec["regions"] = self._regions(prep, node)
+        return out
+
+    def _heatmaps(self, image: torch.Tensor, classes: Sequence[str]) -> dict[str, np.ndarray]:
+        from cxr.localize.cam import CamError, heatmaps
+
+        idx = [self.names.index(c) for c in classes]
+        try:
+            maps = np.asarray(heatmaps(self.model, image, idx, method=self.method))
+        except CamError as exc:  # a property of the model, not of this file
+            raise PredictError(f"{self.model_dir}: no {self.method} heatmaps ({exc}); pass --no-heatmaps or "
+                               "another --method") from None
+        return {c: np.asarray(maps[0, k], dtype=np.float32) for k, c in enumerate(classes)}
+
+    def _image_facts(self, prep: Prepared) -> dict[str, Any]:
+        m = prep.meta
+        return {
+            "rows": int(m["rows"]), "cols": int(m["cols"]), "bits": m.get("bits"), "photometric": m.get("photometric"),
+            "transfer_syntax": m.get("transfer_syntax"), "view": m.get("view"),
+            "pixel_spacing": _num(m.get("pixel_spacing")),
+            "converted": {"rows": int(prep.png.shape[0]), "cols": int(prep.png.shape[1]),
+                          "scale": _num(prep.geo["scale"], 9), "offset_x": int(prep.geo["offset_x"]),
+                          "offset_y": int(prep.geo["offset_y"])},
+            "model_input_size": int(self.card["input"]["size"]) if self.kind == "image" else None,
+        }
+
+    def _regions(self, prep: Prepared, node: np.ndarray | None) -> dict[str, Any]:
+        r = prep.regions
+        names = list(self.detector_card["regions"])
+        findings = list(self.detector_card["findings"])
+        s, ox, oy = prep.geo["scale"], prep.geo["offset_x"], prep.geo["offset_y"]
+        out: dict[str, Any] = {}
+        for k, name in enumerate(names):
+            present = bool(r["mask"][k])
+            entry: dict[str, Any] = {"present": present, "detector_score": _num(r["scores"][k]) if present else None}
+            if present:
+                b = r["boxes"][k]
+                entry["box_png"] = [_num(v, 2) for v in b]
+                # converted-PNG pixels back to the original file's pixels
+                entry["box_original"] = [_num((b[0] - ox) / s, 2), _num((b[1] - oy) / s, 2),
+                                         _num((b[2] - ox) / s, 2), _num((b[3] - oy) / s, 2)]
+                if node is not None and node.shape[-1] == len(findings):
+                    entry["findings"] = {f: _num(p) for f, p in zip(findings, node[k])}
+            out[name] = entry
+        return out
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def _colormap(x: np.ndarray) -> np.ndarray:
+    """[0, 1] -> RGB uint8, a jet-like map (blue -> cyan -> yellow -> red)."""
+    x = np.clip(x, 0, 1)
+    r = np.clip(1.5 - np.abs(4 * x - 3), 0, 1)
+    g = np.clip(1.5 - np.abs(4 * x - 2), 0, 1)
+    b = np.clip(1.5 - np.abs(4 * x - 1), 0, 1)
+    return (np.stack([r, g, b], -1) * 255).astype(np.uint8)
+
+
+def _base_rgb(png: np.ndarray) -> np.ndarray:
+    g = png.astype(np.float32) / (65535.0 if png.dtype != np.uint8 and png.max() > 255 else 255.0)
+    return np.repeat((np.clip(g, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def overlay_heatmap(png: np.ndarray, heat: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
+    """Blend a model-input heatmap ``[S, S]`` over the converted image ``[H, W]`` (RGB uint8 out).
+
+    The model input is the converted image padded (centred) to a square and resized
+    (:func:`cxr.data.load_png_square`); the heatmap is mapped back through the same geometry.
+    """
+    h, w = png.shape[:2]
+    side = max(h, w)
+    big = np.asarray(Image.fromarray(np.asarray(heat, np.float32)).resize((side, side), Image.Resampling.BILINEAR))
+    top, left = (side - h) // 2, (side - w) // 2
+    big = big[top:top + h, left:left + w]
+    base = _base_rgb(png).astype(np.float32)
+    out = (1 - alpha * big[..., None]) * base + alpha * big[..., None] * _colormap(big).astype(np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def overlay_regions(png: np.ndarray, regions: dict[str, Any]) -> np.ndarray:
+    """Draw the detected regions on the converted image, coloured by their highest finding probability."""
+    im = Image.fromarray(_base_rgb(png))
+    draw = ImageDraw.Draw(im)
+    for name, r in regions.items():
+        if not r["present"]:
+            continue
+        top = max((v for v in r.get("findings", {}).values() if v is not None), default=0.0)
+        colour = tuple(int(c) for c in _colormap(np.array([top]))[0])
+        draw.rectangle([float(v) for v in r["box_png"]], outline=colour, width=max(1, png.shape[0] // 256))
+    return np.asarray(im)
+
+
+def _png_bytes(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------- retrieval
+
+
+class Similar:
+    """The retrieval index of a model and the query side (embedding of a prepared input)."""
+
+    def __init__(self, predictor: Predictor, index_dir: str | Path):
+        try:
+            from cxr.retrieve import SearchIndex
+        except ImportError as exc:
+            raise PredictError(f"--similar needs cxr.retrieve ({exc})") from None
+        self.dir = Path(index_dir)
+        if not self.dir.is_dir():
+            raise PredictError(f"retrieval index {self.dir} not found (run the retrieve stage for this model, "
+                               "or pass --index DIR)")
+        try:
+            self.index = SearchIndex.load(self.dir)
+        except Exception as exc:
+            raise PredictError(f"{self.dir}: cannot load the retrieval index ({type(exc).__name__}: {exc})") from None
+        self.predictor = predictor
+
+    def query(self, prep: Prepared, k: int) -> list[dict[str, Any]]:
+        """The ``k`` nearest indexed cases of one prepared file: rank, image_id, patient_id, split, score, labels.
+
+        Labels are the index's stored values (1 / 0 / -1 uncertain / None not mentioned).
+        """
+        from cxr.retrieve import RetrievalError, embed
+
+        p = self.predictor
+        try:
+            q = embed(p.model, p.raw_inputs(prep), norm=p.card["input"].get("normalisation"), device=p.device)
+            table = self.index.results(q.numpy(), k)
+        except RetrievalError as exc:  # wrong index for this model (dimension), model without embed()
+            raise PredictError(f"{self.dir}: {exc}") from None
+        out = []
+        for h in table.to_dict("records"):
+            out.append({
+                "rank": int(h["rank"]), "image_id": str(h["image_id"]), "patient_id": str(h["patient_id"]),
+                "split": None if h.get("split") is None else str(h["split"]), "score": _num(h["score"]),
+                "labels": {n: _num(h[n]) for n in self.index.label_names if n in h},
+            })
+        return out
+
+
+# ---------------------------------------------------------------------------- driver
+
+
+def _stems(paths: Sequence[Path]) -> list[str]:
+    """Output name per input: its stem, made unique within one call (``a``, ``a-2``, ...)."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", p.stem) or "image"
+        seen[stem] = seen.get(stem, 0) + 1
+        out.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return out
+
+
+def predict_file(predictor: Predictor, path: str | Path, out_dir: str | Path, stem: str | None = None,
+                 heatmaps: bool = True, similar: Similar | None = None, k: int = 0) -> dict[str, Any]:
+    """Predict one file and write ``<out_dir>/<stem>.json`` (+ overlay PNGs). Returns the record.
+
+    Raises:
+        InputError: the file cannot be used (nothing is written for it).
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    stem = stem or path.stem
+    prep = predictor.prepare(path)
+    pred = predictor.predict(prep, heatmaps=heatmaps)
+    rec = pred.record
+    files: dict[str, str] = {}
+    for cls, heat in pred.heatmaps.items():
+        name = f"{stem}.heatmap.{_slug(cls)}.png"
+        write_bytes(out_dir / name, _png_bytes(overlay_heatmap(prep.png, heat)))
+        files[cls] = name
+    if pred.heatmaps:
+        rec["heatmaps"] = files
+        # Grad-CAM keeps only positive evidence: a class can have an all-zero map
+        rec["empty_heatmaps"] = [c for c, h in pred.heatmaps.items() if not np.any(h > 0)]
+    if "regions" in rec:
+        name = f"{stem}.regions.png"
+        write_bytes(out_dir / name, _png_bytes(overlay_regions(prep.png, rec["regions"])))
+        rec["region_overlay"] = name
+    if similar is not None and k > 0:
+        rec["similar"] = similar.query(prep, k)
+    write_json(out_dir / f"{stem}.json", rec)
+    return rec
+
+
+def run(paths: Sequence[str | Path], model_dir: str | Path, out_dir: str | Path, *, params: str | Path | None = None,
+        similar: int = 0, index_dir: str | Path | None = None, method: str = "gradcam", device: str = "auto",
+        detector_dir: str | Path | None = None, heatmaps: bool = True) -> int:
+    """Predict every file; return 0 when all succeeded, 1 when some failed (each one logged with its path).
+
+    Raises:
+        PredictError, ParamsError: nothing can be predicted (bad model dir, params, detector, index).
+    """
+    if similar < 0:
+        raise PredictError(f"--similar must be >= 0, got {similar}")
+    if heatmaps:
+        from cxr.localize.cam import METHODS
+
+        if method not in METHODS:
+            raise PredictError(f"--method {method!r} is not a heatmap method; choose one of {list(METHODS)}")
+    convert, features = _params(params)
+    predictor = Predictor(model_dir, convert=convert, features=features, detector_dir=detector_dir, device=device,
+                          method=method)
+    search = None
+    if similar:
+        search = Similar(predictor, index_dir or DEFAULT_INDEX_ROOT / Path(model_dir).name)
+    out_dir = Path(out_dir)
+    paths = [Path(p) for p in paths]
+    ok: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    for path, stem in zip(paths, _stems(paths)):
+        try:
+            rec = predict_file(predictor, path, out_dir, stem, heatmaps=heatmaps, similar=search, k=similar)
+        except InputError as exc:
+            log.error("%s", exc)
+            failed[str(path)] = str(exc)
+            continue
+        ok[str(path)] = f"{stem}.json"
+        log.info("%s: positive %s -> %s", path, rec["positive"] or "none", out_dir / f"{stem}.json")
+    write_json(out_dir / "summary.json", {"model": str(model_dir), "ok": ok, "failed": failed})
+    if failed:
+        log.error("%d of %d file(s) failed: %s", len(failed), len(paths), ", ".join(failed))
+    return 1 if failed else 0
+
+
+def _params(path: str | Path | None) -> tuple[ConvertParams, FeaturesParams]:
+    """``convert`` and ``features`` sections of ``path`` (or of ./params.yaml when present, else the defaults)."""
+    if path is None:
+        if not Path("params.yaml").is_file():
+            log.warning("no params.yaml here and no --params: decoding with the default convert settings; "
+                        "pass the params.yaml the model was trained with")
+            return ConvertParams(), FeaturesParams()
+        path = "params.yaml"
+    return load_section("convert", path), load_section("features", path)
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``cxr predict`` on the ``cxr`` command's subparsers."""
+    p = sub.add_parser("predict", help="predict findings on DICOM / PNG / JPEG files with a trained model",
+                       description="Per-class probabilities, validation thresholds, positives, heatmaps and "
+                                   "similar cases for new images (outputs of synthetic-trained models mean nothing "
+                                   "clinically).")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="DICOM (.dcm), PNG or JPEG files")
+    p.add_argument("--model", required=True, type=Path, help="model dir (model.pt + card.json), e.g. models/densenet121")
+    p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: ./predictions)")
+    p.add_argument("--params", type=Path, default=None,
+                   help="params.yaml whose convert (and features) sections decode the inputs (default: ./params.yaml)")
+    p.add_argument("--similar", type=int, default=0, metavar="K", help="also list the K most similar indexed cases")
+    p.add_argument("--index", type=Path, default=None,
+                   help="retrieval index dir (default: data/processed/retrieval/<model dir name>)")
+    p.add_argument("--method", default="gradcam", help="heatmap method of cxr.localize.cam: cam | gradcam | gradcam++ (default gradcam)")
+    p.add_argument("--heatmaps", action=argparse.BooleanOptionalAction, default=True,
+                   help="write a heatmap overlay per positive class (CNN models)")
+    p.add_argument("--detector", type=Path, default=None,
+                   help="region detector for anatomy models (default: models/detector beside --model)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.set_defaults(func=_cmd_predict)
+    return p
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    try:
+        return run(args.images, args.model, args.out, params=args.params, similar=args.similar, index_dir=args.index,
+                   method=args.method, device=args.device, detector_dir=args.detector, heatmaps=args.heatmaps)
+    except (PredictError, ParamsError) as exc:
+        log.error("%s", exc)
+        return 2

@@ -1,0 +1,7 @@
+"""The one exception of the report package."""
+
+from __future__ import annotations
+
+
+class ReportError(ValueError):
+    """A declared report input is missing or malformed; the message names the file and the fix."""

@@ -1,0 +1,68 @@
+"""DVC stage `retrieve@M`: image search with one trained model (cxr.retrieve).
+
+Embeds the database splits (retrieve.database) and the test queries, builds the faiss index
+(exact inner product, IVF/HNSW above retrieve.index.exact_max, Hamming for hashing models such as
+ATH), and scores the CheXtriev metrics at retrieve.k. Writes the retrieval dir
+data/processed/retrieval/<M> (index, items, example queries, the full retrieval.json) and its flat
+numbers for `dvc metrics show` in reports/<M>/retrieval.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+
+import pandas as pd
+
+from cxr.data import DataError
+from cxr.io import write_json
+from cxr.models import ModelError
+from cxr.params import ParamsError, load_section
+from cxr.retrieve import RetrievalError
+from cxr.retrieve.run import metrics_summary, retrieve_model, write_outputs
+from cxr.train import TrainError
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--model-dir", required=True, help="trained model dir (models/<M>)")
+    p.add_argument("--images", required=True, help="converted PNG directory (data/interim/images)")
+    p.add_argument("--table", required=True, help="images table (data/interim/images.parquet)")
+    p.add_argument("--labels", required=True, help="labels table (data/interim/labels.parquet)")
+    p.add_argument("--splits", required=True, help="splits table (data/processed/splits.parquet)")
+    p.add_argument("--features", default=None, help="region feature dir (anatomy models)")
+    p.add_argument("--out-dir", required=True, help="retrieval dir read by later stages (data/processed/retrieval/<M>)")
+    p.add_argument("--metrics", required=True, help="flat DVC metrics (reports/<M>/retrieval.json)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("retrieve")
+    try:
+        base = load_section("base", args.params)
+        params = load_section("retrieve", args.params)
+    except ParamsError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        with tempfile.TemporaryDirectory(prefix="cxr-cache-") as tmp:
+            result = retrieve_model(
+                args.model_dir, images=pd.read_parquet(args.table), labels=pd.read_parquet(args.labels),
+                splits=pd.read_parquet(args.splits), images_dir=args.images, cache_dir=tmp, params=params,
+                seed=base.seed, features_dir=args.features,
+            )
+    except (RetrievalError, TrainError, DataError, ModelError, OSError) as exc:
+        log.error("%s", exc)
+        return 1
+    write_outputs(args.out_dir, result)
+    write_json(args.metrics, metrics_summary(result["metrics"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
