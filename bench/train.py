@@ -83,7 +83,7 @@ def _variant(kind: str, args: dict, queue) -> None:
     from cxr.train import fit
 
     logging.getLogger("lightning").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices of torch.jit / lightning internals
     torch.manual_seed(0)
     df, names = _rows(args["table"], args["labels"], args["splits"], "train", args["steps"] * args["batch_size"])
     paths = [Path(args["images"]) / p for p in df["png_path"]]

@@ -188,6 +188,27 @@ def _gallery_ids(ids: Sequence[str], n: int, seed: int) -> list[str]:
     return sorted(rng.choice(ids, size=min(n, len(ids)), replace=False).tolist())
 
 
+def _gallery_tiles(test: Sequence[tuple[str, str, np.ndarray]], preds: Mapping, geos: Mapping[str, Geometry],
+                   images: pd.DataFrame, images_dir: str | Path, n: int, seed: int,
+                   heat: Mapping | None = None) -> list[Tile]:
+    """Gallery tiles of ``n`` seeded test images: each image's first scored (class, GT boxes) pair with its
+    predicted boxes (source pixels in ``preds``) and, for heatmap models, the heatmap."""
+    first: dict[str, tuple[str, np.ndarray]] = {}
+    for i, lab, g in test:
+        first.setdefault(i, (lab, g))
+    png_path = images.set_index("image_id")["png_path"]
+    tiles = []
+    for i in _gallery_ids(list(first), n, seed):
+        lab, g = first[i]
+        geo, pred = geos[i], preds[(i, lab)]
+        gt_png = [b for b in (geo.source_to_png_clipped(r) for r in g) if b is not None]
+        tiles.append(Tile(png=Path(images_dir) / png_path.at[i], geometry=geo, title=f"{i[:8]} {lab}"[:40],
+                          gt_png=np.asarray(gt_png).reshape(-1, 4),
+                          pred_png=geo.source_to_png(pred) if len(pred) else np.zeros((0, 4)),
+                          heatmap=None if heat is None else heat[(i, lab)]))
+    return tiles
+
+
 def localize_heatmaps(model, card: Mapping, *, images: pd.DataFrame, images_dir: str | Path, gt: pd.DataFrame,
                       params: Any, seed: int) -> tuple[dict[str, Any], bytes]:
     """Heatmap localisation of an image model: threshold on VAL, scores on TEST, gallery of TEST examples."""
@@ -214,19 +235,7 @@ def localize_heatmaps(model, card: Mapping, *, images: pd.DataFrame, images_dir:
     preds = {(i, lab): _pred_source(heat[(i, lab)], geos[i], thr, params.max_boxes) for i, lab, _ in test}
     scores = score_boxes([(lab, g, preds[(i, lab)]) for i, lab, g in test], [n for n in names if n in scored],
                          params.thresholds)
-    tiles = []
-    first = {}
-    for i, lab, g in test:
-        first.setdefault(i, (lab, g))
-    for i in _gallery_ids(list(first), params.gallery_size, seed):
-        lab, _ = first[i]
-        geo = geos[i]
-        gts = gt[(gt["split"] == "test") & (gt["image_id"] == i) & (gt["label"] == lab)][["x1", "y1", "x2", "y2"]]
-        gt_png = [b for b in (geo.source_to_png_clipped(r) for r in gts.to_numpy()) if b is not None]
-        tiles.append(Tile(png=Path(images_dir) / images.set_index("image_id").at[i, "png_path"], geometry=geo,
-                          title=f"{i[:8]} {lab}"[:40], gt_png=np.asarray(gt_png).reshape(-1, 4),
-                          pred_png=geo.source_to_png(preds[(i, lab)]) if len(preds[(i, lab)]) else np.zeros((0, 4)),
-                          heatmap=heat[(i, lab)]))
+    tiles = _gallery_tiles(test, preds, geos, images, images_dir, params.gallery_size, seed, heat)
     result = {
         "supported": True,
         "kind": "heatmap",
@@ -304,17 +313,7 @@ def localize_regions(model, card: Mapping, *, images: pd.DataFrame, labels: pd.D
         regions[(i, lab)] = feats.region_names[r]
     pointing = score_boxes([(lab, g, preds[(i, lab)]) for i, lab, g in test], sorted({p[1] for p in test}, key=findings.index),
                            params.thresholds)
-    tiles = []
-    first = {}
-    for i, lab, g in test:
-        first.setdefault(i, (lab, g))
-    for i in _gallery_ids(list(first), params.gallery_size, seed):
-        lab, g = first[i]
-        geo = geos[i]
-        gt_png = [b for b in (geo.source_to_png_clipped(r) for r in g) if b is not None]
-        tiles.append(Tile(png=Path(images_dir) / images.set_index("image_id").at[i, "png_path"], geometry=geo,
-                          title=f"{i[:8]} {lab}"[:40], gt_png=np.asarray(gt_png).reshape(-1, 4),
-                          pred_png=geo.source_to_png(preds[(i, lab)]) if len(preds[(i, lab)]) else np.zeros((0, 4))))
+    tiles = _gallery_tiles(test, preds, geos, images, images_dir, params.gallery_size, seed)
     result = {
         **head,
         "pointing": {"rule": "box of the top-scoring present region for the GT finding vs the GT boxes (IoU / IoBB)",
