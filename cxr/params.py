@@ -10,6 +10,7 @@ Stages load their own section once (``load_section("ingest")``) and pass plain v
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -576,6 +577,19 @@ def load_section(name: str, path: str | Path = "params.yaml") -> _Section:
     """Load and validate one section of ``path`` (missing keys take their defaults)."""
     raw = read_params_file(path)
     return parse_section(name, raw.get(name), source=str(path))
+
+
+def load_sections(path: str | Path, *names: str, log: logging.Logger) -> tuple[_Section, ...] | None:
+    """The validated sections ``names`` of ``path`` (the file is read once), for a stage script.
+
+    A :class:`ParamsError` is logged on ``log`` and None is returned; the script then exits with status 2.
+    """
+    try:
+        raw = read_params_file(path)
+        return tuple(parse_section(name, raw.get(name), source=str(path)) for name in names)
+    except ParamsError as exc:
+        log.error("%s", exc)
+        return None
 
 
 def load_all(path: str | Path = "params.yaml") -> dict[str, _Section]:

@@ -16,7 +16,7 @@ import pandas as pd
 from cxr.anatomy.coco import SPLITS, build_coco, read_graphs
 from cxr.anatomy.common import AnatomyError
 from cxr.io import write_json, write_text
-from cxr.params import ParamsError, load_section
+from cxr.params import load_sections
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -34,11 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("coco")
-    try:
-        params = load_section("coco", args.params)
-    except ParamsError as exc:
-        log.error("%s", exc)
+    loaded = load_sections(args.params, "coco", log=log)
+    if loaded is None:
         return 2
+    params, = loaded
     try:
         graphs, bad = read_graphs(args.scene_graphs, unknown=params.unknown_findings)
         cocos, summary = build_coco(

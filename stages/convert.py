@@ -8,7 +8,7 @@ import sys
 
 from cxr.convert import ConvertError, convert
 from cxr.executor import ExecutorError
-from cxr.params import ParamsError, load_section
+from cxr.params import load_sections
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -24,11 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("convert")
-    try:
-        params = load_section("convert", args.params)
-    except ParamsError as exc:
-        log.error("%s", exc)
+    loaded = load_sections(args.params, "convert", log=log)
+    if loaded is None:
         return 2
+    params, = loaded
     try:
         summary = convert(raw_dir=args.raw, images_dir=args.images, table_path=args.table, params=params)
     except (ConvertError, ExecutorError) as exc:

@@ -13,7 +13,7 @@ import sys
 from cxr.anatomy.common import AnatomyError
 from cxr.anatomy.detector import evaluate_detector, train_detector
 from cxr.io import write_json
-from cxr.params import ParamsError, load_section
+from cxr.params import load_sections
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -31,12 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("detector")
-    try:
-        base = load_section("base", args.params)
-        params = load_section("detector", args.params)
-    except ParamsError as exc:
-        log.error("%s", exc)
+    loaded = load_sections(args.params, "base", "detector", log=log)
+    if loaded is None:
         return 2
+    base, params = loaded
     try:
         model, card = train_detector(coco_dir=args.coco, images_dir=args.images, out_dir=args.out, params=params,
                                      seed=base.seed, live_dir=args.live)

@@ -19,7 +19,7 @@ from cxr.data import DataError
 from cxr.evaluate.classification import evaluate_model
 from cxr.io import write_csv, write_json, write_parquet
 from cxr.models import ModelError
-from cxr.params import ParamsError, load_section
+from cxr.params import load_sections
 from cxr.train import TrainError
 
 
@@ -45,12 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("evaluate")
-    try:
-        base = load_section("base", args.params)
-        params = load_section("evaluate", args.params)
-    except ParamsError as exc:
-        log.error("%s", exc)
+    loaded = load_sections(args.params, "base", "evaluate", log=log)
+    if loaded is None:
         return 2
+    base, params = loaded
     try:
         with tempfile.TemporaryDirectory(prefix="cxr-cache-") as tmp:
             metrics, roc, pr, pred = evaluate_model(

@@ -15,7 +15,7 @@ import pandas as pd
 from cxr.anatomy.common import AnatomyError
 from cxr.anatomy.features import extract_features
 from cxr.io import write_json
-from cxr.params import ParamsError, load_section
+from cxr.params import load_sections
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -35,11 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("features")
-    try:
-        params = load_section("features", args.params)
-    except ParamsError as exc:
-        log.error("%s", exc)
+    loaded = load_sections(args.params, "features", log=log)
+    if loaded is None:
         return 2
+    params, = loaded
     try:
         meta = extract_features(
             model_dir=args.model, coco_dir=args.coco, images=pd.read_parquet(args.images),

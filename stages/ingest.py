@@ -7,7 +7,7 @@ import logging
 import sys
 
 from cxr.ingest import ingest
-from cxr.params import ParamsError, load_section
+from cxr.params import load_sections
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -20,14 +20,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        base = load_section("base", args.params)
-        params = load_section("ingest", args.params)
-    except ParamsError as exc:
-        logging.getLogger("ingest").error("%s", exc)
+    log = logging.getLogger("ingest")
+    loaded = load_sections(args.params, "base", "ingest", log=log)
+    if loaded is None:
         return 2
+    base, params = loaded
     summary = ingest(params.source, args.out, params, seed=base.seed)
-    logging.getLogger("ingest").info("ingest done: %s", {k: v for k, v in summary.items() if k != "files"})
+    log.info("ingest done: %s", {k: v for k, v in summary.items() if k != "files"})
     return 0
 
 

@@ -15,7 +15,7 @@ import sys
 from cxr.io import write_json, write_parquet
 from cxr.labels import LabelError, build_labels
 from cxr.labeler import VocabularyError
-from cxr.params import ParamsError, load_section
+from cxr.params import load_sections
 from cxr.sources import SourceError
 
 
@@ -32,12 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("label")
-    try:
-        base = load_section("base", args.params)
-        params = load_section("label", args.params)
-    except ParamsError as exc:
-        log.error("%s", exc)
+    loaded = load_sections(args.params, "base", "label", log=log)
+    if loaded is None:
         return 2
+    base, params = loaded
     try:
         labels, summary = build_labels(
             raw_dir=args.raw,

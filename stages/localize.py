@@ -21,7 +21,7 @@ from cxr.localize.boxes import BoxError
 from cxr.localize.cam import CamError
 from cxr.localize.pipeline import LocalizeError, localize_model, metrics_view
 from cxr.models import ModelError
-from cxr.params import ParamsError, load_section
+from cxr.params import load_sections
 from cxr.sources.common import SourceError
 from cxr.train import TrainError
 
@@ -46,12 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("localize")
-    try:
-        base = load_section("base", args.params)
-        params = load_section("localize", args.params)
-    except ParamsError as exc:
-        log.error("%s", exc)
+    loaded = load_sections(args.params, "base", "localize", log=log)
+    if loaded is None:
         return 2
+    base, params = loaded
     try:
         result, gallery = localize_model(
             args.model_dir, images=pd.read_parquet(args.table), labels=pd.read_parquet(args.labels),

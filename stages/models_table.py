@@ -17,7 +17,7 @@ import pandas as pd
 
 from cxr.evaluate.report_table import models_table, retrieval_table
 from cxr.io import write_json, write_text
-from cxr.params import ParamsError, load_section
+from cxr.params import load_sections
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -35,14 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("models_table")
-    try:
-        base = load_section("base", args.params)
-        train = load_section("train", args.params)
-        params = load_section("evaluate", args.params)
-        retrieve = load_section("retrieve", args.params)
-    except ParamsError as exc:
-        log.error("%s", exc)
+    loaded = load_sections(args.params, "base", "train", "evaluate", "retrieve", log=log)
+    if loaded is None:
         return 2
+    base, train, params, retrieve = loaded
     metrics, preds = {}, {}
     for m in train.models:
         mpath, ppath = Path(args.evaluation) / m / "metrics.json", Path(args.evaluation) / m / "predictions.parquet"

@@ -19,7 +19,7 @@ import pandas as pd
 from cxr.data import DataError
 from cxr.io import write_json
 from cxr.models import ModelError
-from cxr.params import ParamsError, load_section
+from cxr.params import load_sections
 from cxr.retrieve import RetrievalError
 from cxr.retrieve.run import metrics_summary, retrieve_model, write_outputs
 from cxr.train import TrainError
@@ -43,12 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("retrieve")
-    try:
-        base = load_section("base", args.params)
-        params = load_section("retrieve", args.params)
-    except ParamsError as exc:
-        log.error("%s", exc)
+    loaded = load_sections(args.params, "base", "retrieve", log=log)
+    if loaded is None:
         return 2
+    base, params = loaded
     try:
         with tempfile.TemporaryDirectory(prefix="cxr-cache-") as tmp:
             result = retrieve_model(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxr.io import write_json, write_parquet
-from cxr.params import ParamsError, load_section
+from cxr.params import load_sections
 from cxr.sources import SourceError
 from cxr.sources.mimic import read_split as read_mimic_split
 from cxr.sources.nih import read_split_list
@@ -48,12 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("split")
-    try:
-        base = load_section("base", args.params)
-        params = load_section("split", args.params)
-    except ParamsError as exc:
-        log.error("%s", exc)
+    loaded = load_sections(args.params, "base", "split", log=log)
+    if loaded is None:
         return 2
+    base, params = loaded
     try:
         official = None
         if params.official:

@@ -16,7 +16,7 @@ import pandas as pd
 from cxr.data import DataError
 from cxr.labels import LabelError, label_names
 from cxr.models import ModelError
-from cxr.params import ParamsError, load_section
+from cxr.params import load_sections
 from cxr.io import sha256_file
 from cxr.train import TrainError, train_model
 
@@ -41,13 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("train")
-    try:
-        base = load_section("base", args.params)
-        label = load_section("label", args.params)
-        params = load_section("train", args.params)
-    except ParamsError as exc:
-        log.error("%s", exc)
+    loaded = load_sections(args.params, "base", "label", "train", log=log)
+    if loaded is None:
         return 2
+    base, label, params = loaded
     hashes = {k: sha256_file(v) for k, v in (("images", args.table), ("labels", args.labels), ("splits", args.splits))}
     try:
         with tempfile.TemporaryDirectory(prefix="cxr-cache-") as tmp:

@@ -15,7 +15,7 @@ import pandas as pd
 from cxr.anatomy.common import AnatomyError
 from cxr.anatomy.unet import train_unet
 from cxr.io import write_json
-from cxr.params import ParamsError, load_section
+from cxr.params import load_sections
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -35,12 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("unet")
-    try:
-        base = load_section("base", args.params)
-        params = load_section("unet", args.params)
-    except ParamsError as exc:
-        log.error("%s", exc)
+    loaded = load_sections(args.params, "base", "unet", log=log)
+    if loaded is None:
         return 2
+    base, params = loaded
     try:
         _, metrics = train_unet(
             images=pd.read_parquet(args.images), splits=pd.read_parquet(args.splits), images_dir=args.image_dir,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cxr.params import ParamsError, load_all, load_section, parse_section
+from cxr.params import ParamsError, load_all, load_section, load_sections, parse_section
 
 
 def test_repository_params_load(repo_root):
@@ -57,3 +57,18 @@ def test_file_level_errors(tmp_path):
     extra.write_text("base: {seed: 1}\ntrian: {lr: 0.1}\n")
     with pytest.raises(ParamsError, match=r"unknown section\(s\) \['trian'\]"):
         load_section("base", extra)
+
+
+def test_load_sections_for_stage_scripts(tmp_path, caplog):
+    import logging
+
+    good = tmp_path / "good.yaml"
+    good.write_text("base: {seed: 7}\nsplit: {train: 0.6, val: 0.2, test: 0.2}\n")
+    log = logging.getLogger("stage-test")
+    base, split = load_sections(good, "base", "split", log=log)
+    assert base.seed == 7 and split.train == 0.6
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: {seed: -1}\n")
+    with caplog.at_level(logging.ERROR, logger="stage-test"):
+        assert load_sections(bad, "base", "split", log=log) is None  # the script exits with status 2
+    assert "base.seed" in caplog.text
