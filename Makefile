@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test clean-venv chromium
+.PHONY: setup repro repro-real test clean-venv chromium
 
 setup: $(STAMP) chromium
 
@@ -29,6 +29,13 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 
 repro: setup
 	$(BIN)/dvc repro
+
+# The same DAG on real datasets in their native layouts (see params-real.yaml and the README): a DVC
+# experiment in the workspace whose params are params.yaml overridden by params-real.yaml.
+REAL_DATA ?= ../shared/realdata
+
+repro-real: setup
+	$(BIN)/cxr exp-run params-real.yaml -S ingest.source=$(abspath $(REAL_DATA))
 
 test: setup
 	$(BIN)/python -m pytest -n 2 tests

@@ -33,6 +33,25 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_exp_run(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
+    from cxr.params import override_args
+
+    beside = Path(sys.executable).parent / "dvc"  # the dvc of this environment first
+    dvc = str(beside) if beside.is_file() else shutil.which("dvc")
+    if dvc is None:
+        logging.getLogger("cxr").error("dvc is not on PATH (activate the project's virtual environment)")
+        return 2
+    cmd = [dvc, "exp", "run", *override_args(args.file), *args.dvc_args]
+    logging.getLogger("cxr").info("running: %s", " ".join(repr(c) if " " in c else c for c in cmd))
+    if args.dry_run:
+        print("\n".join(cmd[1:]))
+        return 0
+    return subprocess.call(cmd)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cxr", description="cxr-pipeline command line")
     sub = p.add_subparsers(dest="command", required=True)
@@ -44,12 +63,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     s.add_argument("--params", type=Path, default=None, help="take ingest.synthetic from this params.yaml")
     s.add_argument("--preview", type=Path, default=None, help="also write a contact sheet PNG here")
     s.set_defaults(func=_cmd_synth)
+    e = sub.add_parser("exp-run", help="dvc exp run with every key of a partial params file as -S key=value",
+                       description="Run the DAG as a DVC experiment whose params are params.yaml overridden by FILE "
+                                   "(e.g. params-real.yaml); arguments after FILE go to dvc exp run as they are.")
+    e.add_argument("file", type=Path, help="partial params file (sections and keys of params.yaml)")
+    e.add_argument("dvc_args", nargs=argparse.REMAINDER, help="more dvc exp run arguments (-S key=value, -n NAME, ...)")
+    e.add_argument("--dry-run", action="store_true", help="print the dvc arguments, one per line, and stop")
+    e.set_defaults(func=_cmd_exp_run)
     from cxr.labeler.cli import add_label_parser
 
     add_label_parser(sub)
     from cxr.predict import add_predict_parser
 
     add_predict_parser(sub)
+    from cxr.segment import add_segment_parser
+
+    add_segment_parser(sub)
     return p
 
 

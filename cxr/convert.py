@@ -99,6 +99,7 @@ class Options:
     max_pixels: int = 60_000_000
     png_compress_level: int = 3
     draft: bool = True
+    upscale: bool = True
 
     @classmethod
     def from_params(cls, p: ConvertParams) -> "Options":
@@ -112,6 +113,71 @@ class Options:
         """
         blob = json.dumps([_STATE_VERSION, asdict(self), _code_fingerprint()], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+#: The ``convert`` settings that decide a PNG's pixels; model cards record them (``card["convert"]``) so
+#: that ``cxr predict`` / ``cxr segment`` decode new files as the model's training images were decoded.
+PIXEL_SETTINGS = ("size", "side", "square", "bits", "voi", "max_pixels", "draft", "upscale")
+
+
+def card_settings(p: ConvertParams | Options) -> dict[str, Any]:
+    """The pixel-deciding convert settings of ``p``, as a model card records them."""
+    return {k: getattr(p, k) for k in PIXEL_SETTINGS}
+
+
+def options_from_card(settings: dict[str, Any]) -> Options:
+    """:class:`Options` from a card's ``convert`` record (settings it lacks keep their defaults).
+
+    Raises:
+        ValueError: a setting that is not a convert setting, or a value the convert schema refuses.
+    """
+    unknown = sorted(set(settings) - set(PIXEL_SETTINGS))
+    if unknown:
+        raise ValueError(f"model card convert settings {unknown} are not among {list(PIXEL_SETTINGS)}")
+    return Options.from_params(ConvertParams(**settings))
+
+
+def options_for_model(card: dict[str, Any], params: str | Path | None = None, where: str = "model") -> Options:
+    """How to decode new files for a model: the convert settings its card records.
+
+    Args:
+        card: the model card (``card["convert"]``: :func:`card_settings` of the training run).
+        params: a params.yaml whose ``convert`` section overrides the card (a warning names the
+            settings that differ from the card's); None = the card's. A card without a ``convert``
+            record (an older model dir) falls back to ``params``, or ./params.yaml, or the defaults,
+            with a warning.
+        where: the model dir, for messages.
+
+    Raises:
+        ParamsError: ``params`` is unreadable or its convert section is invalid.
+        ValueError: the card's convert record is malformed.
+    """
+    from cxr.params import load_section
+
+    recorded = card.get("convert")
+    if recorded is not None and not isinstance(recorded, dict):
+        raise ValueError(f"{where}: model card field 'convert' must be a mapping of convert settings, got "
+                         f"{type(recorded).__name__}")
+    if params is None:
+        if recorded:
+            return options_from_card(recorded)
+        if Path("params.yaml").is_file():
+            params = "params.yaml"
+            log.warning("%s: the model card does not record its convert settings (trained before they were "
+                        "recorded): decoding with the convert section of ./params.yaml", where)
+        else:
+            log.warning("%s: the model card does not record its convert settings and there is no ./params.yaml: "
+                        "decoding with the default convert settings", where)
+            return Options()
+    opt = Options.from_params(load_section("convert", params))
+    if recorded:
+        card_opt = options_from_card(recorded)
+        diff = {k: (getattr(card_opt, k), getattr(opt, k)) for k in PIXEL_SETTINGS if getattr(card_opt, k) != getattr(opt, k)}
+        if diff:
+            log.warning("%s: --params %s decodes differently from the model's training images: %s "
+                        "(setting: card value -> value used)", where, params,
+                        ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items()))
+    return opt
 
 
 def _code_fingerprint() -> list[str]:
@@ -320,7 +386,8 @@ def discover(raw_dir: str | Path) -> list[Source]:
 
 
 def fit(
-    img: np.ndarray, size: int, side: str = "long", square: str = "pad", orig_shape: tuple[int, int] | None = None
+    img: np.ndarray, size: int, side: str = "long", square: str = "pad", orig_shape: tuple[int, int] | None = None,
+    upscale: bool = True,
 ) -> tuple[np.ndarray, dict]:
     """Resize with area interpolation, keeping the aspect ratio, then pad or centre-crop.
 
@@ -333,6 +400,8 @@ def fit(
         square: ``pad``: pad sides shorter than ``size`` (centred, black); ``crop``: centre-crop
             sides longer than ``size``; ``none``. So ``long`` + ``pad`` and ``short`` + ``crop`` give
             ``size x size`` images; ``short`` + ``pad`` and ``long`` + ``crop`` change nothing.
+        upscale: False: an image whose chosen side is shorter than ``size`` keeps its own size
+            (``size`` becomes that side's length, for the square too): thumbnails are never enlarged.
 
     Returns:
         The new image and ``{"scale", "offset_x", "offset_y"}`` mapping original pixel coordinates
@@ -344,6 +413,8 @@ def fit(
         raise ValueError(f"square must be 'none', 'pad' or 'crop', got {square!r}")
     h, w = orig_shape or img.shape
     ref = max(h, w) if side == "long" else min(h, w)
+    if not upscale:
+        size = min(size, ref)
     scale = size / ref
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     if (nh, nw) != img.shape:
@@ -444,7 +515,7 @@ def convert_file(path: str | Path, opt: Options, photometric: str | None = None)
     """
     dec = decode_file(path, opt, photometric)
     m = dec.meta
-    img, geo = fit(dec.image, opt.size, opt.side, opt.square, orig_shape=(m["rows"], m["cols"]))
+    img, geo = fit(dec.image, opt.size, opt.side, opt.square, orig_shape=(m["rows"], m["cols"]), upscale=opt.upscale)
     return quantise(img, opt.bits), geo, m
 
 
@@ -472,7 +543,7 @@ def convert_one(task: tuple[str, str, Source, Options]) -> dict[str, Any]:
         return row
     m = dec.meta
     _fill(row, m, src)
-    img, geo = fit(dec.image, opt.size, opt.side, opt.square, orig_shape=(m["rows"], m["cols"]))
+    img, geo = fit(dec.image, opt.size, opt.side, opt.square, orig_shape=(m["rows"], m["cols"]), upscale=opt.upscale)
     png_rel = f"{src.dataset}/{src.image_id}.png"
     # No fsync per PNG (it would cost more than the encoding): convert() syncs once before it
     # records the run as complete in the state file.

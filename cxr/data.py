@@ -140,14 +140,25 @@ def normalise(x: torch.Tensor, norm: dict | None = None) -> torch.Tensor:
 
 
 def join_split(images: pd.DataFrame, labels: pd.DataFrame, splits: pd.DataFrame, names: Sequence[str],
-               split: str | Sequence[str], frontal_only: bool = True) -> pd.DataFrame:
-    """Rows of ``split`` (``ok`` images only) with image metadata, patient and label columns, in a stable order."""
+               split: str | Sequence[str], frontal_only: bool = True,
+               datasets: Sequence[str] | None = None) -> pd.DataFrame:
+    """Rows of ``split`` (``ok`` images only) with image metadata, patient and label columns, in a stable order.
+
+    ``datasets``: keep only images of these datasets (``train.datasets``; None = all).
+    """
     want = [split] if isinstance(split, str) else list(split)
     missing = [n for n in names if n not in labels.columns]
     if missing:
         raise DataError(f"labels table lacks label column(s) {missing}; was the label stage run with this base.label_space?")
     df = splits.loc[splits["split"].isin(want), ["image_id", "patient_id", "split"]]
-    img = images.loc[images["status"] == "ok", ["image_id", "png_path", "view"]]
+    ok = images["status"] == "ok"
+    if datasets:
+        unknown = sorted(set(datasets) - set(images["dataset"].dropna()))
+        if unknown:
+            raise DataError(f"train.datasets lists {unknown}, which the images table does not hold "
+                            f"(datasets present: {sorted(set(images['dataset'].dropna()))})")
+        ok &= images["dataset"].isin(list(datasets))
+    img = images.loc[ok, ["image_id", "png_path", "view"]]
     df = df.merge(img, on="image_id", how="inner").merge(labels[["image_id", *names]], on="image_id", how="inner")
     if frontal_only:
         df = df[~df["view"].fillna("").str.upper().str.contains("LAT")]

@@ -370,9 +370,9 @@ def nan_to_none(obj):
 
 
 #: Default precedence: expert / dataset label tables first, our labeller, then scene graphs.
-DEFAULT_PRECEDENCE = ("chexpert", "nih", "padchest", "mimic", "labeller", "imagenome")
+DEFAULT_PRECEDENCE = ("chexpert", "nih", "padchest", "mimic", "labeller", "imagenome", "jsrt")
 #: Datasets whose native labels list every finding (a term not listed is absent).
-EXHAUSTIVE = {"nih": True, "padchest": True, "chexpert": False, "mimic": False, "imagenome": False}
+EXHAUSTIVE = {"nih": True, "padchest": True, "chexpert": False, "mimic": False, "imagenome": False, "jsrt": False}
 
 
 def _label_counts(df: pd.DataFrame, names: Sequence[str]) -> dict:

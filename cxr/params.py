@@ -87,6 +87,22 @@ class LocalParams(_Section):
     mode: Literal["auto", "hardlink", "symlink", "copy"] = Field(
         "auto", description="how files enter data/raw: auto = hardlink when possible, else copy"
     )
+    folders: dict[str, str] = Field(
+        default_factory=dict,
+        description="mirror only these subfolders, renamed: data/raw/<key> <- <source>/<value> (empty = the whole source)",
+    )
+
+    @field_validator("folders")
+    @classmethod
+    def _check_folders(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, sub in v.items():
+            for part, what in ((name, "folder name"), (sub, "source subfolder")):
+                p = Path(part)
+                if not part.strip() or p.is_absolute() or ".." in p.parts or part.strip() in (".",):
+                    raise ValueError(f"{what} {part!r} must be a relative path inside the source, without '..'")
+            if len(Path(name).parts) != 1:
+                raise ValueError(f"folder name {name!r} must be one path component (e.g. nih)")
+        return v
 
 
 class IngestParams(_Section):
@@ -143,6 +159,9 @@ class ConvertParams(_Section):
     draft: bool = Field(
         True, description="decode JPEG 2000 / JPEG at a reduced resolution when the output is smaller (faster)"
     )
+    upscale: bool = Field(
+        True, description="false: images smaller than `size` keep their own size (thumbnails are not enlarged)"
+    )
 
     @field_validator("scheduler")
     @classmethod
@@ -155,7 +174,7 @@ class ConvertParams(_Section):
         return v
 
 
-LABEL_SOURCES = ("chexpert", "nih", "padchest", "mimic", "labeller", "imagenome")
+LABEL_SOURCES = ("chexpert", "nih", "padchest", "mimic", "labeller", "imagenome", "jsrt")
 _UNCERTAINTY = Literal["ones", "zeros", "ignore"]
 
 
@@ -175,7 +194,7 @@ class LabelParams(_Section):
         default_factory=lambda: ["findings", "impression"], min_length=1, description="report sections labelled"
     )
     precedence: list[str] = Field(
-        default_factory=lambda: list(LABEL_SOURCES), description=f"label sources, strongest first: {LABEL_SOURCES}"
+        default_factory=lambda: list(LABEL_SOURCES), description=f"label sources, strongest first: {LABEL_SOURCES} (unlisted ones follow in this order)"
     )
     unknown_labels: Literal["error", "count"] = Field("error", description="unknown label strings in dataset files")
     uncertainty: UncertaintyParams = UncertaintyParams()
@@ -192,9 +211,10 @@ class LabelParams(_Section):
     @classmethod
     def _check_precedence(cls, v: list[str]) -> list[str]:
         bad = [s for s in v if s not in LABEL_SOURCES]
-        if bad or len(set(v)) != len(v) or set(v) != set(LABEL_SOURCES):
-            raise ValueError(f"must list each of {list(LABEL_SOURCES)} exactly once (got {v})")
-        return v
+        if bad or len(set(v)) != len(v):
+            raise ValueError(f"must list sources of {list(LABEL_SOURCES)}, each at most once (got {v})")
+        # sources left out follow in the default order (a params file written before a new source existed stays valid)
+        return [*v, *(s for s in LABEL_SOURCES if s not in v)]
 
 
 class SplitParams(_Section):
@@ -307,6 +327,10 @@ class UnetParams(_Section):
     lr: float = Field(0.003, gt=0, le=1, description="AdamW peak learning rate (one-cycle schedule)")
     weight_decay: float = Field(1e-4, ge=0, le=1, description="AdamW weight decay")
     threshold: float = Field(0.5, gt=0, lt=1, description="probability above which a pixel belongs to a structure")
+    augment: bool = Field(True, description="seeded small affine (image + masks) and intensity jitter (image)")
+    precision: Literal["auto", "32", "bf16", "16"] = Field(
+        "auto", description="auto: bf16 mixed on a GPU or on a CPU with native bf16, else 32 (cxr.precision)"
+    )
     workers: int = Field(0, ge=0, le=64, description="data-loader worker processes (0 = in the main process)")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto = cuda when available, else cpu")
 
@@ -388,6 +412,9 @@ class TrainParams(_Section):
     augment: bool = Field(True, description="seeded small affine + contrast augmentation of training images")
     pool: Literal["avg", "max", "lse", "pcam"] = Field("avg", description="pooling head of the global CNN / ViT models")
     frontal_only: bool = Field(True, description="train and evaluate on frontal views only")
+    datasets: list[str] | None = Field(
+        None, description="train and evaluate on images of these datasets only (e.g. [nih]); None = every dataset"
+    )
     pretrained: dict[str, str] = Field(default_factory=dict, description="model name -> local backbone weights file")
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto = GPU when available")
     precision: Literal["auto", "32", "bf16", "16"] = Field("auto", description="auto = bf16/fp16 mixed on GPU; bf16 mixed for image models on a CPU with native bf16, else 32")
@@ -414,6 +441,8 @@ class EvaluateParams(_Section):
     ci: float = Field(0.95, gt=0.5, lt=1, description="confidence level of the intervals")
     ece_bins: int = Field(10, ge=2, le=100, description="bins of the expected calibration error")
     reference: str = Field("densenet121", description="model the comparison table tests every other model against")
+    min_positives: int = Field(10, ge=1, le=100000, description="classes with fewer TEST positives are flagged and left "
+                               "out of the headline macro AUROC (macro_auroc_common); the all-class macro stays beside it")
 
 
 class LocalizeParams(_Section):
@@ -457,7 +486,7 @@ class RetrieveParams(_Section):
 
     models: list[str] = Field(default_factory=lambda: ["densenet121"], min_length=1,
                               description="models searched by the retrieve@M matrix (from train.models or retrieve.hashing)")
-    hashing: list[str] = Field(default_factory=lambda: ["ath"], min_length=1,
+    hashing: list[str] = Field(default_factory=lambda: ["ath"], min_length=0,
                                description="hashing models trained by train_hash@M (retrieval only, never evaluate@M)")
     database: list[Literal["train", "val", "test"]] = Field(
         default_factory=lambda: ["train", "val"], min_length=1,
@@ -596,3 +625,35 @@ def load_all(path: str | Path = "params.yaml") -> dict[str, _Section]:
     """Load and validate every section of ``path``."""
     raw = read_params_file(path)
     return {name: parse_section(name, raw.get(name), source=str(path)) for name in SECTIONS}
+
+
+def override_args(path: str | Path) -> list[str]:
+    """A partial params file as ``dvc exp run`` arguments: ``["-S", "section.key=value", ...]``.
+
+    Nested sections are walked down to their leaves (a leaf that is itself a mapping, such as
+    ``ingest.local.folders``, is passed whole, in YAML flow style). Every section is first checked
+    against the schema, so a typo fails here, naming the key, before any stage runs.
+
+    Raises:
+        ParamsError: unreadable file, unknown section or key, or an invalid value.
+    """
+    raw = read_params_file(path)
+    out: list[str] = []
+
+    def walk(model: type[BaseModel], data: dict[str, Any], prefix: str) -> None:
+        for key, value in data.items():
+            field = model.model_fields.get(key)
+            sub = field.annotation if field is not None else None
+            if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
+                walk(sub, value, f"{prefix}{key}.")
+            else:
+                text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+                text = text[:-4].strip() if text.endswith("\n...") or text.endswith(" ...") else text
+                out.extend(["-S", f"{prefix}{key}={text}"])
+
+    for name, section in raw.items():
+        if name not in SECTIONS:
+            raise ParamsError(f"{path}: unknown section {name!r}; sections: {sorted(SECTIONS)}")
+        parse_section(name, section, source=str(path))
+        walk(SECTIONS[name], section or {}, f"{name}.")
+    return out

@@ -5,9 +5,10 @@ same file would have given it inside ``dvc repro``:
 
 1. decode + fit: :func:`cxr.convert.convert_file` (the ``convert`` stage's DICOM / raster decoder
    with modality rescale, VOI LUT / window, MONOCHROME1 inversion, draft decoding, area resize,
-   pad or crop, 8 / 16-bit quantisation). The conversion settings are the ``convert`` section of
-   ``--params`` (default ``./params.yaml``): the model card does not record them, and the
-   params file the model was trained with is the one that knows how its PNGs were made.
+   pad or crop, 8 / 16-bit quantisation) with the convert settings the model card records
+   (``card["convert"]``, written by the train stage), so a model dir works on a machine without
+   its training ``params.yaml``; ``--params`` overrides them, with a warning naming each setting
+   that differs from the card's (:func:`cxr.convert.options_for_model`).
 2. model input: the PNG bytes the stage would have written (kept in memory) are read by the
    training cache's loader :func:`cxr.data.load_png_square` (centred square pad, bilinear resize
    to the card's input size) and normalised with the card's constants (:func:`cxr.data.normalise`).
@@ -153,9 +154,9 @@ class Predictor:
 
     def __init__(self, model_dir: str | Path, *, convert: ConvertParams | None = None,
                  features: FeaturesParams | None = None, detector_dir: str | Path | None = None,
-                 device: str = "auto", method: str = "gradcam"):
+                 device: str = "auto", method: str = "gradcam", params: str | Path | None = None):
         from cxr.anatomy.common import AnatomyError, pick_device
-        from cxr.convert import Options
+        from cxr.convert import Options, options_for_model
         from cxr.modeldir import load_classifier  # not cxr.train: inference must not import Lightning
 
         self.model_dir = Path(model_dir)
@@ -172,7 +173,13 @@ class Predictor:
         self.model.to(self.device).eval()
         self.names = list(self.card["label_names"])
         self.kind = self.card["input"]["kind"]
-        self.options = Options.from_params(convert or ConvertParams())
+        if convert is not None:
+            self.options = Options.from_params(convert)
+        else:
+            try:
+                self.options = options_for_model(self.card, params, where=str(self.model_dir))
+            except ValueError as exc:
+                raise PredictError(str(exc)) from None
         self.features = features or FeaturesParams()
         self.method = method
         self.detector = self.detector_card = None
@@ -506,9 +513,9 @@ def run(paths: Sequence[str | Path], model_dir: str | Path, out_dir: str | Path,
 
         if method not in METHODS:
             raise PredictError(f"--method {method!r} is not a heatmap method; choose one of {list(METHODS)}")
-    convert, features = _params(params)
-    predictor = Predictor(model_dir, convert=convert, features=features, detector_dir=detector_dir, device=device,
-                          method=method)
+    features = load_section("features", params) if params is not None else FeaturesParams()
+    predictor = Predictor(model_dir, features=features, detector_dir=detector_dir, device=device,
+                          method=method, params=params)
     search = None
     if similar:
         search = Similar(predictor, index_dir or DEFAULT_INDEX_ROOT / Path(model_dir).name)
@@ -531,20 +538,6 @@ def run(paths: Sequence[str | Path], model_dir: str | Path, out_dir: str | Path,
     return 1 if failed else 0
 
 
-def _params(path: str | Path | None) -> tuple[ConvertParams, FeaturesParams]:
-    """``convert`` and ``features`` sections of ``path`` (or of ./params.yaml when present, else the defaults)."""
-    if path is None:
-        if not Path("params.yaml").is_file():
-            log.warning("no params.yaml here and no --params: decoding with the default convert settings; "
-                        "pass the params.yaml the model was trained with")
-            return ConvertParams(), FeaturesParams()
-        path = "params.yaml"
-    return load_section("convert", path), load_section("features", path)
-
-
-# ---------------------------------------------------------------------------- command line
-
-
 def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``cxr predict`` on the ``cxr`` command's subparsers."""
     p = sub.add_parser("predict", help="predict findings on DICOM / PNG / JPEG files with a trained model",
@@ -555,7 +548,8 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--model", required=True, type=Path, help="model dir (model.pt + card.json), e.g. models/densenet121")
     p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: ./predictions)")
     p.add_argument("--params", type=Path, default=None,
-                   help="params.yaml whose convert (and features) sections decode the inputs (default: ./params.yaml)")
+                   help="params.yaml whose convert section overrides the decoding settings the model card records "
+                        "(and whose features section is used for anatomy models)")
     p.add_argument("--similar", type=int, default=0, metavar="K", help="also list the K most similar indexed cases")
     p.add_argument("--index", type=Path, default=None,
                    help="retrieval index dir (default: data/processed/retrieval/<model dir name>)")

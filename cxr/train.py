@@ -42,6 +42,7 @@ from cxr.evaluate.metrics import macro_auroc, youden_threshold
 from cxr import modeldir
 from cxr.modeldir import CARD, WEIGHTS
 from cxr.models import create_model
+from cxr.precision import cpu_has_bf16, precision_for  # noqa: F401  (re-exported: cxr.train.precision_for)
 
 log = logging.getLogger(__name__)
 
@@ -203,31 +204,6 @@ class BestState(L.Callback):
             self.state = {k: t.detach().cpu().clone() for k, t in pl_module.model.state_dict().items()}
 
 
-def cpu_has_bf16() -> bool:
-    """True when the CPU computes bfloat16 natively (AVX512-BF16 / AMX), so bf16 autocast is faster, not emulated."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN
-        return False
-
-
-def precision_for(precision: str, accelerator: str, convolutional: bool = True) -> str:
-    """Lightning precision for ``train.precision``.
-
-    ``auto`` -> on a GPU bf16-mixed where supported, else 16-mixed; on a CPU, for convolutional image
-    models, bf16-mixed when the CPU has native bf16 (:func:`cpu_has_bf16`: about 1.6x faster for
-    densenet121 at 128 px here), else 32-true (the small matrix products of the region models gain
-    nothing from bf16 on a CPU; a model with ``cpu_bf16 = False`` stays in fp32 too). Mixed precision keeps fp32 master weights and computes the loss in fp32
-    (:func:`masked_bce`).
-    """
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    if precision == "auto":
-        if not on_gpu:
-            return "bf16-mixed" if convolutional and cpu_has_bf16() else "32-true"
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}[precision]
-
-
 def _loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, workers: int) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=workers,
@@ -370,11 +346,13 @@ def model_kwargs(name: str, *, num_classes: int, params: Any, train_targets: np.
 def build_datasets(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.DataFrame, images_dir: str | Path,
                    names: Sequence[str], uncertainty: Mapping[str, Any], which: Sequence[str], image_size: int,
                    frontal_only: bool, cache_dir: str | Path, features_dir: str | Path | None = None,
-                   progress: bool = True) -> dict[str, Dataset]:
-    """The datasets of ``which`` splits for model ``name`` (image cache or region features)."""
+                   progress: bool = True, datasets: Sequence[str] | None = None) -> dict[str, Dataset]:
+    """The datasets of ``which`` splits for model ``name`` (image cache or region features);
+    ``datasets`` keeps only images of those datasets (``train.datasets``)."""
     from cxr.data import ImageCache, ImageDataset, RegionDataset, RegionFeatures, join_split
 
-    metas = {s: join_split(images, labels, splits, names, s, frontal_only=frontal_only) for s in which}
+    metas = {s: join_split(images, labels, splits, names, s, frontal_only=frontal_only, datasets=datasets)
+             for s in which}
     if name in REGION_MODELS:
         if features_dir is None:
             raise TrainError(f"model {name!r} needs region features (--features, from the features stage)")
@@ -390,8 +368,11 @@ def train_model(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits
                 names: Sequence[str], uncertainty: Mapping[str, Any], params: Any, seed: int, out_dir: str | Path,
                 log_dir: str | Path | None, cache_dir: str | Path, features_dir: str | Path | None = None,
                 unet_dir: str | None = None, data_hashes: Mapping[str, str] | None = None,
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, convert: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train model ``name`` on the TRAIN split, select the epoch and the thresholds on VAL, write the model dir.
+
+    ``convert``: the convert settings the training PNGs were made with (``cxr.convert.card_settings``),
+    recorded in the card so that ``cxr predict`` decodes new files the same way.
 
     Returns:
         the model card (also written to ``out_dir/card.json``).
@@ -399,7 +380,7 @@ def train_model(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits
     ds = build_datasets(name, images=images, labels=labels, splits=splits, images_dir=images_dir, names=names,
                         uncertainty=uncertainty, which=("train", "val"), image_size=params.image_size,
                         frontal_only=params.frontal_only, cache_dir=cache_dir, features_dir=features_dir,
-                        progress=progress)
+                        progress=progress, datasets=params.datasets)
     tr, va = ds["train"], ds["val"]
     region_info = None
     if name in REGION_MODELS:
@@ -433,6 +414,7 @@ def train_model(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits
         "thresholds": thresholds,
         "threshold_rule": "Youden J on the validation split",
         "uncertainty": dict(uncertainty),
+        "convert": dict(convert) if convert is not None else None,
         "params": params.model_dump(),
         "seed": seed,
         "data_hashes": dict(data_hashes or {}),

@@ -15,6 +15,7 @@ import pandas as pd
 
 from cxr.anatomy.coco import SPLITS, build_coco, read_graphs
 from cxr.anatomy.common import AnatomyError
+from cxr.applicability import marker
 from cxr.io import write_json, write_text
 from cxr.params import load_sections
 
@@ -38,6 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     if loaded is None:
         return 2
     params, = loaded
+    sg = Path(args.scene_graphs)
+    if not (sg.is_dir() and next(sg.rglob("*_SceneGraph.json"), None)):
+        reason = (f"no Chest ImaGenome scene graphs (*_SceneGraph.json) under {args.scene_graphs}: the anatomy "
+                  "branch (coco, detector, features, region models) needs them")
+        log.warning("not applicable: %s", reason)
+        for split in SPLITS:
+            write_text(Path(args.out) / f"{split}.json", json.dumps(
+                {"images": [], "annotations": [], "categories": [], **marker(reason)}) + "\n")
+        write_json(args.metrics, marker(reason))
+        return 0
     try:
         graphs, bad = read_graphs(args.scene_graphs, unknown=params.unknown_findings)
         cocos, summary = build_coco(

@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from cxr.anatomy.common import AnatomyError
 from cxr.anatomy.detector import evaluate_detector, train_detector
+from cxr.applicability import marker, reason_of
+from cxr.convert import card_settings
 from cxr.io import write_json
 from cxr.params import load_sections
 
@@ -31,13 +34,20 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("detector")
-    loaded = load_sections(args.params, "base", "detector", log=log)
+    loaded = load_sections(args.params, "base", "detector", "convert", log=log)
     if loaded is None:
         return 2
-    base, params = loaded
+    base, params, convert = loaded
+    reason = reason_of(Path(args.coco) / "train.json")
+    if reason:
+        log.warning("not applicable: %s", reason)
+        write_json(Path(args.out) / "marker.json", marker(reason))
+        write_json(Path(args.live) / "plots" / "metrics" / "marker.json", marker(reason)) if args.live else None
+        write_json(args.metrics, marker(reason))
+        return 0
     try:
         model, card = train_detector(coco_dir=args.coco, images_dir=args.images, out_dir=args.out, params=params,
-                                     seed=base.seed, live_dir=args.live)
+                                     seed=base.seed, live_dir=args.live, convert=card_settings(convert))
         metrics = evaluate_detector(model, coco_dir=args.coco, images_dir=args.images,
                                     image_size=params.image_size, device=params.device)
     except (AnatomyError, FloatingPointError) as exc:

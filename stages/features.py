@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 import pandas as pd
 
 from cxr.anatomy.common import AnatomyError
 from cxr.anatomy.features import extract_features
+from cxr.applicability import marker, reason_of
 from cxr.io import write_json
 from cxr.params import load_sections
 
@@ -39,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     if loaded is None:
         return 2
     params, = loaded
+    reason = reason_of(args.model)
+    if reason:
+        log.warning("not applicable: %s", reason)
+        write_json(Path(args.out) / "marker.json", marker(reason))
+        write_json(args.metrics, marker(reason))
+        return 0
     try:
         meta = extract_features(
             model_dir=args.model, coco_dir=args.coco, images=pd.read_parquet(args.images),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxr.evaluate.baselines import BASELINES
 from cxr.evaluate.report_table import models_table, retrieval_table
 from cxr.io import write_json, write_text
 from cxr.params import load_sections
@@ -23,6 +24,7 @@ from cxr.params import load_sections
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--baselines", default=None, help="baseline metrics dir (data/processed/baselines)")
     p.add_argument("--evaluation", required=True,
                    help="directory holding <M>/metrics.json and <M>/predictions.parquet (data/processed/evaluation)")
     p.add_argument("--retrieval", required=True, help="directory holding <M>/retrieval.json (data/processed/retrieval)")
@@ -55,7 +57,16 @@ def main(argv: list[str] | None = None) -> int:
             log.error("model %s has no retrieval result (%s); run retrieve@%s", m, rpath, m)
             return 1
         retrieval[m] = json.loads(rpath.read_text())
-    text, data = models_table(metrics, preds, names, reference=params.reference, n_boot=params.bootstrap, seed=base.seed)
+    baselines = {}
+    if args.baselines:
+        for b in BASELINES:
+            bpath = Path(args.baselines) / f"{b}.json"
+            if not bpath.is_file():
+                log.error("baseline %s has no metrics (%s); run the baselines stage", b, bpath)
+                return 1
+            baselines[b] = json.loads(bpath.read_text())
+    text, data = models_table(metrics, preds, names, reference=params.reference, n_boot=params.bootstrap, seed=base.seed,
+                              baselines=baselines)
     text += retrieval_table(retrieval)
     write_text(args.out, text)
     write_json(args.json, data)

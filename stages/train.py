@@ -16,6 +16,7 @@ import pandas as pd
 from cxr.data import DataError
 from cxr.labels import LabelError, label_names
 from cxr.models import ModelError
+from cxr.convert import card_settings
 from cxr.params import load_sections
 from cxr.io import sha256_file
 from cxr.train import TrainError, train_model
@@ -41,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("train")
-    loaded = load_sections(args.params, "base", "label", "train", log=log)
+    loaded = load_sections(args.params, "base", "label", "train", "convert", log=log)
     if loaded is None:
         return 2
-    base, label, params = loaded
+    base, label, params, convert = loaded
     hashes = {k: sha256_file(v) for k, v in (("images", args.table), ("labels", args.labels), ("splits", args.splits))}
     try:
         with tempfile.TemporaryDirectory(prefix="cxr-cache-") as tmp:
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                 uncertainty={"policy": dict(label.uncertainty.per_class), "default": label.uncertainty.default,
                              "blank": label.uncertainty.blank}, params=params, seed=base.seed, out_dir=args.out,
                 log_dir=args.log_dir, cache_dir=args.cache_dir or tmp, features_dir=args.features, unet_dir=args.unet,
-                data_hashes=hashes,
+                data_hashes=hashes, convert=card_settings(convert),
             )
     except (TrainError, DataError, ModelError, LabelError, OSError) as exc:
         log.error("%s", exc)

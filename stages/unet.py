@@ -15,7 +15,10 @@ import pandas as pd
 from cxr.anatomy.common import AnatomyError
 from cxr.anatomy.unet import train_unet
 from cxr.io import write_json
+from cxr.convert import card_settings
 from cxr.params import load_sections
+from cxr.sources.common import SourceError
+from cxr.sources.masks import find_masks
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -24,7 +27,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, help="images table (data/interim/images.parquet)")
     p.add_argument("--image-dir", required=True, help="PNG folder (data/interim/images)")
     p.add_argument("--splits", required=True, help="splits table (data/processed/splits.parquet)")
-    p.add_argument("--masks", required=True, help="organ masks folder (data/raw/masks/<image_id>/<structure>.png)")
+    p.add_argument("--raw", required=True, help="raw data folder (data/raw): organ masks in any layout of "
+                   "cxr.sources.masks (masks/<image_id>/<structure>.png, jsrt/masks/<structure>/<name>.gif)")
     p.add_argument("--out", required=True, help="model dir (models/unet)")
     p.add_argument("--live", default=None, help="DVCLive folder (reports/unet/live)")
     p.add_argument("--metrics", required=True, help="metrics JSON (reports/unet/metrics.json)")
@@ -35,16 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("unet")
-    loaded = load_sections(args.params, "base", "unet", log=log)
+    loaded = load_sections(args.params, "base", "unet", "convert", log=log)
     if loaded is None:
         return 2
-    base, params = loaded
+    base, params, convert = loaded
     try:
         _, metrics = train_unet(
             images=pd.read_parquet(args.images), splits=pd.read_parquet(args.splits), images_dir=args.image_dir,
-            masks_dir=args.masks, out_dir=args.out, params=params, seed=base.seed, live_dir=args.live,
+            masks=find_masks(args.raw), out_dir=args.out, params=params, seed=base.seed, live_dir=args.live,
+            convert=card_settings(convert),
         )
-    except (AnatomyError, FloatingPointError) as exc:
+    except (AnatomyError, SourceError, FloatingPointError) as exc:
         log.error("%s", exc)
         return 1
     write_json(args.metrics, metrics)

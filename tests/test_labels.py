@@ -178,8 +178,13 @@ def test_label_params_validation():
     assert parse_section("label", {}).vocabulary == "chexpert14"
     with pytest.raises(ParamsError, match="label.vocabulary"):
         parse_section("label", {"vocabulary": "klingon"})
-    with pytest.raises(ParamsError, match="exactly once"):
+    with pytest.raises(ParamsError, match="at most once"):
         parse_section("label", {"precedence": ["labeller", "labeller"]})
+    with pytest.raises(ParamsError, match="label.precedence"):
+        parse_section("label", {"precedence": ["nih", "klingon"]})
+    # sources left out follow in the default order (jsrt joined after the six older ones)
+    assert parse_section("label", {"precedence": ["nih"]}).precedence == [
+        "nih", "chexpert", "padchest", "mimic", "labeller", "imagenome", "jsrt"]
     with pytest.raises(ParamsError, match="label.uncertainty.default"):
         parse_section("label", {"uncertainty": {"default": "maybe"}})
     with pytest.raises(ParamsError, match="unknown key label.colour"):

@@ -495,9 +495,9 @@ def test_unsupported_localisation_is_explained(pipeline):
     (d / "gallery.png").unlink()
     _write_json(d / "localization.json", {"model": "anaxnet", "supported": False, "reason": "no <CAM> layers"})
     html, md = build_report(inputs, image_dir=img_dir)
-    assert "anaxnet: not localised: no &lt;CAM&gt; layers" in html
+    assert "anaxnet: localisation not applicable: no &lt;CAM&gt; layers" in html
     assert 'data-figure="gallery_anaxnet"' not in html and 'data-figure="gallery_densenet121"' in html
-    assert "| anaxnet | not supported |" in md
+    assert "| anaxnet | not applicable |" in md
 
 
 @pytest.mark.parametrize("mode", ["L", "I;16", "P", "RGB"])

@@ -12,6 +12,7 @@ import torch
 from cxr.anatomy.common import WEIGHTS, AnatomyError
 from cxr.anatomy.masks import dice_iou, read_mask, to_png_grid
 from cxr.anatomy.unet import OrganUNet, load_unet, mask_table, train_unet
+from cxr.sources.masks import find_masks
 from cxr.params import ParamsError, UnetParams, parse_section
 from stages import unet as unet_stage
 
@@ -53,7 +54,7 @@ def test_to_png_grid_follows_the_convert_geometry():
 
 def test_synthetic_masks_land_on_the_converted_image(anatomy_data):
     d = anatomy_data
-    table = mask_table(pd.read_parquet(d["images"]), pd.read_parquet(d["splits"]), d["raw"] / "masks",
+    table = mask_table(pd.read_parquet(d["images"]), pd.read_parquet(d["splits"]), find_masks(d["raw"]),
                        ["right_lung", "left_lung"])
     assert len(table) > 0
     row = table.iloc[0]
@@ -67,7 +68,7 @@ def test_synthetic_masks_land_on_the_converted_image(anatomy_data):
 def test_one_step_model_dir_round_trip(anatomy_data, tmp_path):
     d = anatomy_data
     model, metrics = train_unet(pd.read_parquet(d["images"]), pd.read_parquet(d["splits"]), d["image_dir"],
-                                d["raw"] / "masks", tmp_path / "unet", UnetParams(**FAST), seed=1, progress=False)
+                                find_masks(d["raw"]), tmp_path / "unet", UnetParams(**FAST), seed=1, progress=False)
     assert metrics["images"]["train"] > 0
     assert set(metrics["test"]["per_structure"]) == set(UnetParams().structures) or metrics["test"]["images"] == 0
     card = json.loads((tmp_path / "unet" / "card.json").read_text())
@@ -100,7 +101,7 @@ def test_errors_name_the_value(anatomy_data, tmp_path):
         parse_section("unet", {"encoder_depth": 3})
     with pytest.raises(AnatomyError, match="no training image has all masks"):
         train_unet(pd.read_parquet(anatomy_data["images"]), pd.read_parquet(anatomy_data["splits"]),
-                   anatomy_data["image_dir"], anatomy_data["raw"] / "masks", tmp_path / "u",
+                   anatomy_data["image_dir"], find_masks(anatomy_data["raw"]), tmp_path / "u",
                    UnetParams(**FAST, structures=["spleen"]), progress=False)
     with pytest.raises(AnatomyError, match="mask not found"):
         read_mask(tmp_path / "none.png")
@@ -113,7 +114,7 @@ def test_stage_writes_metrics(anatomy_data, tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("unet: " + json.dumps(FAST) + "\n")
     rc = unet_stage.main(["--params", str(params), "--images", str(d["images"]), "--image-dir", str(d["image_dir"]),
-                          "--splits", str(d["splits"]), "--masks", str(d["raw"] / "masks"),
+                          "--splits", str(d["splits"]), "--raw", str(d["raw"]),
                           "--out", str(tmp_path / "m"), "--live", str(tmp_path / "live"),
                           "--metrics", str(tmp_path / "unet.json")])
     assert rc == 0

@@ -255,10 +255,11 @@ def make_logger(live_dir: str | Path | None):
 
 
 def fit(module: L.LightningModule, loader: DataLoader, epochs: int, max_steps: int, device: torch.device,
-        live_dir: str | Path | None, seed: int) -> float:
-    """Train ``module`` with Lightning; returns the wall time in seconds."""
+        live_dir: str | Path | None, seed: int, precision: str = "32-true") -> float:
+    """Train ``module`` with Lightning (``precision``: a Lightning precision); returns the wall time in seconds."""
     trainer = L.Trainer(
         max_epochs=epochs, max_steps=max_steps, accelerator=lightning_accelerator(device), devices=1,
+        precision=precision,
         logger=make_logger(live_dir), enable_checkpointing=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=1, deterministic=False,
         enable_progress_bar=True, default_root_dir=None,
@@ -276,8 +277,10 @@ def train_detector(
     seed: int = 42,
     live_dir: str | Path | None = None,
     progress: bool = True,
+    convert: dict[str, Any] | None = None,
 ) -> tuple[FasterRCNN, dict[str, Any]]:
-    """Train on ``coco_dir/train.json``, save the model dir, return the model and its card.
+    """Train on ``coco_dir/train.json``, save the model dir, return the model and its card
+    (``convert``: the convert settings of the training PNGs, recorded in the card).
 
     Raises:
         AnatomyError: empty training split or bad backbone / weights.
@@ -307,6 +310,7 @@ def train_detector(
         "input": {"channels": 1, "size": params.image_size, "resize": "long side to size, aspect kept",
                   "range": [0.0, 1.0]},
         "normalisation": {"mean": list(MEAN), "std": list(STD), "applied_by": "model.transform"},
+        "convert": convert,
         "params": params.model_dump(),
         "seed": seed,
         "data": {"train_json_sha256": sha256_file(coco_dir / "train.json"), "train_images": len(train)},

@@ -32,6 +32,7 @@ from cxr.anatomy.common import (
     AnatomyError,
     fit_size,
     gray_first_conv,
+    lightning_accelerator,
     load_local_weights,
     ok_images,
     pick_device,
@@ -43,6 +44,7 @@ from cxr.anatomy.detector import fit
 from cxr.anatomy.masks import dice_iou, read_mask, resize_mask, to_png_grid
 from cxr.modeldir import load_state, save_model_dir
 from cxr.params import UnetParams
+from cxr.precision import precision_for
 
 log = logging.getLogger(__name__)
 
@@ -89,32 +91,46 @@ def load_unet(model_dir: str | Path) -> tuple[OrganUNet, list[str]]:
     return model.eval(), list(card["classes"])
 
 
-def mask_table(images: pd.DataFrame, splits: pd.DataFrame, masks_dir: str | Path,
+def mask_table(images: pd.DataFrame, splits: pd.DataFrame, masks: pd.DataFrame,
                structures: Sequence[str]) -> pd.DataFrame:
-    """Converted images with a split and every structure's mask file (image rows + ``split``)."""
+    """Converted images with a split and a mask file for every structure: image rows + ``split`` +
+    one ``mask:<structure>`` path column per structure.
+
+    Args:
+        masks: ``image_id, structure, path`` (:func:`cxr.sources.masks.find_masks`).
+    """
     imgs = ok_images(images).reset_index(drop=True)
-    masks_dir = Path(masks_dir)
-    have = [all((masks_dir / iid / f"{s}.png").is_file() for s in structures) for iid in imgs["image_id"]]
-    out = imgs[np.array(have, bool)].merge(splits[["image_id", "split"]], on="image_id", how="inner")
+    wide = (masks[masks["structure"].isin(structures)]
+            .pivot(index="image_id", columns="structure", values="path"))
+    for s in structures:
+        if s not in wide.columns:
+            wide[s] = np.nan
+    wide = wide[list(structures)].dropna().rename(columns={s: f"mask:{s}" for s in structures}).reset_index()
+    out = imgs.merge(wide, on="image_id", how="inner").merge(splits[["image_id", "split"]], on="image_id", how="inner")
     return out.sort_values("image_id", kind="stable").reset_index(drop=True)
+
+
+def mask_counts(masks: pd.DataFrame, structures: Sequence[str]) -> dict[str, int]:
+    """Mask files found per configured structure (what the raw data holds, before the split join)."""
+    return {s: int((masks["structure"] == s).sum()) for s in structures}
 
 
 class MaskImages(Dataset):
     """Images and organ masks at ``size x size`` (long side resized, then padded bottom / right)."""
 
-    def __init__(self, table: pd.DataFrame, images_dir: str | Path, masks_dir: str | Path,
-                 structures: Sequence[str], size: int, progress: bool = True):
+    def __init__(self, table: pd.DataFrame, images_dir: str | Path, structures: Sequence[str], size: int,
+                 progress: bool = True):
         self.items = []
-        for row in tqdm(table.itertuples(index=False), total=len(table), desc="load masks", unit="img",
+        for row in tqdm(table.to_dict("records"), total=len(table), desc="load masks", unit="img",
                         disable=not progress, mininterval=2):
-            img = read_gray(Path(images_dir) / row.png_path)
+            img = read_gray(Path(images_dir) / row["png_path"])
             h, w, _ = fit_size(*img.shape, size)
             x = np.zeros((1, size, size), np.uint8)
             x[0, :h, :w] = (resize_float(img, h, w) * 255).round().astype(np.uint8)
             y = np.zeros((len(structures), size, size), bool)
             for k, s in enumerate(structures):
-                m = to_png_grid(read_mask(Path(masks_dir) / row.image_id / f"{s}.png"), float(row.scale),
-                                int(row.offset_x), int(row.offset_y), int(row.out_rows), int(row.out_cols))
+                m = to_png_grid(read_mask(row[f"mask:{s}"]), float(row["scale"]), int(row["offset_x"]),
+                                int(row["offset_y"]), int(row["out_rows"]), int(row["out_cols"]))
                 y[k, :h, :w] = resize_mask(m, h, w)
             self.items.append((x, y))
 
@@ -126,17 +142,48 @@ class MaskImages(Dataset):
         return torch.from_numpy(x).float().div_(255), torch.from_numpy(y).float()
 
 
-class UNetModule(L.LightningModule):
-    """BCE + soft Dice, AdamW, one-cycle LR."""
+def augment_pair(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same small random affine for images and their masks (rotation +-7 deg, scale +-8 %, shift +-5 %),
+    plus brightness / contrast (+-10 %) and gamma (0.8-1.25) on the image only. No flips: left and right
+    are different structures. ``x`` in ``[0, 1]``; the random state comes only from ``generator``."""
+    import math
 
-    def __init__(self, model: OrganUNet, lr: float, weight_decay: float, total_steps: int):
+    b = x.shape[0]
+    u = (torch.rand(b, 7, generator=generator) * 2 - 1).to(x.device)
+    ang, sc = u[:, 0] * math.radians(7), 1 + 0.08 * u[:, 1]
+    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
+    theta = torch.stack([torch.stack([cos, -sin, 0.05 * u[:, 2]], 1), torch.stack([sin, cos, 0.05 * u[:, 3]], 1)], 1)
+    grid = nn.functional.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    xa = nn.functional.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+    ya = nn.functional.grid_sample(y, grid.to(y.dtype), align_corners=False, padding_mode="zeros")
+    gamma = torch.exp(u[:, 4] * math.log(1.25))[:, None, None, None]
+    mean = xa.mean(dim=(1, 2, 3), keepdim=True)
+    xa = ((xa.clamp(0, 1) ** gamma - mean) * (1 + 0.1 * u[:, 5, None, None, None]) + mean
+          + 0.1 * u[:, 6, None, None, None])
+    return xa.clamp(0, 1), ya
+
+
+class UNetModule(L.LightningModule):
+    """BCE + soft Dice, AdamW, one-cycle LR; channels_last; optional seeded paired augmentation."""
+
+    def __init__(self, model: OrganUNet, lr: float, weight_decay: float, total_steps: int,
+                 augment_seed: int | None = None):
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.total_steps = lr, weight_decay, max(1, total_steps)
+        self.augment_seed = augment_seed
+
+    def on_fit_start(self) -> None:
+        # NHWC: oneDNN / cuDNN convolutions run faster (1.2x here in fp32, 2.6x with bf16 autocast)
+        self.model.to(memory_format=torch.channels_last)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        logits = self.model(x)
+        if self.augment_seed is not None:
+            g = torch.Generator().manual_seed(self.augment_seed * 1_000_003 + self.global_step)
+            x, y = augment_pair(x, y, g)
+        x = x.contiguous(memory_format=torch.channels_last)
+        logits = self.model(x).float()
         p = torch.sigmoid(logits)
         inter = (p * y).sum((2, 3))
         soft_dice = (2 * inter + 1) / (p.sum((2, 3)) + y.sum((2, 3)) + 1)
@@ -179,12 +226,13 @@ def train_unet(
     images: pd.DataFrame,
     splits: pd.DataFrame,
     images_dir: str | Path,
-    masks_dir: str | Path,
+    masks: pd.DataFrame,
     out_dir: str | Path,
     params: UnetParams,
     seed: int = 42,
     live_dir: str | Path | None = None,
     progress: bool = True,
+    convert: dict[str, Any] | None = None,
 ) -> tuple[OrganUNet, dict[str, Any]]:
     """Train on the train split, evaluate on val and test, save the model dir; returns the model and metrics.
 
@@ -196,12 +244,13 @@ def train_unet(
     if params.image_size % (2 ** params.encoder_depth):
         raise AnatomyError(f"unet.image_size = {params.image_size} must be divisible by 2**encoder_depth = "
                            f"{2 ** params.encoder_depth}")
-    table = mask_table(images, splits, masks_dir, params.structures)
+    table = mask_table(images, splits, masks, params.structures)
     counts = {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")}
     if counts["train"] == 0:
-        raise AnatomyError(f"no training image has all masks {list(params.structures)} under {masks_dir} "
-                           f"(images with masks per split: {counts})")
-    data = {s: MaskImages(table[table["split"] == s], images_dir, masks_dir, params.structures, params.image_size,
+        raise AnatomyError(f"no training image has all masks {list(params.structures)} (mask files found per "
+                           f"structure: {mask_counts(masks, params.structures)}; images with every mask per split: "
+                           f"{counts})")
+    data = {s: MaskImages(table[table["split"] == s], images_dir, params.structures, params.image_size,
                           progress=progress) for s in ("train", "val", "test")}
     try:
         model = OrganUNet(params.structures, params.encoder, params.encoder_depth, params.decoder_channels)
@@ -220,10 +269,11 @@ def train_unet(
     steps = params.epochs * len(loader)
     if params.max_steps > 0:
         steps = min(steps, params.max_steps)
-    module = UNetModule(model, params.lr, params.weight_decay, steps)
-    seconds = fit(module, loader, params.epochs, params.max_steps, device, live_dir, seed)
-    model = module.model
-    metrics: dict[str, Any] = {"images": counts, "train_seconds": round(seconds, 1)}
+    module = UNetModule(model, params.lr, params.weight_decay, steps, augment_seed=seed if params.augment else None)
+    precision = precision_for(params.precision, lightning_accelerator(device))
+    seconds = fit(module, loader, params.epochs, params.max_steps, device, live_dir, seed, precision=precision)
+    model = module.model.to(memory_format=torch.contiguous_format)
+    metrics: dict[str, Any] = {"images": counts, "train_seconds": round(seconds, 1), "precision": precision}
     for split in ("val", "test"):
         metrics[split] = evaluate_unet(model, data[split], params.threshold, device=device)
     model = model.cpu().eval()
@@ -234,8 +284,8 @@ def train_unet(
                   "resize": "long side to size, aspect kept, padded bottom/right with 0"},
         "normalisation": {"mean": MEAN, "std": STD, "applied_by": "OrganUNet.forward"},
         "output": "logits [B, C, H, W]; sigmoid > threshold = mask", "threshold": params.threshold,
-        "params": params.model_dump(), "seed": seed, "metrics": {s: metrics[s].get("mean_dice") for s in ("val", "test")},
-        "data": {"images": counts},
+        "convert": convert, "precision": precision, "params": params.model_dump(), "seed": seed, "metrics": {s: metrics[s].get("mean_dice") for s in ("val", "test")},
+        "data": {"images": counts, "datasets": sorted(table["dataset"].dropna().unique().tolist())},
     }
     save_model_dir(out_dir, model, card)
     log.info("unet: test mean Dice %s in %.0f s", metrics["test"].get("mean_dice"), seconds)

@@ -35,8 +35,13 @@ def _f(x) -> float | None:
 
 def classification_metrics(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, patient_ids: Sequence,
                            names: Sequence[str], thresholds: Mapping[str, float], n_boot: int = 1000, ci: float = 0.95,
-                           ece_bins: int = 10, seed: int = 0) -> dict:
-    """Metrics of test predictions ``probs [N, C]`` against ``targets``/``mask`` (see module docstring)."""
+                           ece_bins: int = 10, seed: int = 0, min_positives: int = 10) -> dict:
+    """Metrics of test predictions ``probs [N, C]`` against ``targets``/``mask`` (see module docstring).
+
+    ``min_positives``: classes with fewer test positives are flagged (``few_positives``) and left out
+    of ``macro_auroc_common`` (with its own bootstrap CI over the same resamples); ``macro_auroc``
+    keeps every class with a defined AUROC.
+    """
     res = patient_resamples(patient_ids, n_boot, seed)
     per_auc = per_class_auroc(probs, targets, mask)
     boot_per = bootstrap(lambda r: per_class_auroc(probs[r], targets[r], mask[r]), res)
@@ -54,6 +59,14 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, mask: np.ndar
             "auprc": _f(auprc(s, y)), "threshold": _f(thresholds.get(n, 0.5)),
             **{k: _f(v) for k, v in op.items()}, "positives": int(y.sum()), "negatives": int((~y).sum()),
         }
+    common = np.array([per_class[n]["positives"] >= min_positives and per_class[n]["auroc"] is not None
+                       for n in names], bool)
+    for n, ok in zip(names, common):
+        per_class[n]["few_positives"] = bool(per_class[n]["positives"] < min_positives)
+    with np.errstate(all="ignore"):
+        boot_common = (np.array([np.nanmean(row[common]) if np.isfinite(row[common]).any() else np.nan for row in boot_per])
+                       if common.any() else np.array([np.nan]))
+    clo, chi = percentile_ci(boot_common, ci)
     mlo, mhi = percentile_ci(boot_macro, ci)
     ulo, uhi = percentile_ci(boot_micro, ci)
     auprcs = [v["auprc"] for v in per_class.values() if v["auprc"] is not None]
@@ -63,6 +76,10 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, mask: np.ndar
         "micro_auroc": _f(micro_auroc(probs, targets, mask)), "micro_auroc_ci_low": _f(ulo), "micro_auroc_ci_high": _f(uhi),
         "macro_auprc": _f(np.mean(auprcs)) if auprcs else None, "macro_f1": _f(np.mean(f1s)) if f1s else None,
         "ece": _f(expected_calibration_error(probs, targets, mask, ece_bins)),
+        "macro_auroc_common": _f(np.nanmean(per_auc[common])) if common.any() else None,
+        "macro_auroc_common_ci_low": _f(clo) if common.any() else None,
+        "macro_auroc_common_ci_high": _f(chi) if common.any() else None,
+        "common_classes": [n for n, ok in zip(names, common) if ok], "min_positives": int(min_positives),
         "classes_evaluated": int(np.isfinite(per_auc).sum()), "test_images": int(len(probs)),
         "test_patients": int(len(set(patient_ids))), "bootstrap": n_boot, "ci": ci, "per_class": per_class,
     }
@@ -99,7 +116,7 @@ def region_auroc(node_probs: np.ndarray, region_targets: np.ndarray, region_mask
 
 def evaluate_model(model_dir, *, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.DataFrame, images_dir,
                    cache_dir, features_dir=None, n_boot: int = 1000, ci: float = 0.95, ece_bins: int = 10, seed: int = 0,
-                   batch_size: int = 32, progress: bool = True) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+                   batch_size: int = 32, progress: bool = True, min_positives: int = 10) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Evaluate a model dir on the TEST split.
 
     Returns:
@@ -116,10 +133,11 @@ def evaluate_model(model_dir, *, images: pd.DataFrame, labels: pd.DataFrame, spl
     ds = build_datasets(name, images=images, labels=labels, splits=splits, images_dir=images_dir, names=names,
                         uncertainty=unc, which=("test",), image_size=card["input"].get("size", 0),
                         frontal_only=card["params"].get("frontal_only", True), cache_dir=cache_dir,
-                        features_dir=features_dir, progress=progress)["test"]
+                        features_dir=features_dir, progress=progress, datasets=card["params"].get("datasets"))["test"]
     probs = predict(model, ds, batch_size=batch_size, norm=card["input"].get("normalisation"))
     pids = ds.meta["patient_id"].astype(str).to_numpy()
-    metrics = classification_metrics(probs, ds.targets, ds.mask, pids, names, card["thresholds"], n_boot, ci, ece_bins, seed)
+    metrics = classification_metrics(probs, ds.targets, ds.mask, pids, names, card["thresholds"], n_boot, ci, ece_bins, seed,
+                                     min_positives=min_positives)
     metrics["model"] = name
     if name in REGION_MODELS:
         nodes, rt, rm = [], [], []

@@ -41,31 +41,54 @@ def _fmt(x, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}f}"
 
 
+_KEYS = ("macro_auroc", "macro_auroc_ci_low", "macro_auroc_ci_high", "macro_auroc_common", "macro_auroc_common_ci_low",
+         "macro_auroc_common_ci_high", "common_classes", "micro_auroc", "macro_auprc", "macro_f1", "ece", "test_images",
+         "test_patients")
+
+
+def _row(name: str, met: Mapping, p: str) -> str:
+    return (f"| {name} | {_fmt(met.get('macro_auroc'))} [{_fmt(met.get('macro_auroc_ci_low'))}, "
+            f"{_fmt(met.get('macro_auroc_ci_high'))}] | {_fmt(met.get('macro_auroc_common'))} "
+            f"[{_fmt(met.get('macro_auroc_common_ci_low'))}, {_fmt(met.get('macro_auroc_common_ci_high'))}] | "
+            f"{_fmt(met.get('micro_auroc'))} | {_fmt(met.get('macro_auprc'))} | "
+            f"{_fmt(met.get('macro_f1'))} | {_fmt(met.get('ece'))} | {met.get('test_images')} / {met.get('test_patients')} | {p} |")
+
+
 def models_table(metrics: Mapping[str, dict], predictions: Mapping[str, pd.DataFrame], names: Sequence[str],
-                 reference: str = "densenet121", n_boot: int = 1000, seed: int = 0) -> tuple[str, dict]:
-    """Markdown comparison table + its data (for ``reports/models.json``)."""
+                 reference: str = "densenet121", n_boot: int = 1000, seed: int = 0,
+                 baselines: Mapping[str, dict] | None = None) -> tuple[str, dict]:
+    """Markdown comparison table + its data (for ``reports/models.json``); ``baselines`` (the
+    ``baselines`` stage's metrics, same test split) are rows of their own below the models."""
     rows, data = [], {}
     for m in metrics:
         met = metrics[m]
         cmp = None
         if m != reference and reference in predictions:
             cmp = paired_comparison(predictions[m], predictions[reference], names, n_boot, seed)
-        data[m] = {k: met.get(k) for k in ("macro_auroc", "macro_auroc_ci_low", "macro_auroc_ci_high", "micro_auroc",
-                                           "macro_auprc", "macro_f1", "ece", "test_images", "test_patients")}
+        data[m] = {k: met.get(k) for k in _KEYS}
         data[m]["vs_reference"] = cmp
         p = "reference" if m == reference else ("n/a" if cmp is None else f"{cmp['p_value']:.3f} ({cmp['difference']:+.3f}, n={cmp['shared_images']})")
-        rows.append(f"| {m} | {_fmt(met.get('macro_auroc'))} [{_fmt(met.get('macro_auroc_ci_low'))}, "
-                    f"{_fmt(met.get('macro_auroc_ci_high'))}] | {_fmt(met.get('micro_auroc'))} | {_fmt(met.get('macro_auprc'))} | "
-                    f"{_fmt(met.get('macro_f1'))} | {_fmt(met.get('ece'))} | {met.get('test_images')} / {met.get('test_patients')} | {p} |")
+        rows.append(_row(m, met, p))
+    for b, met in (baselines or {}).items():
+        data[f"baseline:{b}"] = {k: met.get(k) for k in _KEYS}
+        data[f"baseline:{b}"]["per_class_auroc"] = {c: v.get("auroc") for c, v in met.get("per_class", {}).items()}
+        rows.append(_row(f"baseline: {b}", met, "-"))
+    common = next((met.get("common_classes") for met in metrics.values() if met.get("common_classes") is not None), None)
+    min_pos = next((met.get("min_positives") for met in metrics.values() if met.get("min_positives")), 10)
     head = [
         "# Classifier comparison (test split)",
         "",
         f"Macro AUROC with 95% CI by bootstrap over patients ({n_boot} replicates); F1 at thresholds chosen on the "
         f"validation split; p: paired patient-bootstrap test of the macro AUROC difference against {reference} "
-        "on the test images both models saw.",
+        "on the test images both models saw. Classes with at least "
+        f"{min_pos} test positives: {', '.join(common) if common else 'none'} (the other classes' AUROCs rest on too "
+        "few cases to read). Baselines (stage `baselines`, same split and truth): prevalence = every image scored with "
+        "the train prevalence; pixels16 = logistic regression on 16 x 16 downsampled pixels; metadata = logistic "
+        "regression on view, sex and age.",
         "",
-        "| model | macro AUROC [95% CI] | micro AUROC | macro AUPRC | macro F1 | ECE | test images / patients | p vs reference (diff, n) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| model | macro AUROC [95% CI] | macro AUROC, classes with >= {min_pos} test positives [95% CI] | micro AUROC | "
+        "macro AUPRC | macro F1 | ECE | test images / patients | p vs reference (diff, n) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     return "\n".join(head + rows) + "\n", data
 

@@ -6,6 +6,9 @@ The files are mirrored into ``data/raw`` without copying bytes when that is poss
   when the source is on another file system or links are not allowed;
 * ``hardlink`` / ``symlink`` / ``copy``: exactly that, failing with a clear error if impossible.
 
+``ingest.local.folders`` mirrors only some subfolders of the source, each under the name its
+adapter knows (``{nih: nih1000, jsrt: jsrt}``: ``data/raw/nih`` <- ``<source>/nih1000``).
+
 If the source *is* the output folder, nothing is touched. Files that vanished from the source
 are removed from the mirror; files already mirrored (same inode, same link target, or same size
 and mtime for copies) are left alone, so a rerun over a grown copy only adds what is new.
@@ -99,23 +102,44 @@ def _place(src: Path, dst: Path, mode: str) -> str:
         raise
 
 
-def mirror(src_dir: Path, out_dir: Path, mode: str = "auto") -> dict:
+def _selected(src_dir: Path, folders: dict[str, str] | None) -> dict[str, Path]:
+    """``data/raw``-relative path -> source file: the whole source, or only ``folders`` (renamed)."""
+    if not folders:
+        return {rel: src_dir / rel for rel in _list_files(src_dir)}
+    out: dict[str, Path] = {}
+    for name, sub in sorted(folders.items()):
+        sdir = src_dir / sub
+        if not sdir.is_dir():
+            raise LocalIngestError(f"ingest.local.folders: {name}: {sdir} is not a directory")
+        if not is_inside(sdir, src_dir):
+            raise LocalIngestError(f"ingest.local.folders: {name}: {sub!r} resolves outside the source {src_dir}")
+        for rel in _list_files(sdir):
+            out[f"{name}/{rel}"] = sdir / rel
+    return dict(sorted(out.items()))
+
+
+def mirror(src_dir: Path, out_dir: Path, mode: str = "auto", folders: dict[str, str] | None = None) -> dict:
     """Mirror ``src_dir`` into ``out_dir`` by links (or copies); see the module docstring.
+
+    Args:
+        folders: mirror only these subfolders of ``src_dir``, each under a new name:
+            ``out_dir/<key>/...`` <- ``src_dir/<value>/...`` (None or empty: the whole source).
 
     Returns:
         Summary: ``files`` (path, size), counts per method, ``unchanged``, ``removed``.
 
     Raises:
-        LocalIngestError: missing source, source and output nested in each other, link failure.
+        LocalIngestError: missing source or subfolder, source and output nested in each other, link failure.
     """
     src_dir, out_dir = Path(src_dir).expanduser(), Path(out_dir)
     if not src_dir.is_dir():
         raise LocalIngestError(f"ingest.source: local directory {src_dir} does not exist or is not a directory")
-    files = _list_files(src_dir)
-    if not files:
-        raise LocalIngestError(f"ingest.source: local directory {src_dir} contains no files")
+    pairs = _selected(src_dir, folders)
+    if not pairs:
+        raise LocalIngestError(f"ingest.source: local directory {src_dir} contains no files"
+                               + (f" in ingest.local.folders {folders}" if folders else ""))
     summary: dict = {"source": str(src_dir), "files": [], "unchanged": 0, "removed": 0}
-    if out_dir.exists() and os.path.samefile(src_dir, out_dir):
+    if out_dir.exists() and os.path.samefile(src_dir, out_dir) and not folders:
         log.info("source is the output folder %s: used in place", out_dir)
         summary["in_place"] = True
     else:
@@ -125,20 +149,19 @@ def mirror(src_dir: Path, out_dir: Path, mode: str = "auto") -> dict:
             )
         out_dir.mkdir(parents=True, exist_ok=True)
         remove_partial_files(out_dir)
-        wanted = set(files)
         for rel in _list_files(out_dir):
-            if rel not in wanted:
+            if rel not in pairs:
                 (out_dir / rel).unlink()
                 summary["removed"] += 1
-        for rel in tqdm(files, desc="link", unit="file", disable=None, leave=False):
-            s, d = src_dir / rel, out_dir / rel
+        for rel, s in tqdm(pairs.items(), desc="link", unit="file", disable=None, leave=False):
+            d = out_dir / rel
             if _up_to_date(s, d, mode):
                 summary["unchanged"] += 1
                 continue
             used = _place(s, d, mode)
             summary[used] = summary.get(used, 0) + 1
-    summary["files"] = [{"path": rel, "size": (src_dir / rel).stat().st_size} for rel in files]
-    log.info("local %s -> %s: %d files (%s)", src_dir, out_dir, len(files),
+    summary["files"] = [{"path": rel, "size": s.stat().st_size} for rel, s in pairs.items()]
+    log.info("local %s -> %s: %d files (%s)", src_dir, out_dir, len(pairs),
              {k: v for k, v in summary.items() if k not in ("files", "source")})
     return summary
 
@@ -146,7 +169,7 @@ def mirror(src_dir: Path, out_dir: Path, mode: str = "auto") -> dict:
 @register_source("file")
 def ingest_local(location: str, out_dir: Path, params: IngestParams, seed: int) -> dict:
     """Handler for local directories (``seed`` is unused). Writes ``<out_dir>/ingest-manifest.json``."""
-    summary = mirror(Path(location), Path(out_dir), params.local.mode)
+    summary = mirror(Path(location), Path(out_dir), params.local.mode, params.local.folders)
     manifest = {"source": "local", "files": summary["files"]}  # no absolute path: same bytes on every machine
     write_json(Path(out_dir) / MANIFEST, manifest)
     return summary

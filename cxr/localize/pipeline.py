@@ -40,7 +40,7 @@ from cxr.localize.boxes import BoxError, Geometry, heatmap_boxes, xywh_to_xyxy
 from cxr.localize.cam import image_heatmaps, supports_heatmaps
 from cxr.localize.gallery import Tile, render_gallery
 from cxr.localize.score import score_boxes
-from cxr.sources.nih import read_boxes
+from cxr.sources.nih import boxes_on_grid, read_boxes
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ def ground_truth(bbox_csv: str | Path, images: pd.DataFrame, splits: pd.DataFram
         and counts (boxes read, unmapped terms, boxes of images without an ``ok`` PNG or split).
     """
     raw, issues = read_boxes(bbox_csv, unknown="count")
+    raw, off_grid = boxes_on_grid(raw, images)
     lm = box_label_map(label_names)
     ok = images.loc[images["status"] == "ok", ["image_id"]]
     df = raw.merge(ok, on="image_id", how="inner").merge(splits[["image_id", "split"]], on="image_id", how="inner")
@@ -86,7 +87,8 @@ def ground_truth(bbox_csv: str | Path, images: pd.DataFrame, splits: pd.DataFram
     gt = pd.DataFrame(rows, columns=["image_id", "split", "label", "term", "x1", "y1", "x2", "y2"])
     gt = gt.drop_duplicates().sort_values(["split", "image_id", "label", "x1", "y1", "x2", "y2"], kind="stable")
     counts = {
-        "boxes_read": int(len(raw)),
+        "boxes_read": int(len(raw)) + off_grid,
+        "boxes_skipped_not_1024px": off_grid,
         "malformed_rows": len(issues),
         "boxes_without_usable_image": int(len(raw) - len(df)),
         "unmapped_terms": {str(k): int(v) for k, v in unmapped.items()},
@@ -352,6 +354,12 @@ def localize_model(model_dir: str | Path, *, images: pd.DataFrame, labels: pd.Da
             return {**head, "supported": False, "reason": f"no ground-truth box file {str(bbox_csv)!r} (NIH "
                     "BBox_List_2017.csv format): heatmap localisation has nothing to be scored against"}, None
         gt, counts = ground_truth(bbox_csv, images, splits, card["label_names"])
+        if not len(gt):
+            return {**head, "supported": False, "ground_truth": counts,
+                    "reason": f"no ground-truth finding box on a usable image ({counts['boxes_read']} boxes read, "
+                              f"{counts['boxes_skipped_not_1024px']} skipped because their NIH image is not "
+                              f"1024 x 1024, {counts['boxes_without_usable_image']} without a converted image "
+                              "in a split)"}, None
         res, png = localize_heatmaps(model, card, images=images, images_dir=images_dir, gt=gt, params=params, seed=seed)
         return {**head, **res, "ground_truth": counts}, png
     if callable(getattr(model, "forward_all", None)) and card.get("input", {}).get("kind") == "region_features":

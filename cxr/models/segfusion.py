@@ -39,11 +39,14 @@ class FrozenUNet(nn.Module):
         net: the segmentation network (logits ``[B, K, H, W]``).
         unit_range: the net expects intensities in [0, 1] (``cxr.anatomy.unet.OrganUNet``): the
             classifier input, normalised as ``(x - 0.5) / 0.25`` (cxr.data.NORMALISATION), is mapped back.
+        input_size: the side the net was trained at (the UNet card's ``input.size``): the (square)
+            classifier input is resized to it and the masks back to the input's size, so the UNet
+            sees images at the scale it learnt (None = feed the input as it is).
     """
 
-    def __init__(self, net: nn.Module, unit_range: bool = False):
+    def __init__(self, net: nn.Module, unit_range: bool = False, input_size: int | None = None):
         super().__init__()
-        self.net, self.unit_range = net, unit_range
+        self.net, self.unit_range, self.input_size = net, unit_range, input_size
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.net.eval()
@@ -59,6 +62,11 @@ class FrozenUNet(nn.Module):
                 from cxr.data import NORMALISATION
 
                 x = (x * NORMALISATION["std"] + NORMALISATION["mean"]).clamp(0, 1)
+            size = x.shape[-2:]
+            if self.input_size and tuple(size) != (self.input_size, self.input_size):
+                x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
+                                  antialias=self.input_size < max(size))
+                return F.interpolate(torch.sigmoid(self.net(x)), size=size, mode="bilinear", align_corners=False)
             return torch.sigmoid(self.net(x))
 
 
@@ -83,9 +91,10 @@ class SegFusionVANGCN(nn.Module):
 
     def __init__(self, num_classes: int = 14, in_chans: int = 1, image_size: int = 224, unet: nn.Module | None = None,
                  num_masks: int = 3, dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), adjacency: np.ndarray | None = None,
-                 node_dim: int = 64, hidden: int = 256):
+                 node_dim: int = 64, hidden: int = 256, unet_size: int | None = None):
         super().__init__()
-        self.unet = FrozenUNet(unet if unet is not None else default_unet(in_chans, num_masks), unit_range=unet is not None)
+        self.unet = FrozenUNet(unet if unet is not None else default_unet(in_chans, num_masks), unit_range=unet is not None,
+                               input_size=unet_size)
         with torch.no_grad():
             num_masks = int(self.unet(torch.zeros(1, in_chans, 64, 64)).shape[1])
         self.van = VAN(in_chans, tuple(dims), tuple(depths))
@@ -123,9 +132,12 @@ def segfusion_van_gcn(num_classes: int = 14, in_chans: int = 1, image_size: int 
                       num_masks: int = 3, dims=(32, 64, 160, 256), depths=(2, 2, 2, 2),
                       adjacency: np.ndarray | None = None, node_dim: int = 64, hidden: int = 256) -> SegFusionVANGCN:
     """SegFusion-VAN-GCN. ``unet_dir``: model dir of the ``unet`` stage (``cxr.anatomy.unet.load_unet``)."""
-    unet = None
+    unet, unet_size = None, None
     if unet_dir:
+        from cxr.anatomy.common import read_card
         from cxr.anatomy.unet import load_unet  # issue 5 contract: model dir -> (OrganUNet, class names)
 
         unet, _ = load_unet(unet_dir)
-    return SegFusionVANGCN(num_classes, in_chans, image_size, unet, num_masks, dims, depths, adjacency, node_dim, hidden)
+        unet_size = int(read_card(unet_dir)["input"]["size"])  # masks are predicted at the UNet's training scale
+    return SegFusionVANGCN(num_classes, in_chans, image_size, unet, num_masks, dims, depths, adjacency, node_dim, hidden,
+                           unet_size)

@@ -77,7 +77,7 @@ def localization_section(dag: Dag, inputs: ReportInputs) -> tuple[Section, list[
     rows = []
     for st, m, d, p, loc in loaded:
         if not loc["supported"]:
-            rows.append((m, "not supported", "-", "-", *["-"] * len(acc_cols)))
+            rows.append((m, "not applicable", "-", "-", *["-"] * len(acc_cols)))
             continue
         sc = _scores_of(loc, p)
         micro = get(sc, "micro", p, dict)
@@ -98,7 +98,7 @@ def localization_section(dag: Dag, inputs: ReportInputs) -> tuple[Section, list[
     failures: dict[tuple[str, Any, str], list[str]] = {}
     for st, m, d, p, loc in loaded:
         if not loc["supported"]:
-            blocks.append(Text(f"{m}: not localised: {loc.get('reason', 'no reason recorded')}"))
+            blocks.append(Text(f"{m}: localisation not applicable: {loc.get('reason', 'no reason recorded')}"))
             continue
         sc = _scores_of(loc, p)
         per = get(sc, "per_class", p, dict)

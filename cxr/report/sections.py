@@ -17,6 +17,7 @@ from cxr.report.blocks import Section, Svg, Text, fmt, table
 from cxr.report.charts import PALETTE, dag_mermaid, dag_svg, roc_legend, roc_svg
 from cxr.report.dag import Dag, flatten, norm
 from cxr.report.errors import ReportError
+from cxr.applicability import reason_of
 from cxr.report.inputs import ReportInputs, get, is_timing, read_csv, read_json, read_parquet
 
 
@@ -146,6 +147,8 @@ def data_section(dag: Dag, inputs: ReportInputs) -> Section:
 
     if absent := absent_note(dag, inputs.coco, "scene-graph conversion summary"):
         blocks.append(Text(absent))
+    elif na := reason_of(read_json(inputs.coco, dag)):
+        blocks.append(Text(f"Chest ImaGenome -> COCO: not applicable: {na}"))
     else:
         co = read_json(inputs.coco, dag)
         imgs, anns = get(co, "images", inputs.coco, dict), get(co, "annotations", inputs.coco, dict)
@@ -155,6 +158,8 @@ def data_section(dag: Dag, inputs: ReportInputs) -> Section:
 
     if absent := absent_note(dag, inputs.features, "region feature summary"):
         blocks.append(Text(absent))
+    elif na := reason_of(read_json(inputs.features, dag)):
+        blocks.append(Text(f"Region features: not applicable: {na}"))
     else:
         fe = read_json(inputs.features, dag)
         per = get(fe, "images_per_split", inputs.features, dict)
@@ -211,7 +216,7 @@ def failures_section(dag: Dag, inputs: ReportInputs, extra: Sequence[tuple[str, 
         for k, v in sorted(get(sp, "excluded", inputs.split, dict).items()):
             if v:
                 rows.append(("split", f"excluded: {k.replace('_', ' ')}", v, "-"))
-    if not absent_note(dag, inputs.coco, ""):
+    if not absent_note(dag, inputs.coco, "") and not reason_of(read_json(inputs.coco, dag)):
         co = read_json(inputs.coco, dag)
         if co.get("malformed_graphs"):
             rows.append(("coco", "malformed scene graphs", co["malformed_graphs"], "-"))
@@ -222,7 +227,7 @@ def failures_section(dag: Dag, inputs: ReportInputs, extra: Sequence[tuple[str, 
                 rows.append(("coco", f"{s} images missing regions", v, "-"))
         for r, v in sorted((co.get("missing_per_region") or {}).items()):
             rows.append(("coco", f"region missing: {r}", v, "-"))
-    if not absent_note(dag, inputs.features, ""):
+    if not absent_note(dag, inputs.features, "") and not reason_of(read_json(inputs.features, dag)):
         fe = read_json(inputs.features, dag)
         if fe.get("images_missing_regions"):
             rows.append(("features", "images with a region not detected", fe["images_missing_regions"],
@@ -268,6 +273,7 @@ def classifiers_section(dag: Dag, inputs: ReportInputs, evals: dict[str, tuple[d
     if absent := absent_note(dag, inputs.evaluation, "classifier evaluation"):
         return Section("classifiers", title, absent=absent)
     blocks: list = []
+    base: dict[str, dict] = {}  # per-class AUROC of the pixel / metadata baselines (models.json)
     if absent := absent_note(dag, inputs.models, "model comparison table"):
         blocks.append(Text(absent))
     else:
@@ -278,25 +284,38 @@ def classifiers_section(dag: Dag, inputs: ReportInputs, evals: dict[str, tuple[d
             if not isinstance(r, dict):
                 raise ReportError(f"{inputs.models}: entry {m!r} should be an object, got {type(r).__name__}")
             vs = r.get("vs_reference")
+            versus = ("baseline" if m.startswith("baseline:") else "reference" if vs is None else
+                      f"{fmt(vs.get('difference'))} (p={fmt(vs.get('p_value'))}, n={fmt(vs.get('shared_images'))})")
             rows.append((m, _ci(get(r, "macro_auroc", inputs.models, (int, float)), r.get("macro_auroc_ci_low"),
                                 r.get("macro_auroc_ci_high")),
+                         _ci(r.get("macro_auroc_common"), r.get("macro_auroc_common_ci_low"),
+                             r.get("macro_auroc_common_ci_high")),
                          r.get("micro_auroc"), r.get("macro_auprc"), r.get("macro_f1"), r.get("ece"),
-                         f"{fmt(r.get('test_images'))} / {fmt(r.get('test_patients'))}",
-                         "reference" if vs is None else f"{fmt(vs.get('difference'))} (p={fmt(vs.get('p_value'))}, "
-                                                        f"n={fmt(vs.get('shared_images'))})"))
+                         f"{fmt(r.get('test_images'))} / {fmt(r.get('test_patients'))}", versus))
         ci = next((e[0].get("ci") for e in evals.values()), None)
         blocks.append(table("models", f"Model comparison ({inputs.models.name}): macro AUROC with "
                                       f"{fmt(ci, 2) if ci else 'bootstrap'} CI over patients; F1 at validation thresholds",
-                            ("model", "macro AUROC [CI]", "micro AUROC", "macro AUPRC", "macro F1", "ECE",
-                             "test images / patients", "vs reference: diff (p, n)"), rows))
+                            ("model", "macro AUROC [CI]", "macro AUROC, common classes [CI]", "micro AUROC",
+                             "macro AUPRC", "macro F1", "ECE", "test images / patients", "vs reference: diff (p, n)"),
+                            rows))
+        base = {m: r.get("per_class_auroc") or {} for m, r in mj.items() if m.startswith("baseline:") and
+                m != "baseline:prevalence"}
     models = list(evals)
     classes = sorted({c for met, _ in evals.values() for c in met["per_class"]})
-    blocks.append(table("per_class_auroc", "Per-class AUROC [CI] (positives in test)",
-                        ("class", *models),
-                        [(c, *[_ci(evals[m][0]["per_class"].get(c, {}).get("auroc"),
-                                   evals[m][0]["per_class"].get(c, {}).get("auroc_ci_low"),
-                                   evals[m][0]["per_class"].get(c, {}).get("auroc_ci_high"))
-                               + f" ({fmt(evals[m][0]['per_class'].get(c, {}).get('positives'))})" for m in models])
+
+    def few(c):
+        return any(evals[m][0]["per_class"].get(c, {}).get("few_positives") for m in models)
+
+    blocks.append(table("per_class_auroc", "Per-class AUROC [CI] (positives in test); (!) = fewer than "
+                        f"{next((e[0].get('min_positives') for e in evals.values() if e[0].get('min_positives')), 10)} "
+                        "test positives: too few to read, left out of the common-class macro",
+                        ("class", *models, *base),
+                        [(c + (" (!)" if few(c) else ""),
+                          *[_ci(evals[m][0]["per_class"].get(c, {}).get("auroc"),
+                                evals[m][0]["per_class"].get(c, {}).get("auroc_ci_low"),
+                                evals[m][0]["per_class"].get(c, {}).get("auroc_ci_high"))
+                            + f" ({fmt(evals[m][0]['per_class'].get(c, {}).get('positives'))})" for m in models],
+                          *[fmt(b.get(c)) for b in base.values()])
                          for c in classes]))
     blocks.append(table("per_class_f1", "Per-class F1 / sensitivity / specificity at the validation threshold",
                         ("class", *models),
@@ -339,6 +358,8 @@ def anatomy_section(dag: Dag, inputs: ReportInputs) -> Section:
     blocks: list = []
     if absent := absent_note(dag, inputs.detector, "detector metrics"):
         blocks.append(Text(absent))
+    elif na := reason_of(read_json(inputs.detector, dag)):
+        blocks.append(Text(f"Region detector: not applicable: {na}"))
     else:
         det = read_json(inputs.detector, dag)
         splits = [s for s in ("val", "test") if s in det]

@@ -101,7 +101,7 @@ def retrieve_model(model_dir: str | Path, *, images: pd.DataFrame, labels: pd.Da
     ds = build_datasets(name, images=images, labels=labels, splits=splits, images_dir=images_dir, names=names,
                         uncertainty=card.get("uncertainty", {}), which=which, image_size=card["input"].get("size", 0),
                         frontal_only=card["params"].get("frontal_only", True), cache_dir=cache_dir,
-                        features_dir=features_dir, progress=progress)
+                        features_dir=features_dir, progress=progress, datasets=card["params"].get("datasets"))
     vecs = {s: embed_dataset(model, ds[s], batch_size=params.batch_size, norm=norm, progress=progress) for s in which}
     tables = {s: ds[s].meta[[*ITEM_COLUMNS, *names]].reset_index(drop=True) for s in which}
     q_items, q_vec = tables["test"], vecs["test"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from cxr.sources import chexpert, imagenome, mimic, nih, openi, padchest
+from cxr.sources import chexpert, imagenome, jsrt, mimic, nih, openi, padchest
 from cxr.sources.common import DATASET_FOLDERS, Issue, SourceError, SourceTables, safe_id
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def read_raw(raw_dir: str | Path, unknown: str = "error", progress: bool = True)
         progress: show progress bars on long loops.
 
     Returns:
-        Adapter name -> tables, in a fixed order (mimic, imagenome, padchest, nih, chexpert, openi).
+        Adapter name -> tables, in a fixed order (mimic, imagenome, padchest, nih, chexpert, openi, jsrt).
 
     Raises:
         SourceError: ``raw_dir`` is missing, holds no known dataset, or an adapter fails.
@@ -70,6 +70,7 @@ def read_raw(raw_dir: str | Path, unknown: str = "error", progress: bool = True)
         "nih": lambda f: nih.read_folder(f, unknown=unknown),
         "chexpert": _read_chexpert,
         "openi": openi.read_folder,
+        "jsrt": jsrt.read_folder,
     }
     out = {}
     for name in readers:

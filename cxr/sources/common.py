@@ -42,6 +42,8 @@ DATASET_FOLDERS = {
     "chexpert-v1.0": "chexpert",
     "chexpert-v1.0-small": "chexpert",
     "openi": "openi",
+    "jsrt": "jsrt",
+    "scr": "jsrt",
 }
 
 class SourceError(ValueError):

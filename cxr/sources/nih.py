@@ -153,6 +153,32 @@ def read_boxes(path: str | Path, unknown: str = "error") -> tuple[pd.DataFrame, 
     return boxes, issues
 
 
+#: NIH boxes are in the pixel grid of the released 1024 x 1024 PNGs.
+BOX_GRID = (1024, 1024)
+
+
+def boxes_on_grid(boxes: pd.DataFrame, images: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Keep the boxes whose image can carry them: NIH images must be 1024 x 1024 (the boxes' grid).
+
+    Boxes of ``nih`` images of any other size (thumbnails, re-exports) are dropped and counted;
+    boxes of other datasets' images (the synthetic cohort's NIH-format boxes, drawn in their own
+    source pixels) are kept.
+
+    Args:
+        boxes: :func:`read_boxes` output.
+        images: images.parquet rows with ``image_id, dataset, rows, cols``.
+
+    Returns:
+        The boxes kept and the number skipped.
+    """
+    info = images[["image_id", "dataset", "rows", "cols"]].drop_duplicates("image_id").set_index("image_id")
+    ds = boxes["image_id"].map(info["dataset"])
+    shape_ok = ((boxes["image_id"].map(info["rows"]) == BOX_GRID[0])
+                & (boxes["image_id"].map(info["cols"]) == BOX_GRID[1]))
+    keep = (ds != DATASET) | shape_ok
+    return boxes[keep.to_numpy()].reset_index(drop=True), int((~keep).sum())
+
+
 def read_split_list(path: str | Path) -> set[str]:
     """Image ids listed in ``train_val_list.txt`` or ``test_list.txt`` (one file name per line)."""
     path = Path(path)
