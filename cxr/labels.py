@@ -9,7 +9,9 @@ Label values everywhere: 1 positive, 0 negative, -1 uncertain, NaN not mentioned
 * :func:`to_space` maps a native label table into a target space. Several source terms mapping
   to one target label combine like the CheXpert labeller's mentions: any 1 -> 1, else any -1 ->
   -1, else any 0 -> 0. Exhaustively annotated datasets (NIH, PadChest: a finding not listed is
-  absent) fill the remaining blanks with 0. "No Finding" follows the CheXpert rule: 1 only when
+  absent) fill the remaining blanks with 0 - but only for target labels that some term of their
+  vocabulary can express (:func:`expressible`); a label the dataset never annotates (NIH has no
+  Fracture, Support Devices, catheter, ...) stays unknown (NaN), never an invented negative. "No Finding" follows the CheXpert rule: 1 only when
   no other label (devices excepted) is 1 or -1, otherwise blank - never 0.
 * :func:`apply_uncertainty` turns stored raw values into training targets + a loss mask per the
   per-class policy (U-Ones, U-Zeros, U-Ignore; Irvin et al. 2019). It runs at training time; the
@@ -65,6 +67,8 @@ NO_FINDING_IGNORE = {
     "chestxray14": (),
     "padchest22": ("catheter", "electrical device", "nsg tube", "surgery"),
 }
+#: No Finding label name -> labels that do not block it (any space).
+_NF_IGNORE = {nf: tuple(x for sp, f in NO_FINDING.items() if f == nf for x in NO_FINDING_IGNORE[sp]) for nf in NO_FINDING.values()}
 SOURCE_VOCABS = ("chexpert14", "chestxray14", "padchest", "imagenome")
 UNCERTAINTY_POLICIES = ("ones", "zeros", "ignore")
 _MAPPED_SPACES = ("chexpert14", "chestxray14", "anaxnet9", "padchest22")
@@ -144,6 +148,16 @@ def load_map(vocab: str) -> pd.DataFrame:
     return _load_map_cached(vocab).copy()
 
 
+def expressible(vocab: str, space: str) -> frozenset[str]:
+    """Labels of the mapped ``space`` that at least one term of ``vocab`` maps to.
+
+    An exhaustive source (a finding not listed is absent) may say "absent" only for these: a label
+    none of its terms can express was never annotated, so it stays unknown.
+    """
+    table = load_map(vocab)
+    return frozenset(t for cell in table[space] for t in cell.split("|") if t)
+
+
 def _combine(stack: np.ndarray) -> np.ndarray:
     """Combine values along axis 1: any 1 -> 1, else any -1 -> -1, else any 0 -> 0, else NaN."""
     if stack.shape[1] == 0:
@@ -169,7 +183,8 @@ def to_space(
         space: target space (see :data:`LABEL_SPACES`) or an explicit label list
             (:func:`resolve_space`).
         key: id column carried over.
-        exhaustive: blanks mean absent (NIH, PadChest): remaining NaN findings become 0.
+        exhaustive: blanks mean absent (NIH, PadChest): remaining NaN findings become 0, for the
+            labels some term of ``vocab`` expresses (:func:`expressible`); the others stay NaN.
 
     Returns:
         ``key`` + the labels of ``space`` in order.
@@ -215,9 +230,10 @@ def to_space(
             if target in targets:
                 targets[target].append(j)
     nf = NO_FINDING.get(space)
+    fillable = expressible(vocab, space) if exhaustive else frozenset()
     for n in names:
         col = _combine(values[:, targets[n]])
-        if exhaustive and n != nf:
+        if n in fillable and n != nf:
             col = np.where(np.isnan(col), 0.0, col)
         out[n] = col
     if nf:
@@ -245,6 +261,10 @@ def apply_uncertainty(
             -1 -> 0) or ``ignore`` (U-Ignore: masked out of the loss).
         default: policy for classes not in ``policy``.
         blank: ``zeros`` (not mentioned = negative, CheXpert practice) or ``ignore`` (masked).
+            "No Finding" (padchest22 "normal") is only ever 1 or blank: its blank means "a finding
+            was reported" when another label of the row (devices excepted) is 1 or -1, and is then
+            a negative (target 0, in the loss) under either blank policy - masking it would train
+            No Finding on positives only. Its other blanks follow ``blank``.
 
     Returns:
         ``(targets, mask)``: float32 ``[N, C]`` in {0, 1} and bool ``[N, C]`` (False = no loss).
@@ -268,6 +288,11 @@ def apply_uncertainty(
     mask = np.ones_like(raw, dtype=bool)
     if blank == "ignore":
         mask &= ~np.isnan(raw)
+    for j, n in enumerate(names):
+        if n in _NF_IGNORE:
+            others = [k for k, m in enumerate(names) if k != j and m not in _NF_IGNORE[n]]
+            found = np.isin(raw[:, others], (1.0, -1.0)).any(1) & np.isnan(raw[:, j])
+            mask[found, j] = True  # target already 0
     for j, n in enumerate(names):
         p = policy.get(n, default)
         unc = raw[:, j] == -1.0

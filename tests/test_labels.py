@@ -79,6 +79,20 @@ def test_exhaustive_sources_fill_absent_findings_with_zero():
     assert np.isnan(sparse.loc["a", "Edema"])
 
 
+def test_exhaustive_nih_never_invents_negatives_it_cannot_express():
+    native = pd.DataFrame({"image_id": ["a", "b"], "No Finding": [1, NAN], "Effusion": [NAN, 1]})
+    cx = to_space(native, "chestxray14", "chexpert14", exhaustive=True).set_index("image_id")
+    assert cx.loc["a", "Pleural Effusion"] == 0 and cx.loc["b", "Atelectasis"] == 0  # NIH annotates these
+    for n in ("Enlarged Cardiomediastinum", "Fracture", "Support Devices"):  # no NIH term expresses them
+        assert cx[n].isna().all(), n
+    pc = to_space(native, "chestxray14", "padchest22", exhaustive=True).set_index("image_id")
+    assert pc.loc["a", "emphysema"] == 0 and pc.loc["b", "pleural effusion"] == 1
+    for n in ("catheter", "electrical device", "nsg tube", "surgery", "tuberculosis", "aortic elongation",
+              "thoracic cage deformation"):
+        assert pc[n].isna().all(), n
+    assert pc.loc["a", "normal"] == 1  # a missing device label does not block No Finding
+
+
 def test_binary_space():
     native = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "normal": [1, 0, 0, 0],
                            "pleural effusion": [0, 1, 0, 0], "nsg tube": [0, 0, 1, 0], "suboptimal study": [0, 0, 0, 1]})
@@ -111,6 +125,19 @@ def test_uncertainty_policies():
         apply_uncertainty(df, ["A", "B"], blank="ones")
     with pytest.raises(LabelError, match="other than 1, 0, -1"):
         apply_uncertainty(pd.DataFrame({"A": [3]}), ["A"])
+
+
+def test_blank_ignore_still_gives_no_finding_negatives():
+    # No Finding is only ever 1 or blank; a blank beside a positive / uncertain finding means "not normal".
+    df = pd.DataFrame({"No Finding": [1, NAN, NAN, NAN], "Edema": [NAN, 1, -1, NAN],
+                       "Support Devices": [NAN, NAN, NAN, 1]})
+    t, m = apply_uncertainty(df, list(df.columns), default="ignore", blank="ignore")
+    assert m[:, 0].tolist() == [True, True, True, False]  # row 4: devices only -> unknown, masked
+    assert t[:, 0].tolist() == [1, 0, 0, 0]
+    assert m[:, 1].tolist() == [False, True, False, False]  # other classes keep the blank policy
+    pc = pd.DataFrame({"normal": [1, NAN, NAN], "cardiomegaly": [NAN, 1, NAN], "catheter": [NAN, NAN, 1]})
+    t, m = apply_uncertainty(pc, list(pc.columns), blank="ignore")
+    assert m[:, 0].tolist() == [True, True, False] and t[:, 0].tolist() == [1, 0, 0]
 
 
 def _cand(src_vals, ids=("a", "b", "c")):
