@@ -141,12 +141,19 @@ def normalise(x: torch.Tensor, norm: dict | None = None) -> torch.Tensor:
 
 def join_split(images: pd.DataFrame, labels: pd.DataFrame, splits: pd.DataFrame, names: Sequence[str],
                split: str | Sequence[str], frontal_only: bool = True) -> pd.DataFrame:
-    """Rows of ``split`` (``ok`` images only) with image metadata, patient and label columns, in a stable order."""
+    """Rows of ``split`` (``ok`` images only) with image metadata, patient and label columns, in a stable order.
+
+    ``patient_key`` is ``dataset:patient_id`` (as in :mod:`cxr.split`) when ``splits`` has a dataset column.
+    """
     want = [split] if isinstance(split, str) else list(split)
     missing = [n for n in names if n not in labels.columns]
     if missing:
         raise DataError(f"labels table lacks label column(s) {missing}; was the label stage run with this base.label_space?")
-    df = splits.loc[splits["split"].isin(want), ["image_id", "patient_id", "split"]]
+    df = splits.loc[splits["split"].isin(want), ["image_id", "patient_id", "split"]].copy()
+    # The cluster of every patient-level statistic (bootstrap, retrieval exclusion) is the split's
+    # key: patient ids are only unique within their dataset (NIH patient 1 is not MIMIC patient 1).
+    pid = splits.loc[df.index, "patient_id"].astype(str)
+    df["patient_key"] = (splits.loc[df.index, "dataset"].astype(str) + ":" + pid) if "dataset" in splits.columns else pid
     img = images.loc[images["status"] == "ok", ["image_id", "png_path", "view"]]
     df = df.merge(img, on="image_id", how="inner").merge(labels[["image_id", *names]], on="image_id", how="inner")
     if frontal_only:

@@ -407,6 +407,13 @@ class TrainParams(_Section):
         return v
 
 
+class TruthParams(_Section):
+    """The one test truth every model and experiment is scored against (independent of ``label.uncertainty``)."""
+
+    uncertain: _UNCERTAINTY = Field("ignore", description="stored -1 test labels: masked (ignore), ones or zeros")
+    blank: Literal["zeros", "ignore"] = Field("zeros", description="not mentioned test labels: negative (zeros) or masked")
+
+
 class EvaluateParams(_Section):
     """Test-set evaluation of each trained model (cxr.evaluate)."""
 
@@ -414,6 +421,7 @@ class EvaluateParams(_Section):
     ci: float = Field(0.95, gt=0.5, lt=1, description="confidence level of the intervals")
     ece_bins: int = Field(10, ge=2, le=100, description="bins of the expected calibration error")
     reference: str = Field("densenet121", description="model the comparison table tests every other model against")
+    truth: TruthParams = TruthParams()
 
 
 class LocalizeParams(_Section):

@@ -55,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
             log.error("model %s has no retrieval result (%s); run retrieve@%s", m, rpath, m)
             return 1
         retrieval[m] = json.loads(rpath.read_text())
-    text, data = models_table(metrics, preds, names, reference=params.reference, n_boot=params.bootstrap, seed=base.seed)
+    try:
+        text, data = models_table(metrics, preds, names, reference=params.reference, n_boot=params.bootstrap,
+                                  seed=base.seed)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 1
     text += retrieval_table(retrieval)
     write_text(args.out, text)
     write_json(args.json, data)
