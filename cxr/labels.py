@@ -5,7 +5,11 @@ Label values everywhere: 1 positive, 0 negative, -1 uncertain, NaN not mentioned
 * :data:`LABEL_SPACES` - the target spaces (chexpert14, chestxray14, anaxnet9, padchest22, binary).
 * Vocabulary maps are data files (``cxr/labeler/vocab/maps/<vocab>.csv``): one row per source
   term, one column per target space naming the target label(s) (``|``-separated; empty = no
-  counterpart). Source vocabularies: chexpert14, chestxray14, padchest, imagenome.
+  counterpart), and an optional ``note`` column that states why a term departs from the meaning
+  it has in another map or space. A target written ``Label?`` is implied at most as uncertain
+  (heart failure -> Cardiomegaly, as in the CheXpert labeller): a positive or uncertain term adds
+  a -1 to that label's values, a negative or blank one adds nothing. Source vocabularies:
+  chexpert14, chestxray14, padchest, imagenome.
 * :func:`to_space` maps a native label table into a target space. Several source terms mapping
   to one target label combine like the CheXpert labeller's mentions: any 1 -> 1, else any -1 ->
   -1, else any 0 -> 0. Exhaustively annotated datasets (NIH, PadChest: a finding not listed is
@@ -124,28 +128,31 @@ def _load_map_cached(vocab: str) -> pd.DataFrame:
     with ref.open("r", encoding="utf-8") as fh:
         df = pd.read_csv(fh, dtype=str, keep_default_na=False)
     expected = ["term", *_MAPPED_SPACES]
-    if list(df.columns) != expected:
-        raise LabelError(f"maps/{vocab}.csv: columns {list(df.columns)}, expected {expected}")
+    if list(df.columns) not in (expected, [*expected, "note"]):
+        raise LabelError(f"maps/{vocab}.csv: columns {list(df.columns)}, expected {expected} (+ optional note)")
+    if "note" not in df.columns:
+        df["note"] = ""
     if df["term"].duplicated().any():
         raise LabelError(f"maps/{vocab}.csv: duplicate terms {sorted(df.loc[df['term'].duplicated(), 'term'])}")
     for space in _MAPPED_SPACES:
         allowed = set(LABEL_SPACES[space])
         for cell in df[space]:
-            bad = [t for t in cell.split("|") if t and t not in allowed]
+            bad = [t for t in cell.split("|") if t and t.removesuffix("?") not in allowed]
             if bad:
                 raise LabelError(f"maps/{vocab}.csv: column {space} names {bad}, not labels of {space}")
     return df
 
 
-def load_map(vocab: str) -> pd.DataFrame:
-    """The packaged map of a source vocabulary (columns: term + one per mapped space).
+def load_map(vocab: str, notes: bool = False) -> pd.DataFrame:
+    """The packaged map of a source vocabulary (columns: term + one per mapped space [+ note]).
 
     Raises:
         LabelError: unknown vocabulary or a malformed map file.
     """
     if vocab not in SOURCE_VOCABS:
         raise LabelError(f"no map for vocabulary {vocab!r}; known: {list(SOURCE_VOCABS)}")
-    return _load_map_cached(vocab).copy()
+    df = _load_map_cached(vocab)
+    return (df if notes else df.drop(columns="note")).copy()
 
 
 def expressible(vocab: str, space: str) -> frozenset[str]:
@@ -155,7 +162,7 @@ def expressible(vocab: str, space: str) -> frozenset[str]:
     none of its terms can express was never annotated, so it stays unknown.
     """
     table = load_map(vocab)
-    return frozenset(t for cell in table[space] for t in cell.split("|") if t)
+    return frozenset(t for cell in table[space] for t in cell.split("|") if t and not t.endswith("?"))
 
 
 def _combine(stack: np.ndarray) -> np.ndarray:
@@ -224,15 +231,19 @@ def to_space(
         out["Abnormal"] = abnormal
         return out
     targets: dict[str, list[int]] = {n: [] for n in names}
+    implied: dict[str, list[int]] = {n: [] for n in names}  # "Label?": at most uncertain
     for j, t in enumerate(terms):
         cell = "other findings" if t == "other" else table.at[rows[t], space]
         for target in filter(None, cell.split("|")):
-            if target in targets:
-                targets[target].append(j)
+            into = implied if target.endswith("?") else targets
+            if target.removesuffix("?") in into:
+                into[target.removesuffix("?")].append(j)
     nf = NO_FINDING.get(space)
     fillable = expressible(vocab, space) if exhaustive else frozenset()
     for n in names:
-        col = _combine(values[:, targets[n]])
+        weak = values[:, implied[n]]
+        weak = np.where(np.isin(weak, (1.0, -1.0)), -1.0, np.nan)
+        col = _combine(np.concatenate([values[:, targets[n]], weak], axis=1))
         if n in fillable and n != nf:
             col = np.where(np.isnan(col), 0.0, col)
         out[n] = col
