@@ -50,6 +50,7 @@ from cxr.executor import Executor, make_executor
 from cxr.io import sha256_file, write_bytes, write_json, write_parquet
 from cxr.params import ConvertParams
 from cxr.sources.common import DATASET_FOLDERS  # unknown folders fall back to their own name
+from cxr.sources.mimic import metadata_conflicts
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,7 @@ class Source:
     age: float | None = None
     photometric: str | None = None  # a table's hint for rasters (PadChest MONOCHROME1 rows)
     pixel_spacing: float | None = None  # mm per pixel of the original, from a table (PadChest)
+    conflict: str | None = None  # the metadata contradicts itself about this image: an error row, not converted
 
 
 # ---------------------------------------------------------------------------------- discovery
@@ -260,7 +262,11 @@ def _mimic_table(folder: Path) -> dict[str, dict]:
         df = _read_table(path)
         if df is None or "dicom_id" not in df.columns:
             continue
+        conflicts = metadata_conflicts(df.astype(str), path.name) if {"subject_id", "study_id"} <= set(df.columns) else {}
         for r in df.to_dict("records"):
+            if str(r["dicom_id"]).strip() in conflicts:
+                out[str(r["dicom_id"]).strip()] = {"conflict": conflicts[str(r["dicom_id"]).strip()]}
+                continue
             out[r["dicom_id"]] = {
                 "patient_id": _clean(r.get("subject_id")),
                 "study_id": _clean(r.get("study_id")),
@@ -527,6 +533,9 @@ def convert_one(task: tuple[str, str, Source, Options]) -> dict[str, Any]:
     """
     raw_dir, images_dir, src, opt = task
     row = _row(src)
+    if src.conflict:  # same rule as the label stage (cxr.sources.mimic.metadata_conflicts)
+        row.update(status="error", error=src.conflict)
+        return row
     try:
         dec = decode_file(Path(raw_dir) / src.source_path, opt, photometric=src.photometric)
     except NotRadiograph as exc:

@@ -144,13 +144,18 @@ def join_split(images: pd.DataFrame, labels: pd.DataFrame, splits: pd.DataFrame,
                datasets: Sequence[str] | None = None) -> pd.DataFrame:
     """Rows of ``split`` (``ok`` images only) with image metadata, patient and label columns, in a stable order.
 
+    ``patient_key`` is ``dataset:patient_id`` (as in :mod:`cxr.split`) when ``splits`` has a dataset column.
     ``datasets``: keep only images of these datasets (``train.datasets``; None = all).
     """
     want = [split] if isinstance(split, str) else list(split)
     missing = [n for n in names if n not in labels.columns]
     if missing:
         raise DataError(f"labels table lacks label column(s) {missing}; was the label stage run with this base.label_space?")
-    df = splits.loc[splits["split"].isin(want), ["image_id", "patient_id", "split"]]
+    df = splits.loc[splits["split"].isin(want), ["image_id", "patient_id", "split"]].copy()
+    # The cluster of every patient-level statistic (bootstrap, retrieval exclusion) is the split's
+    # key: patient ids are only unique within their dataset (NIH patient 1 is not MIMIC patient 1).
+    pid = splits.loc[df.index, "patient_id"].astype(str)
+    df["patient_key"] = (splits.loc[df.index, "dataset"].astype(str) + ":" + pid) if "dataset" in splits.columns else pid
     ok = images["status"] == "ok"
     if datasets:
         unknown = sorted(set(datasets) - set(images["dataset"].dropna()))

@@ -5,11 +5,17 @@ Label values everywhere: 1 positive, 0 negative, -1 uncertain, NaN not mentioned
 * :data:`LABEL_SPACES` - the target spaces (chexpert14, chestxray14, anaxnet9, padchest22, binary).
 * Vocabulary maps are data files (``cxr/labeler/vocab/maps/<vocab>.csv``): one row per source
   term, one column per target space naming the target label(s) (``|``-separated; empty = no
-  counterpart). Source vocabularies: chexpert14, chestxray14, padchest, imagenome.
+  counterpart), and an optional ``note`` column that states why a term departs from the meaning
+  it has in another map or space. A target written ``Label?`` is implied at most as uncertain
+  (heart failure -> Cardiomegaly, as in the CheXpert labeller): a positive or uncertain term adds
+  a -1 to that label's values, a negative or blank one adds nothing. Source vocabularies:
+  chexpert14, chestxray14, padchest, imagenome.
 * :func:`to_space` maps a native label table into a target space. Several source terms mapping
   to one target label combine like the CheXpert labeller's mentions: any 1 -> 1, else any -1 ->
   -1, else any 0 -> 0. Exhaustively annotated datasets (NIH, PadChest: a finding not listed is
-  absent) fill the remaining blanks with 0. "No Finding" follows the CheXpert rule: 1 only when
+  absent) fill the remaining blanks with 0 - but only for target labels that some term of their
+  vocabulary can express (:func:`expressible`); a label the dataset never annotates (NIH has no
+  Fracture, Support Devices, catheter, ...) stays unknown (NaN), never an invented negative. "No Finding" follows the CheXpert rule: 1 only when
   no other label (devices excepted) is 1 or -1, otherwise blank - never 0.
 * :func:`apply_uncertainty` turns stored raw values into training targets + a loss mask per the
   per-class policy (U-Ones, U-Zeros, U-Ignore; Irvin et al. 2019). It runs at training time; the
@@ -65,6 +71,8 @@ NO_FINDING_IGNORE = {
     "chestxray14": (),
     "padchest22": ("catheter", "electrical device", "nsg tube", "surgery"),
 }
+#: No Finding label name -> labels that do not block it (any space).
+_NF_IGNORE = {nf: tuple(x for sp, f in NO_FINDING.items() if f == nf for x in NO_FINDING_IGNORE[sp]) for nf in NO_FINDING.values()}
 SOURCE_VOCABS = ("chexpert14", "chestxray14", "padchest", "imagenome")
 UNCERTAINTY_POLICIES = ("ones", "zeros", "ignore")
 _MAPPED_SPACES = ("chexpert14", "chestxray14", "anaxnet9", "padchest22")
@@ -120,28 +128,41 @@ def _load_map_cached(vocab: str) -> pd.DataFrame:
     with ref.open("r", encoding="utf-8") as fh:
         df = pd.read_csv(fh, dtype=str, keep_default_na=False)
     expected = ["term", *_MAPPED_SPACES]
-    if list(df.columns) != expected:
-        raise LabelError(f"maps/{vocab}.csv: columns {list(df.columns)}, expected {expected}")
+    if list(df.columns) not in (expected, [*expected, "note"]):
+        raise LabelError(f"maps/{vocab}.csv: columns {list(df.columns)}, expected {expected} (+ optional note)")
+    if "note" not in df.columns:
+        df["note"] = ""
     if df["term"].duplicated().any():
         raise LabelError(f"maps/{vocab}.csv: duplicate terms {sorted(df.loc[df['term'].duplicated(), 'term'])}")
     for space in _MAPPED_SPACES:
         allowed = set(LABEL_SPACES[space])
         for cell in df[space]:
-            bad = [t for t in cell.split("|") if t and t not in allowed]
+            bad = [t for t in cell.split("|") if t and t.removesuffix("?") not in allowed]
             if bad:
                 raise LabelError(f"maps/{vocab}.csv: column {space} names {bad}, not labels of {space}")
     return df
 
 
-def load_map(vocab: str) -> pd.DataFrame:
-    """The packaged map of a source vocabulary (columns: term + one per mapped space).
+def load_map(vocab: str, notes: bool = False) -> pd.DataFrame:
+    """The packaged map of a source vocabulary (columns: term + one per mapped space [+ note]).
 
     Raises:
         LabelError: unknown vocabulary or a malformed map file.
     """
     if vocab not in SOURCE_VOCABS:
         raise LabelError(f"no map for vocabulary {vocab!r}; known: {list(SOURCE_VOCABS)}")
-    return _load_map_cached(vocab).copy()
+    df = _load_map_cached(vocab)
+    return (df if notes else df.drop(columns="note")).copy()
+
+
+def expressible(vocab: str, space: str) -> frozenset[str]:
+    """Labels of the mapped ``space`` that at least one term of ``vocab`` maps to.
+
+    An exhaustive source (a finding not listed is absent) may say "absent" only for these: a label
+    none of its terms can express was never annotated, so it stays unknown.
+    """
+    table = load_map(vocab)
+    return frozenset(t for cell in table[space] for t in cell.split("|") if t and not t.endswith("?"))
 
 
 def _combine(stack: np.ndarray) -> np.ndarray:
@@ -169,7 +190,8 @@ def to_space(
         space: target space (see :data:`LABEL_SPACES`) or an explicit label list
             (:func:`resolve_space`).
         key: id column carried over.
-        exhaustive: blanks mean absent (NIH, PadChest): remaining NaN findings become 0.
+        exhaustive: blanks mean absent (NIH, PadChest): remaining NaN findings become 0, for the
+            labels some term of ``vocab`` expresses (:func:`expressible`); the others stay NaN.
 
     Returns:
         ``key`` + the labels of ``space`` in order.
@@ -209,15 +231,20 @@ def to_space(
         out["Abnormal"] = abnormal
         return out
     targets: dict[str, list[int]] = {n: [] for n in names}
+    implied: dict[str, list[int]] = {n: [] for n in names}  # "Label?": at most uncertain
     for j, t in enumerate(terms):
         cell = "other findings" if t == "other" else table.at[rows[t], space]
         for target in filter(None, cell.split("|")):
-            if target in targets:
-                targets[target].append(j)
+            into = implied if target.endswith("?") else targets
+            if target.removesuffix("?") in into:
+                into[target.removesuffix("?")].append(j)
     nf = NO_FINDING.get(space)
+    fillable = expressible(vocab, space) if exhaustive else frozenset()
     for n in names:
-        col = _combine(values[:, targets[n]])
-        if exhaustive and n != nf:
+        weak = values[:, implied[n]]
+        weak = np.where(np.isin(weak, (1.0, -1.0)), -1.0, np.nan)
+        col = _combine(np.concatenate([values[:, targets[n]], weak], axis=1))
+        if n in fillable and n != nf:
             col = np.where(np.isnan(col), 0.0, col)
         out[n] = col
     if nf:
@@ -245,6 +272,10 @@ def apply_uncertainty(
             -1 -> 0) or ``ignore`` (U-Ignore: masked out of the loss).
         default: policy for classes not in ``policy``.
         blank: ``zeros`` (not mentioned = negative, CheXpert practice) or ``ignore`` (masked).
+            "No Finding" (padchest22 "normal") is only ever 1 or blank: its blank means "a finding
+            was reported" when another label of the row (devices excepted) is 1 or -1, and is then
+            a negative (target 0, in the loss) under either blank policy - masking it would train
+            No Finding on positives only. Its other blanks follow ``blank``.
 
     Returns:
         ``(targets, mask)``: float32 ``[N, C]`` in {0, 1} and bool ``[N, C]`` (False = no loss).
@@ -268,6 +299,11 @@ def apply_uncertainty(
     mask = np.ones_like(raw, dtype=bool)
     if blank == "ignore":
         mask &= ~np.isnan(raw)
+    for j, n in enumerate(names):
+        if n in _NF_IGNORE:
+            others = [k for k, m in enumerate(names) if k != j and m not in _NF_IGNORE[n]]
+            found = np.isin(raw[:, others], (1.0, -1.0)).any(1) & np.isnan(raw[:, j])
+            mask[found, j] = True  # target already 0
     for j, n in enumerate(names):
         p = policy.get(n, default)
         unc = raw[:, j] == -1.0

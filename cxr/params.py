@@ -434,6 +434,13 @@ class TrainParams(_Section):
         return v
 
 
+class TruthParams(_Section):
+    """The one test truth every model and experiment is scored against (independent of ``label.uncertainty``)."""
+
+    uncertain: _UNCERTAINTY = Field("ignore", description="stored -1 test labels: masked (ignore), ones or zeros")
+    blank: Literal["zeros", "ignore"] = Field("zeros", description="not mentioned test labels: negative (zeros) or masked")
+
+
 class EvaluateParams(_Section):
     """Test-set evaluation of each trained model (cxr.evaluate)."""
 
@@ -443,6 +450,7 @@ class EvaluateParams(_Section):
     reference: str = Field("densenet121", description="model the comparison table tests every other model against")
     min_positives: int = Field(10, ge=1, le=100000, description="classes with fewer TEST positives are flagged and left "
                                "out of the headline macro AUROC (macro_auroc_common); the all-class macro stays beside it")
+    truth: TruthParams = TruthParams()
 
 
 class LocalizeParams(_Section):

@@ -415,6 +415,12 @@ def train_model(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits
         "threshold_rule": "Youden J on the validation split",
         "uncertainty": dict(uncertainty),
         "convert": dict(convert) if convert is not None else None,
+        # What the loss saw per class (after the uncertainty/blank policy): a class trained on one
+        # value only would show here. "No Finding" blanks where another finding is 1 / -1 are
+        # negatives under every blank policy (cxr.labels.apply_uncertainty).
+        "train_targets": {n: {"positives": int((tr.targets[:, c][tr.mask[:, c]] == 1).sum()),
+                              "negatives": int((tr.targets[:, c][tr.mask[:, c]] == 0).sum()),
+                              "masked": int((~tr.mask[:, c]).sum())} for c, n in enumerate(names)},
         "params": params.model_dump(),
         "seed": seed,
         "data_hashes": dict(data_hashes or {}),

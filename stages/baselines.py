@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                 uncertainty={"policy": dict(u.per_class), "default": u.default, "blank": u.blank},
                 frontal_only=train.frontal_only, datasets=train.datasets, cache_dir=tmp, n_boot=ev.bootstrap,
                 ci=ev.ci, ece_bins=ev.ece_bins, seed=base.seed, min_positives=ev.min_positives,
+                truth=ev.truth.model_dump(),
             )
     except (DataError, OSError, ValueError) as exc:
         log.error("%s", exc)

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                 splits=pd.read_parquet(args.splits), images_dir=args.images, cache_dir=tmp, features_dir=args.features,
                 n_boot=params.bootstrap, ci=params.ci, ece_bins=params.ece_bins, seed=base.seed,
                 min_positives=params.min_positives,
+                truth=params.truth.model_dump(),
             )
     except (TrainError, DataError, ModelError, OSError, ValueError) as exc:
         log.error("%s", exc)

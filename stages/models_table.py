@@ -65,8 +65,12 @@ def main(argv: list[str] | None = None) -> int:
                 log.error("baseline %s has no metrics (%s); run the baselines stage", b, bpath)
                 return 1
             baselines[b] = json.loads(bpath.read_text())
-    text, data = models_table(metrics, preds, names, reference=params.reference, n_boot=params.bootstrap, seed=base.seed,
-                              baselines=baselines)
+    try:
+        text, data = models_table(metrics, preds, names, reference=params.reference, n_boot=params.bootstrap,
+                                  seed=base.seed, baselines=baselines)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 1
     text += retrieval_table(retrieval)
     write_text(args.out, text)
     write_json(args.json, data)

@@ -528,3 +528,28 @@ def test_bench_script_runs(tiny_cohort, capsys):
     assert bench.main(["--raw", str(tiny_cohort), "--repeat", "1", "--size", "64", "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "ratio stage / naive" in out and "ratio first / rerun" in out
+
+
+def test_mimic_dicom_id_listed_for_two_patients_is_one_counted_error_in_convert_and_label(tmp_path):
+    """label keeps neither row, convert converts neither: one image never carries two patients."""
+    from cxr.sources import mimic as mimic_source
+
+    root = tmp_path / "raw"
+    folder = root / "mimic-cxr" / "files" / "p10" / "p10000001" / "s50000001"
+    folder.mkdir(parents=True)
+    make_dicom(folder / "dup.dcm", chest(96, 80), patient_id="MRN-1")
+    make_dicom(folder / "fine.dcm", chest(96, 80), patient_id="MRN-1")
+    pd.DataFrame([
+        {"dicom_id": "dup", "subject_id": "10000001", "study_id": "50000001", "ViewPosition": "PA"},
+        {"dicom_id": "fine", "subject_id": "10000001", "study_id": "50000001", "ViewPosition": "PA"},
+        {"dicom_id": "dup", "subject_id": "10000002", "study_id": "50000002", "ViewPosition": "PA"},
+    ]).to_csv(root / "mimic-cxr" / "mimic-cxr-2.0.0-metadata.csv", index=False)
+    images, issues = mimic_source.read_metadata(root / "mimic-cxr")
+    assert images["image_id"].tolist() == ["fine"]
+    dup_issues = [i for i in issues if "'dup'" in i.reason]
+    assert [i.row for i in dup_issues] == ["line 2", "line 4"]
+    assert "mimic-cxr-2.0.0-metadata.csv" in dup_issues[0].reason and "subject 10000002" in dup_issues[0].reason
+    summary, df = _run(root, tmp_path / "out", ConvertParams(workers=1, size=64, max_failure_fraction=0.9))
+    row = df.set_index("image_id").loc["dup"]
+    assert row["status"] == "error" and "listed for different patients" in row["error"] and pd.isna(row["png_path"])
+    assert df.set_index("image_id").loc["fine", "status"] == "ok" and summary["error"] == 1

@@ -120,3 +120,33 @@ def test_ece_curves_and_region_auroc():
     rt = (node > 0.5).astype(float)
     ra = region_auroc(node, rt, np.ones_like(rt, bool), ["r0", "r1", "r2"])
     assert ra == {"r0": 1.0, "r1": 1.0, "r2": 1.0}
+
+
+def test_bootstrap_reports_replicates_a_rare_class_lost_and_classes_left_out():
+    rng = np.random.default_rng(0)
+    n = 40
+    probs = rng.random((n, 3))
+    targets = np.zeros((n, 3))
+    targets[::2, 0] = 1
+    targets[0, 1] = 1  # one positive only: many replicates never draw it
+    targets[:, 2] = 1  # only one value: no AUROC at all
+    pids = [f"nih:{i}" for i in range(n)]
+    out = classification_metrics(probs, targets, np.ones_like(targets, bool), pids, ["A", "B", "C"], {}, n_boot=200)
+    pc = out["per_class"]
+    assert pc["A"]["bootstrap_dropped"] == 0
+    assert 0 < pc["B"]["bootstrap_dropped"] < 200  # (1 - 1/40)^40 ~ 36 % of replicates miss the positive
+    assert pc["C"]["bootstrap_dropped"] == 200 and pc["C"]["auroc"] is None
+    assert out["classes_not_evaluated"] == {"C": "40 positive / 0 negative test labels"}
+    assert out["classes_evaluated"] == 2
+
+
+def test_patient_key_keeps_same_id_of_two_datasets_apart():
+    from cxr.data import join_split
+
+    splits = pd.DataFrame({"image_id": ["a", "b"], "dataset": ["nih", "mimic"], "patient_id": ["1", "1"],
+                           "split": ["test", "test"]})
+    images = pd.DataFrame({"image_id": ["a", "b"], "png_path": ["a.png", "b.png"], "view": ["PA", "PA"], "status": ["ok", "ok"]})
+    labels = pd.DataFrame({"image_id": ["a", "b"], "A": [1.0, 0.0]})
+    df = join_split(images, labels, splits, ["A"], "test")
+    assert sorted(df["patient_key"]) == ["mimic:1", "nih:1"]
+    assert all(len(r) == 2 for r in patient_resamples(df["patient_key"], 3, 0))  # two clusters, not one

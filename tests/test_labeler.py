@@ -91,12 +91,42 @@ def test_aggregation_across_mentions_in_reports(chex, text, expected):
     assert same(value(chex, text, "Pleural Effusion"), expected)
 
 
-def test_heart_failure_sets_cardiomegaly_uncertain_only_if_blank(chex):
+def test_heart_failure_adds_an_uncertain_cardiomegaly_mention(chex):
     assert value(chex, "Findings consistent with congestive heart failure.", "Cardiomegaly") == -1.0
     assert value(chex, "Possible CHF.", "Cardiomegaly") == -1.0
-    assert value(chex, "Heart size is normal. Findings suggest CHF.", "Cardiomegaly") == 0.0
+    # the reference appends -1 to the Cardiomegaly mentions: negative + uncertain -> -1
+    assert value(chex, "Heart size is normal. Findings suggest CHF.", "Cardiomegaly") == -1.0
+    assert value(chex, "CHF. The heart is not enlarged.", "Cardiomegaly") == -1.0
     assert value(chex, "Cardiomegaly with CHF.", "Cardiomegaly") == 1.0
     assert math.isnan(value(chex, "No evidence of CHF.", "Cardiomegaly"))
+
+
+@pytest.mark.parametrize(
+    "text, name, expected",
+    [
+        # congestion, vascular prominence and indistinctness are uncertain edema (reference patterns)
+        ("Mild pulmonary vascular congestion.", "Edema", -1.0),
+        ("Pulmonary vascular congestion.", "Edema", -1.0),
+        ("Mild vascular prominence.", "Edema", -1.0),
+        ("No pulmonary vascular congestion.", "Edema", 0.0),
+        ("Pulmonary edema and vascular congestion.", "Edema", 1.0),  # any positive wins
+        # "consider X" is uncertain, not dropped
+        ("Consider pneumonia.", "Pneumonia", -1.0),
+        ("Consider pneumonia.", "No Finding", math.nan),
+        # alternatives joined by "or" are uncertain, both of them
+        ("Atelectasis or pneumonia.", "Atelectasis", -1.0),
+        ("Atelectasis or pneumonia.", "Pneumonia", -1.0),
+        ("Left basilar opacity, atelectasis, consolidation or pneumonia.", "Consolidation", -1.0),
+        ("Left basilar opacity, atelectasis, consolidation or pneumonia.", "Atelectasis", -1.0),
+        ("Bibasilar atelectasis and/or pneumonia.", "Atelectasis", -1.0),
+        ("No pneumothorax or pleural effusion.", "Pneumothorax", 0.0),  # negation comes first
+        ("No pneumothorax or pleural effusion.", "Pleural Effusion", 0.0),
+        ("Cardiomegaly. Atelectasis or pneumonia.", "Cardiomegaly", 1.0),  # another sentence: untouched
+        ("Right lower lobe opacity may represent atelectasis or pneumonia.", "Lung Opacity", 1.0),
+    ],
+)
+def test_parity_with_the_chexpert_labeller_rules(chex, text, name, expected):
+    assert same(value(chex, text, name), expected), [(m.text, m.value) for m in chex.mentions(text)]
 
 
 @pytest.mark.parametrize(
@@ -168,6 +198,7 @@ def test_mention_classification(chex, text, name, expected):
         ("Small left effusion.", "Effusion", 1.0),
         ("Left apical pleural thickening.", "Pleural_Thickening", 1.0),
         ("Borderline cardiomegaly.", "Cardiomegaly", 1.0),
+        ("Atelectasis or scarring at the left base.", "Atelectasis", 1.0),  # its annotators' convention
     ],
 )
 def test_chestxray14_vocabulary(nih, text, name, expected):
@@ -280,6 +311,11 @@ def _vocab(**over):
 def test_bad_vocabulary_is_rejected_with_a_message(spec, match):
     with pytest.raises(VocabularyError, match=match):
         parse_vocabulary(spec, "test.yaml")
+
+
+def test_alternatives_uncertain_must_be_a_bool():
+    with pytest.raises(VocabularyError, match="alternatives_uncertain must be true or false"):
+        parse_vocabulary(_vocab(alternatives_uncertain="yes"), "t.yaml")
 
 
 def test_vocabulary_loading_errors(tmp_path):

@@ -42,6 +42,72 @@ def test_label_spaces_and_maps_are_consistent():
         load_map("klingon")
 
 
+#: One finding's name in each mapped space (None: the space has no such label).
+CONCEPTS = [
+    ("Atelectasis", "Atelectasis", "atelectasis", "atelectasis"),
+    ("Cardiomegaly", "Cardiomegaly", "enlarged cardiac silhouette", "cardiomegaly"),
+    ("Pleural Effusion", "Effusion", "pleural effusion", "pleural effusion"),
+    ("Edema", "Edema", "pulmonary edema/hazy opacity", "pulmonary edema"),
+    ("Pneumothorax", "Pneumothorax", "pneumothorax", "pneumothorax"),
+    ("Pneumonia", "Pneumonia", "pneumonia", "pneumonia"),
+    ("Consolidation", "Consolidation", "consolidation", None),
+    ("Lung Opacity", None, "lung opacity", None),
+    (None, "Infiltration", None, "infiltrates"),
+    (None, None, "fluid overload/heart failure", "heart insufficiency"),
+    (None, "Emphysema", None, "emphysema"),
+    (None, "Fibrosis", None, "pulmonary fibrosis"),
+    (None, "Mass", None, "mass"),
+    (None, "Nodule", None, "nodule"),
+]
+SPACES4 = ("chexpert14", "chestxray14", "anaxnet9", "padchest22")
+
+
+def _strong(cell: str) -> set[str]:
+    return {t for t in cell.split("|") if t and not t.endswith("?")}
+
+
+def test_a_term_means_the_same_finding_in_every_target_space_unless_noted():
+    bad = []
+    for vocab in SOURCE_VOCABS:
+        m = load_map(vocab, notes=True)
+        for r in m.to_dict("records"):
+            if r["note"]:
+                continue
+            for concept in CONCEPTS:
+                for i, a in enumerate(SPACES4):
+                    for j, b in enumerate(SPACES4):
+                        ca, cb = concept[i], concept[j]
+                        sa, sb = _strong(r[a]), _strong(r[b])
+                        if ca and cb and sa and sb and (ca in sa) != (cb in sb):
+                            bad.append(f"{vocab}:{r['term']} {a}={r[a]!r} vs {b}={r[b]!r}")
+    assert not bad, sorted(set(bad))
+
+
+def test_a_term_means_the_same_in_every_map_unless_noted():
+    seen: dict[str, tuple[str, tuple, str]] = {}
+    bad = []
+    for vocab in SOURCE_VOCABS:
+        m = load_map(vocab, notes=True)
+        for r in m.to_dict("records"):
+            key = r["term"].lower().replace("_", " ")
+            cells = tuple(r[s] for s in SPACES4)
+            if key in seen and seen[key][1] != cells and not (r["note"] or seen[key][2]):
+                bad.append(f"{key!r}: {seen[key][0]} {seen[key][1]} vs {vocab} {cells}")
+            seen.setdefault(key, (vocab, cells, r["note"]))
+    assert not bad, bad
+
+
+def test_heart_failure_terms_imply_at_most_uncertain_cardiomegaly():
+    native = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "heart insufficiency": [1, 1, 0, -1],
+                           "cardiomegaly": [NAN, 0, NAN, 1], "pericardial effusion": [NAN, NAN, 1, NAN]})
+    out = to_space(native, "padchest", "chexpert14").set_index("image_id")["Cardiomegaly"]
+    assert out["a"] == -1 and out["b"] == -1 and np.isnan(out["c"]) and out["d"] == 1
+    ex = to_space(native, "padchest", "chexpert14", exhaustive=True).set_index("image_id")["Cardiomegaly"]
+    assert ex["c"] == 0 and ex["a"] == -1  # pericardial effusion is not cardiomegaly
+    air = to_space(pd.DataFrame({"image_id": ["a"], "air bronchogram": [1]}), "padchest", "chexpert14")
+    assert air.loc[0, "Consolidation"] == 1
+
+
 def test_every_real_padchest_term_is_known(realdata):
     t = padchest.read_table(realdata / "padchest" / "padchest_sample.csv")
     for space in LABEL_SPACES:
@@ -79,6 +145,20 @@ def test_exhaustive_sources_fill_absent_findings_with_zero():
     assert np.isnan(sparse.loc["a", "Edema"])
 
 
+def test_exhaustive_nih_never_invents_negatives_it_cannot_express():
+    native = pd.DataFrame({"image_id": ["a", "b"], "No Finding": [1, NAN], "Effusion": [NAN, 1]})
+    cx = to_space(native, "chestxray14", "chexpert14", exhaustive=True).set_index("image_id")
+    assert cx.loc["a", "Pleural Effusion"] == 0 and cx.loc["b", "Atelectasis"] == 0  # NIH annotates these
+    for n in ("Enlarged Cardiomediastinum", "Fracture", "Support Devices"):  # no NIH term expresses them
+        assert cx[n].isna().all(), n
+    pc = to_space(native, "chestxray14", "padchest22", exhaustive=True).set_index("image_id")
+    assert pc.loc["a", "emphysema"] == 0 and pc.loc["b", "pleural effusion"] == 1
+    for n in ("catheter", "electrical device", "nsg tube", "surgery", "tuberculosis", "aortic elongation",
+              "thoracic cage deformation"):
+        assert pc[n].isna().all(), n
+    assert pc.loc["a", "normal"] == 1  # a missing device label does not block No Finding
+
+
 def test_binary_space():
     native = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "normal": [1, 0, 0, 0],
                            "pleural effusion": [0, 1, 0, 0], "nsg tube": [0, 0, 1, 0], "suboptimal study": [0, 0, 0, 1]})
@@ -111,6 +191,19 @@ def test_uncertainty_policies():
         apply_uncertainty(df, ["A", "B"], blank="ones")
     with pytest.raises(LabelError, match="other than 1, 0, -1"):
         apply_uncertainty(pd.DataFrame({"A": [3]}), ["A"])
+
+
+def test_blank_ignore_still_gives_no_finding_negatives():
+    # No Finding is only ever 1 or blank; a blank beside a positive / uncertain finding means "not normal".
+    df = pd.DataFrame({"No Finding": [1, NAN, NAN, NAN], "Edema": [NAN, 1, -1, NAN],
+                       "Support Devices": [NAN, NAN, NAN, 1]})
+    t, m = apply_uncertainty(df, list(df.columns), default="ignore", blank="ignore")
+    assert m[:, 0].tolist() == [True, True, True, False]  # row 4: devices only -> unknown, masked
+    assert t[:, 0].tolist() == [1, 0, 0, 0]
+    assert m[:, 1].tolist() == [False, True, False, False]  # other classes keep the blank policy
+    pc = pd.DataFrame({"normal": [1, NAN, NAN], "cardiomegaly": [NAN, 1, NAN], "catheter": [NAN, NAN, 1]})
+    t, m = apply_uncertainty(pc, list(pc.columns), blank="ignore")
+    assert m[:, 0].tolist() == [True, True, False] and t[:, 0].tolist() == [1, 0, 0]
 
 
 def _cand(src_vals, ids=("a", "b", "c")):

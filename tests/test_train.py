@@ -314,3 +314,45 @@ def test_region_models_train_and_evaluate_on_feature_folder(tiny_processed, tmp_
                                             n_boot=20, progress=False)
     assert list(metrics["region_auroc"])[:2] == ["region0", "region1"] and metrics["model"] == name
     assert set(pred["image_id"]) <= set(splits.loc[splits["split"] == "test", "image_id"])
+
+
+def test_evaluation_truth_does_not_depend_on_the_training_policy(tiny_processed, tmp_path):
+    """U-Ones and U-Zeros models are scored on one truth (uncertain test labels masked), and compared on it."""
+    from cxr.evaluate.classification import evaluate_model
+    from cxr.evaluate.report_table import paired_comparison
+    from cxr.labels import label_names
+
+    r = tiny_processed
+    images, labels, splits = (pd.read_parquet(r / f) for f in ("images.parquet", "labels.parquet", "splits.parquet"))
+    names = label_names("chexpert14")
+    test_ids = sorted(set(splits.loc[splits["split"] == "test", "image_id"]) & set(labels["image_id"]))
+    labels = labels.copy()
+    labels.loc[labels["image_id"].isin(test_ids[::2]), names[1:]] = -1  # the case at stake: uncertain test labels
+    ids = sorted(images.loc[images["status"] == "ok", "image_id"])
+    fdir = _region_dir(tmp_path / "features", n=len(ids), d=8)
+    pd.DataFrame({"row": range(len(ids)), "image_id": ids}).to_parquet(fdir / "index.parquet")
+    (fdir / "meta.json").write_text(json.dumps({"regions": [f"region{k}" for k in range(18)], "findings": ["a", "b", "c"]}))
+    params = TrainParams(epochs=1, batch_size=8, graph={"hidden": 16, "edges": "cooccurrence"})
+    preds = {}
+    for policy in ("ones", "zeros"):
+        train_model("anaxnet", images=images, labels=labels, splits=splits, images_dir=r / "images", names=names,
+                    uncertainty={"default": policy}, params=params, seed=0, out_dir=tmp_path / policy, log_dir=None,
+                    cache_dir=tmp_path / "c", features_dir=fdir, progress=False)
+        metrics, _, _, preds[policy] = evaluate_model(tmp_path / policy, images=images, labels=labels, splits=splits,
+                                                      images_dir=r / "images", cache_dir=tmp_path / "c2",
+                                                      features_dir=fdir, n_boot=20, progress=False)
+        assert metrics["truth"] == {"uncertain": "ignore", "blank": "zeros"}
+    a, b = preds["ones"], preds["zeros"]
+    raw = labels.set_index("image_id").loc[a["image_id"], names].to_numpy(float)
+    for c, n in enumerate(names):
+        assert (a[f"m:{n}"].to_numpy() == b[f"m:{n}"].to_numpy()).all()
+        assert (a[f"y:{n}"].to_numpy() == b[f"y:{n}"].to_numpy()).all()
+        assert not a[f"m:{n}"].to_numpy()[raw[:, c] == -1].any()  # an uncertain test label is not truth
+    assert (raw == -1).any()
+    assert a["patient_key"].str.contains(":").all()  # dataset:patient_id, the split's key
+    assert paired_comparison(a, b, names, n_boot=20)["shared_images"] == len(a)
+    b2 = b.copy()
+    b2[f"y:{names[1]}"] = 1 - b2[f"y:{names[1]}"]
+    b2[f"m:{names[1]}"] = True
+    with pytest.raises(ValueError, match="different test truths"):
+        paired_comparison(a, b2, names, n_boot=20)

@@ -45,7 +45,8 @@ def finding_map(space: str) -> dict[str, list[str]]:
     m = load_map("imagenome")
     if space not in m.columns:
         raise AnatomyError(f"no ImaGenome mapping to label space {space!r}; choose one of {list(m.columns[1:])}")
-    return {t: [x for x in cell.split("|") if x] for t, cell in zip(m["term"], m[space])}
+    # "Label?" (implied at most uncertain) is a report-level inference, not a region finding
+    return {t: [x for x in cell.split("|") if x and not x.endswith("?")] for t, cell in zip(m["term"], m[space])}
 
 
 def to_png(box: Sequence[float], scale: float, ox: float, oy: float, width: int, height: int) -> list[float] | None:

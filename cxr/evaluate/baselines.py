@@ -70,17 +70,27 @@ def _standardise(xtr: np.ndarray, *xs: np.ndarray) -> list[np.ndarray]:
 def run_baselines(*, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.DataFrame, images_dir: str | Path,
                   names: Sequence[str], uncertainty: Mapping[str, Any], frontal_only: bool,
                   datasets: Sequence[str] | None, cache_dir: str | Path, n_boot: int = 1000, ci: float = 0.95,
-                  ece_bins: int = 10, seed: int = 0, progress: bool = False, min_positives: int = 10) -> dict[str, dict]:
-    """Train every baseline on TRAIN, choose C on VAL, score on TEST; name -> metrics (plus the chosen C)."""
+                  ece_bins: int = 10, seed: int = 0, progress: bool = False, min_positives: int = 10,
+                  truth: Mapping[str, str] | None = None) -> dict[str, dict]:
+    """Train every baseline on TRAIN, choose C on VAL, score on TEST; name -> metrics (plus the chosen C).
+
+    ``uncertainty`` (the training policy, ``label.uncertainty``) makes the TRAIN / VAL targets, as for the
+    models; the TEST targets are ``truth`` (``evaluate.truth``), the one test truth every model answers to.
+    """
+    from cxr.evaluate.classification import DEFAULT_TRUTH
     from cxr.train import build_datasets
 
-    ds = build_datasets("baseline", images=images, labels=labels, splits=splits, images_dir=images_dir, names=names,
-                        uncertainty=uncertainty, which=("train", "val", "test"), image_size=PIXEL_SIDE,
-                        frontal_only=frontal_only, cache_dir=cache_dir, progress=progress, datasets=datasets)
+    common = dict(images=images, labels=labels, splits=splits, images_dir=images_dir, names=names,
+                  image_size=PIXEL_SIDE, frontal_only=frontal_only, cache_dir=cache_dir, progress=progress,
+                  datasets=datasets)
+    ds = build_datasets("baseline", uncertainty=uncertainty, which=("train", "val"), **common)
+    t = {**DEFAULT_TRUTH, **dict(truth or {})}
+    ds["test"] = build_datasets("baseline", uncertainty={"default": t["uncertain"], "blank": t["blank"]},
+                                which=("test",), **common)["test"]
     tr, va, te = ds["train"], ds["val"], ds["test"]
     info = images.drop_duplicates("image_id").set_index("image_id")
     meta = {s: info.loc[d.meta["image_id"], ["view", "sex", "age"]].reset_index(drop=True) for s, d in ds.items()}
-    pids = te.meta["patient_id"].astype(str).to_numpy()
+    pids = te.meta["patient_key"].astype(str).to_numpy()
     out: dict[str, dict] = {}
 
     # prevalence: every test image gets each class's TRAIN rate
@@ -118,6 +128,7 @@ def run_baselines(*, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.Data
         out[name] = met
     for name, met in out.items():
         met["model"] = name
+        met["truth"] = t
         met["baseline"] = True
         log.info("baseline %s: test macro AUROC %s [%s, %s]", name, met["macro_auroc"], met["macro_auroc_ci_low"],
                  met["macro_auroc_ci_high"])

@@ -49,6 +49,9 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, mask: np.ndar
         boot_macro = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in boot_per])
     boot_micro = bootstrap(lambda r: micro_auroc(probs[r], targets[r], mask[r]), res)
     lo, hi = percentile_ci(boot_per, ci)
+    # A replicate that drew only one label value of a rare class has no AUROC for it: count them
+    # (the CI of that class rests on the rest) instead of dropping them unseen.
+    dropped = (~np.isfinite(boot_per)).sum(0) if boot_per.size else np.zeros(len(names), int)
     per_class = {}
     for c, n in enumerate(names):
         m = mask[:, c]
@@ -58,6 +61,7 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, mask: np.ndar
             "auroc": _f(per_auc[c]), "auroc_ci_low": _f(np.atleast_1d(lo)[c]), "auroc_ci_high": _f(np.atleast_1d(hi)[c]),
             "auprc": _f(auprc(s, y)), "threshold": _f(thresholds.get(n, 0.5)),
             **{k: _f(v) for k, v in op.items()}, "positives": int(y.sum()), "negatives": int((~y).sum()),
+            "bootstrap_dropped": int(dropped[c]),
         }
     common = np.array([per_class[n]["positives"] >= min_positives and per_class[n]["auroc"] is not None
                        for n in names], bool)
@@ -67,6 +71,12 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, mask: np.ndar
         boot_common = (np.array([np.nanmean(row[common]) if np.isfinite(row[common]).any() else np.nan for row in boot_per])
                        if common.any() else np.array([np.nan]))
     clo, chi = percentile_ci(boot_common, ci)
+    # Classes without an AUROC (one label value only on the evaluated test entries, e.g. a "No
+    # Finding" that is only ever 1) leave the macro average: say which, and why.
+    not_evaluated = {n: f"{v['positives']} positive / {v['negatives']} negative test labels"
+                     for n, v in per_class.items() if v["auroc"] is None}
+    for n, why in not_evaluated.items():
+        log.warning("%s has no test AUROC (%s); it is left out of the macro average", n, why)
     mlo, mhi = percentile_ci(boot_macro, ci)
     ulo, uhi = percentile_ci(boot_micro, ci)
     auprcs = [v["auprc"] for v in per_class.values() if v["auprc"] is not None]
@@ -80,7 +90,8 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, mask: np.ndar
         "macro_auroc_common_ci_low": _f(clo) if common.any() else None,
         "macro_auroc_common_ci_high": _f(chi) if common.any() else None,
         "common_classes": [n for n, ok in zip(names, common) if ok], "min_positives": int(min_positives),
-        "classes_evaluated": int(np.isfinite(per_auc).sum()), "test_images": int(len(probs)),
+        "classes_evaluated": int(np.isfinite(per_auc).sum()), "classes_not_evaluated": not_evaluated,
+        "bootstrap_macro_dropped": int((~np.isfinite(boot_macro)).sum()), "test_images": int(len(probs)),
         "test_patients": int(len(set(patient_ids))), "bootstrap": n_boot, "ci": ci, "per_class": per_class,
     }
 
@@ -114,13 +125,23 @@ def region_auroc(node_probs: np.ndarray, region_targets: np.ndarray, region_mask
     return out
 
 
+#: The default test truth: uncertain (-1) test labels masked, not mentioned = negative.
+DEFAULT_TRUTH = {"uncertain": "ignore", "blank": "zeros"}
+
+
 def evaluate_model(model_dir, *, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.DataFrame, images_dir,
                    cache_dir, features_dir=None, n_boot: int = 1000, ci: float = 0.95, ece_bins: int = 10, seed: int = 0,
-                   batch_size: int = 32, progress: bool = True, min_positives: int = 10) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+                   batch_size: int = 32, progress: bool = True, min_positives: int = 10,
+                   truth: Mapping[str, str] | None = None) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Evaluate a model dir on the TEST split.
 
+    The test truth is ``truth`` (``{"uncertain": ignore|ones|zeros, "blank": zeros|ignore}``, the
+    ``evaluate.truth`` params; default :data:`DEFAULT_TRUTH`), the same for every model: never the
+    card's training uncertainty policy, which would make U-Ones and U-Ignore models answer to
+    different test labels. Bootstrap clusters are ``dataset:patient_id`` (the split's key).
+
     Returns:
-        ``(metrics, roc, pr, predictions)``; predictions has image_id, patient_id and, per class,
+        ``(metrics, roc, pr, predictions)``; predictions has image_id, patient_id, patient_key and, per class,
         ``p:<name>``, ``y:<name>``, ``m:<name>`` (probability, target, mask) for paired comparisons.
     """
     import torch
@@ -129,16 +150,18 @@ def evaluate_model(model_dir, *, images: pd.DataFrame, labels: pd.DataFrame, spl
 
     model, card = load_model_dir(model_dir)
     name, names = card["architecture"], card["label_names"]
-    unc = card.get("uncertainty", {})
+    truth = {**DEFAULT_TRUTH, **dict(truth or {})}
+    unc = {"default": truth["uncertain"], "blank": truth["blank"]}
     ds = build_datasets(name, images=images, labels=labels, splits=splits, images_dir=images_dir, names=names,
                         uncertainty=unc, which=("test",), image_size=card["input"].get("size", 0),
                         frontal_only=card["params"].get("frontal_only", True), cache_dir=cache_dir,
                         features_dir=features_dir, progress=progress, datasets=card["params"].get("datasets"))["test"]
     probs = predict(model, ds, batch_size=batch_size, norm=card["input"].get("normalisation"))
-    pids = ds.meta["patient_id"].astype(str).to_numpy()
+    pids = ds.meta["patient_key"].astype(str).to_numpy()
     metrics = classification_metrics(probs, ds.targets, ds.mask, pids, names, card["thresholds"], n_boot, ci, ece_bins, seed,
                                      min_positives=min_positives)
     metrics["model"] = name
+    metrics["truth"] = truth
     if name in REGION_MODELS:
         nodes, rt, rm = [], [], []
         with torch.inference_mode():
@@ -150,7 +173,8 @@ def evaluate_model(model_dir, *, images: pd.DataFrame, labels: pd.DataFrame, spl
         metrics["region_auroc"] = region_auroc(np.concatenate(nodes), np.concatenate(rt), np.concatenate(rm),
                                                ds.feats.region_names)
     roc, pr = curve_tables(probs, ds.targets, ds.mask, names)
-    pred = pd.DataFrame({"image_id": ds.meta["image_id"].to_numpy(), "patient_id": pids})
+    pred = pd.DataFrame({"image_id": ds.meta["image_id"].to_numpy(),
+                         "patient_id": ds.meta["patient_id"].astype(str).to_numpy(), "patient_key": pids})
     for c, n in enumerate(names):
         pred[f"p:{n}"] = probs[:, c]
         pred[f"y:{n}"] = ds.targets[:, c]

@@ -24,14 +24,27 @@ def _arrays(pred: pd.DataFrame, names: Sequence[str]) -> tuple[np.ndarray, np.nd
 
 
 def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, names: Sequence[str], n_boot: int, seed: int = 0) -> dict:
-    """Macro-AUROC difference a - b on shared test images, with a paired patient-bootstrap p-value."""
+    """Macro-AUROC difference a - b on shared test images, with a paired patient-bootstrap p-value.
+
+    Both models are scored against one truth. Their stored targets and masks must agree on every
+    shared image (evaluate writes them from ``evaluate.truth``, never from a model's training
+    policy); predictions scored against different truths are refused, not silently compared.
+
+    Raises:
+        ValueError: the two prediction tables hold different test truths.
+    """
     shared = a[["image_id"]].merge(b[["image_id"]], on="image_id")
     a = a.set_index("image_id").loc[shared["image_id"]].reset_index()
     b = b.set_index("image_id").loc[shared["image_id"]].reset_index()
     pa, ya, ma = _arrays(a, names)
-    pb, _, mb = _arrays(b, names)
-    m = ma & mb
-    res = patient_resamples(a["patient_id"].astype(str).to_numpy(), n_boot, seed)
+    pb, yb, mb = _arrays(b, names)
+    differ = [n for c, n in enumerate(names) if (ma[:, c] != mb[:, c]).any() or (ya[ma[:, c], c] != yb[ma[:, c], c]).any()]
+    if differ:
+        raise ValueError(f"the two models were evaluated against different test truths for {differ}; "
+                         "re-run evaluate for both with the same evaluate.truth")
+    m = ma
+    key = "patient_key" if "patient_key" in a.columns else "patient_id"
+    res = patient_resamples(a[key].astype(str).to_numpy(), n_boot, seed)
     diffs = np.array([macro_auroc(pa[r], ya[r], m[r]) - macro_auroc(pb[r], ya[r], m[r]) for r in res])
     return {"shared_images": int(len(shared)), "difference": float(macro_auroc(pa, ya, m) - macro_auroc(pb, ya, m)),
             "p_value": paired_p_value(diffs)}

@@ -2,8 +2,11 @@
 
 Pipeline per report: section extraction -> sentence split -> mention extraction from the
 vocabulary's phrase lists (minus "unmentions") -> ConText classification of each mention
-(pre-negation uncertainty, negation, post-negation uncertainty) -> aggregation per observation
--> vocabulary rules (heart failure -> Cardiomegaly) -> the No Finding rule.
+(pre-negation uncertainty, negation, post-negation uncertainty) -> two post-negation
+uncertainty rules of the CheXpert labeller that a trigger list cannot say: mentions that are
+uncertain by themselves (an observation's ``uncertain`` phrases: "vascular congestion") and
+mentions joined by "or" ("atelectasis or pneumonia": both uncertain) -> aggregation per
+observation -> vocabulary rules (heart failure adds -1 to Cardiomegaly) -> the No Finding rule.
 
 Values: 1 positive, 0 negative, -1 uncertain, NaN not mentioned.
 """
@@ -40,6 +43,10 @@ SECTION_ALIASES = {"conclusion": "impression", "conclusions": "impression", "sum
 _HEADER = re.compile(r"^[ \t]*([A-Za-z][A-Za-z /&()-]{1,40}?)[ \t]*:", re.MULTILINE)
 _FINAL_REPORT = re.compile(r"^[ \t]*FINAL REPORT[ \t]*$", re.MULTILINE)
 _SENT_END = re.compile(r"(?<=[.!?;])\s+|\n\s*\n")
+#: The text between two mentions that makes them alternatives ("A or B", "A, B or C", "A and/or
+#: B", a few words of description allowed on either side: "atelectasis at the base or pneumonia").
+_OR_GAP = re.compile(r"\s*(?:[\w-]+\s+){0,4},?\s*(?:or|and/or)\s+(?:[\w-]+\s+){0,3}")
+_LIST_GAP = re.compile(r"\s*,\s*")
 
 
 def split_sections(text: str) -> list[tuple[str, str]]:
@@ -101,6 +108,36 @@ class Mention:
     text: str
     sentence: str
     value: int
+    start: int = -1  # character span in the (whitespace-normalised) sentence
+    end: int = -1
+
+
+def alternatives(spans: Sequence[tuple[int, int]], sentence: str) -> set[int]:
+    """Indices of ``spans`` (mentions in ``sentence``) that are alternatives joined by "or".
+
+    Consecutive mentions are linked when the text between them is a comma or an "or" phrase
+    (:data:`_OR_GAP`); every member of a linked chain that holds an "or" is an alternative
+    (the CheXpert labeller's ``conj:or`` uncertainty).
+    """
+    order = sorted(range(len(spans)), key=lambda i: spans[i])
+    out: set[int] = set()
+    chain, has_or = [order[0]] if order else [], False
+    for a, b in zip(order, order[1:]):
+        gap = sentence[spans[a][1]:spans[b][0]] if spans[b][0] >= spans[a][1] else None
+        if gap is not None and len(gap) <= 80 and "or" in gap and _OR_GAP.fullmatch(gap):
+            chain.append(b)
+            has_or = True
+        elif gap is not None and _LIST_GAP.fullmatch(gap):
+            chain.append(b)
+        elif gap is None:  # overlapping mentions (two observations on one phrase) stay in the chain
+            chain.append(b)
+        else:
+            if has_or:
+                out.update(chain)
+            chain, has_or = [b], False
+    if has_or:
+        out.update(chain)
+    return out
 
 
 def aggregate(values: Iterable[int]) -> float:
@@ -151,6 +188,7 @@ class Labeler:
         for sentence in split_sentences(text):
             low = sentence.lower()
             triggers = None
+            here: list[Mention] = []
             for obs in self.vocab.observations:
                 spans = [m.span() for m in obs.mentions.finditer(low)]
                 negs = [m.span() for m in obs.negative.finditer(low)] if obs.negative and self.use_context else []
@@ -167,11 +205,19 @@ class Labeler:
                         value = self.context.classify(s, e, *triggers)
                         if value is None:  # hypothetical / historical
                             continue
+                        if value == 1 and obs.uncertain is not None and any(
+                                us < e and s < ue for us, ue in (m.span() for m in obs.uncertain.finditer(low))):
+                            value = -1
                     else:
                         value = 1
-                    found.append(Mention(obs.name, sentence[s:e], sentence, value))
+                    here.append(Mention(obs.name, sentence[s:e], sentence, value, s, e))
                 for s, e in negs:
-                    found.append(Mention(obs.name, sentence[s:e], sentence, 0))
+                    here.append(Mention(obs.name, sentence[s:e], sentence, 0, s, e))
+            if self.use_context and self.vocab.alternatives_uncertain and len(here) > 1 and "or " in low:
+                alt = alternatives([(m.start, m.end) for m in here], low)
+                here = [Mention(m.observation, m.text, m.sentence, -1, m.start, m.end) if i in alt and m.value == 1 else m
+                        for i, m in enumerate(here)]
+            found.extend(here)
         return found
 
     def label(self, report: str) -> dict[str, float]:
@@ -183,7 +229,11 @@ class Labeler:
             by_obs.setdefault(m.observation, []).append(m.value)
         values = {o.name: aggregate(by_obs.get(o.name, ())) for o in self.vocab.observations}
         for rule in self.vocab.rules:
-            if values[rule.when] in rule.values and (not rule.only_if_blank or math.isnan(values[rule.target])):
+            if values[rule.when] not in rule.values:
+                continue
+            if rule.as_mention:
+                values[rule.target] = aggregate([*by_obs.get(rule.target, ()), rule.to])
+            elif not rule.only_if_blank or math.isnan(values[rule.target]):
                 values[rule.target] = float(rule.to)
         out = {}
         if self.vocab.no_finding:

@@ -18,31 +18,43 @@ import yaml
 from cxr.labeler.context import VocabularyError, compile_phrases
 
 PACKAGED = ("chexpert14", "chestxray14")
-_OBS_KEYS = {"name", "mentions", "unmentions", "negative", "output"}
-_RULE_KEYS = {"when", "values", "set", "to", "only_if_blank"}
+_OBS_KEYS = {"name", "mentions", "unmentions", "negative", "uncertain", "output"}
+_RULE_KEYS = {"when", "values", "set", "to", "only_if_blank", "as_mention"}
 _VALUES = (1, 0, -1)
 
 
 @dataclass(frozen=True)
 class Observation:
-    """One observation: compiled mention / unmention / normal-statement patterns."""
+    """One observation: compiled mention / unmention / normal-statement / uncertain-mention patterns.
+
+    ``uncertain``: phrases whose mentions are uncertain by themselves ("vascular congestion" is at
+    most a possible edema, as in the CheXpert labeller): an asserted one counts -1, a negated one 0.
+    """
 
     name: str
     mentions: re.Pattern[str] | None
     unmentions: re.Pattern[str] | None
     negative: re.Pattern[str] | None
     output: bool = True
+    uncertain: re.Pattern[str] | None = None
 
 
 @dataclass(frozen=True)
 class Rule:
-    """If observation ``when`` took one of ``values``, set ``target`` to ``to``."""
+    """If observation ``when`` took one of ``values``, set ``target`` to ``to``.
+
+    ``as_mention``: ``to`` joins the target's mention values and the target is aggregated again
+    (the CheXpert labeller appends -1 to Cardiomegaly for a positive or uncertain CHF, so "CHF,
+    normal heart size" gives -1 and "CHF with cardiomegaly" 1); else ``to`` is set, only where the
+    target is blank when ``only_if_blank``.
+    """
 
     when: str
     values: tuple[int, ...]
     target: str
     to: int
     only_if_blank: bool = True
+    as_mention: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,9 @@ class Vocabulary:
         no_finding: name of the "No Finding" observation (or None if the vocabulary has none).
         no_finding_ignore: observations that do not block No Finding (CheXpert: Support Devices).
         rules: cross-observation rules applied after aggregation.
+        alternatives_uncertain: mentions joined by "or" are uncertain (the CheXpert labeller's
+            rule; the ChestX-ray14 / OpenI annotation convention counts listed alternatives as
+            findings, so that vocabulary turns it off).
     """
 
     name: str
@@ -62,6 +77,7 @@ class Vocabulary:
     no_finding: str | None
     no_finding_ignore: tuple[str, ...]
     rules: tuple[Rule, ...]
+    alternatives_uncertain: bool = True
 
     @property
     def labels(self) -> list[str]:
@@ -85,9 +101,13 @@ def parse_vocabulary(spec: Any, source: str) -> Vocabulary:
     """
     if not isinstance(spec, dict):
         raise VocabularyError(f"{source}: top level must be a mapping")
-    unknown = sorted(set(spec) - {"name", "observations", "no_finding", "rules"})
+    unknown = sorted(set(spec) - {"name", "observations", "no_finding", "rules", "alternatives_uncertain"})
     if unknown:
-        raise VocabularyError(f"{source}: unknown key(s) {unknown}; allowed: name, observations, no_finding, rules")
+        raise VocabularyError(f"{source}: unknown key(s) {unknown}; allowed: name, observations, no_finding, rules, "
+                              "alternatives_uncertain")
+    alt = spec.get("alternatives_uncertain", True)
+    if not isinstance(alt, bool):
+        raise VocabularyError(f"{source}: alternatives_uncertain must be true or false, got {alt!r}")
     raw_obs = spec.get("observations")
     if not isinstance(raw_obs, list) or not raw_obs:
         raise VocabularyError(f"{source}: observations must be a non-empty list")
@@ -117,6 +137,7 @@ def parse_vocabulary(spec: Any, source: str) -> Vocabulary:
                 unmentions=compile_phrases(_phrases(o, "unmentions", where), f"{where}.unmentions"),
                 negative=compile_phrases(_phrases(o, "negative", where), f"{where}.negative"),
                 output=output,
+                uncertain=compile_phrases(_phrases(o, "uncertain", where), f"{where}.uncertain"),
             )
         )
     nf = spec.get("no_finding")
@@ -142,13 +163,15 @@ def parse_vocabulary(spec: Any, source: str) -> Vocabulary:
         values = tuple(r.get("values") or ())
         if not values or any(v not in _VALUES for v in values) or r.get("to") not in _VALUES:
             raise VocabularyError(f"{where}: values and to must be among {_VALUES}, got {values!r} -> {r.get('to')!r}")
-        rules.append(Rule(r["when"], values, r["set"], int(r["to"]), bool(r.get("only_if_blank", True))))
+        rules.append(Rule(r["when"], values, r["set"], int(r["to"]), bool(r.get("only_if_blank", True)),
+                          bool(r.get("as_mention", False))))
     return Vocabulary(
         name=str(spec.get("name") or source),
         observations=tuple(observations),
         no_finding=nf_name,
         no_finding_ignore=nf_ignore,
         rules=tuple(rules),
+        alternatives_uncertain=alt,
     )
 
 

@@ -159,7 +159,9 @@ class SearchIndex:
         self.index, self.items, self.vectors, self.meta = index, items.reset_index(drop=True), vectors, dict(meta)
         self.binary, self.kind, self.dim = bool(meta["binary"]), str(meta["kind"]), int(meta["dim"])
         self.label_names = list(meta.get("label_names", []))
-        codes, uniques = pd.factorize(self.items["patient_id"].astype(str))
+        # the patient cluster: dataset:patient_id when the items carry it (ids repeat across datasets)
+        pcol = "patient_key" if "patient_key" in self.items.columns else "patient_id"
+        codes, uniques = pd.factorize(self.items[pcol].astype(str))
         self._patient_codes = np.asarray(codes, dtype=np.int64)
         self._patient_lookup = {p: i for i, p in enumerate(uniques)}
         self._max_per_patient = int(np.bincount(self._patient_codes).max()) if len(codes) else 0

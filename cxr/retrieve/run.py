@@ -103,7 +103,8 @@ def retrieve_model(model_dir: str | Path, *, images: pd.DataFrame, labels: pd.Da
                         frontal_only=card["params"].get("frontal_only", True), cache_dir=cache_dir,
                         features_dir=features_dir, progress=progress, datasets=card["params"].get("datasets"))
     vecs = {s: embed_dataset(model, ds[s], batch_size=params.batch_size, norm=norm, progress=progress) for s in which}
-    tables = {s: ds[s].meta[[*ITEM_COLUMNS, *names]].reset_index(drop=True) for s in which}
+    # patient_key (dataset:patient_id, the split's key) is the patient cluster: ids repeat across datasets
+    tables = {s: ds[s].meta[[*ITEM_COLUMNS, "patient_key", *names]].reset_index(drop=True) for s in which}
     q_items, q_vec = tables["test"], vecs["test"]
     db_items = pd.concat([tables[s] for s in db_splits], ignore_index=True)
     db_vec = np.concatenate([vecs[s] for s in db_splits])
@@ -114,13 +115,14 @@ def retrieve_model(model_dir: str | Path, *, images: pd.DataFrame, labels: pd.Da
                               label_names=names)
     ks = list(params.k)
     kmax = max(max(ks), EXAMPLE_K)
-    q_pids = q_items["patient_id"].astype(str).tolist()
+    q_pids = q_items["patient_key"].astype(str).tolist()
+    d_pids = db_items["patient_key"].astype(str).tolist()
     scores, rows = index.search(q_vec, kmax, exclude_patients=q_pids)
     q_raw = q_items[names].to_numpy(np.float64, na_value=np.nan)
     d_raw = db_items[names].to_numpy(np.float64, na_value=np.nan)
-    avail = relevant_available(q_pids, d_raw, db_items["patient_id"].astype(str).tolist())
+    avail = relevant_available(q_pids, d_raw, d_pids)
     per_k = retrieval_metrics(q_raw, d_raw, rows, names, ks, available=avail)
-    chance = chance_metrics(q_raw, d_raw, q_pids, db_items["patient_id"].astype(str).tolist(), names, ks, seed=seed)
+    chance = chance_metrics(q_raw, d_raw, q_pids, d_pids, names, ks, seed=seed)
     summary = {}
     for k in ks:
         avg = per_k[str(k)]["no_skip"]["class_average"] or {}
@@ -129,8 +131,8 @@ def retrieve_model(model_dir: str | Path, *, images: pd.DataFrame, labels: pd.Da
         "model": name,
         "embedding": {"dim": int(db_vec.shape[1]), "binary": binary, "metric": index.meta["metric"]},
         "index": {"kind": index.kind, "config": index.meta["config"]},
-        "database": {"splits": db_splits, "images": int(len(db_items)), "patients": int(db_items["patient_id"].nunique())},
-        "queries": {"split": "test", "images": int(len(q_items)), "patients": int(q_items["patient_id"].nunique())},
+        "database": {"splits": db_splits, "images": int(len(db_items)), "patients": int(db_items["patient_key"].nunique())},
+        "queries": {"split": "test", "images": int(len(q_items)), "patients": int(q_items["patient_key"].nunique())},
         "exclusion": "each query's own patient (hence the query itself) is removed from its results",
         "k": ks,
         "summary": summary,

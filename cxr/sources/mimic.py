@@ -42,8 +42,36 @@ def _strip_prefix(v: str, prefix: str) -> str:
     return v[1:] if v.startswith(prefix) and v[1:].isdigit() else v
 
 
+def metadata_conflicts(df: pd.DataFrame, name: str) -> dict[str, str]:
+    """dicom_ids that the metadata table ``name`` lists with different subject or study ids.
+
+    One rule for every stage (label, convert, and split through convert's table): such an image
+    is dropped, all of its rows, and counted with this message - keeping the first row in one
+    stage and the last in another would give one image two patients and a patient two splits.
+
+    Args:
+        df: the metadata table as strings (``dicom_id, subject_id, study_id``).
+        name: file name for the message.
+
+    Returns:
+        ``{dicom_id: message naming the file, the lines and the conflicting ids}``.
+    """
+    ids = df[list(_META_COLUMNS)].astype(str).apply(lambda c: c.str.strip())
+    ids["line"] = range(2, len(ids) + 2)
+    out: dict[str, str] = {}
+    dup = ids[ids["dicom_id"].duplicated(keep=False) & (ids["dicom_id"] != "")]
+    for dicom, g in dup.groupby("dicom_id", sort=True):
+        if g[["subject_id", "study_id"]].drop_duplicates().shape[0] > 1:
+            pairs = ", ".join(f"line {r.line}: subject {r.subject_id} study {r.study_id}" for r in g.itertuples())
+            out[dicom] = f"{name}: dicom_id {dicom!r} is listed for different patients/studies ({pairs}); all its rows dropped"
+    return out
+
+
 def read_metadata(folder: str | Path) -> tuple[pd.DataFrame, list[Issue]]:
     """Images table from ``mimic-cxr-2.0.0-metadata.csv(.gz)`` in ``folder``.
+
+    A dicom_id listed with two subjects or studies is dropped entirely and counted
+    (:func:`metadata_conflicts`); an exact repeat of a row is counted and read once.
 
     Raises:
         SourceError: no metadata file or missing columns.
@@ -57,8 +85,12 @@ def read_metadata(folder: str | Path) -> tuple[pd.DataFrame, list[Issue]]:
     issues: list[Issue] = []
     rows = []
     seen: set[str] = set()
+    conflicts = metadata_conflicts(df, path.name)
     for i, r in enumerate(df.to_dict("records"), start=2):
         dicom, subject, study = (clean(r[c]) for c in _META_COLUMNS)
+        if dicom in conflicts:
+            issues.append(Issue(path.name, f"line {i}", conflicts[dicom]))
+            continue
         if not dicom or not subject or not study or not subject.isdigit() or not study.isdigit():
             issues.append(Issue(path.name, f"line {i}", f"bad ids dicom_id={dicom!r} subject_id={subject!r} study_id={study!r}"))
             continue
