@@ -277,3 +277,25 @@ def test_anatomy_model_needs_a_detector_and_runs_with_one(tiny, realdata, tmp_pa
         x1, y1, x2, y2 = r["box_original"]
         assert 0 <= x1 <= x2 <= 1024 and 0 <= y1 <= y2 <= 1024  # original DICOM pixels (1024 x 1024)
     assert (tmp_path / "o" / rec["region_overlay"]).is_file()
+
+
+def test_model_card_carries_the_convert_settings(tiny, realdata, tmp_path, monkeypatch, caplog):
+    """A model dir decodes new files as its training images were decoded, without any params.yaml."""
+    import logging
+
+    card = json.loads((tiny["model"] / "card.json").read_text())
+    assert card["convert"]["size"] == 128 and set(card["convert"]) >= {"side", "square", "bits", "voi", "upscale"}
+    monkeypatch.chdir(tmp_path)  # no ./params.yaml here
+    f = realdata / "nih" / "00000001_000.png"
+    assert cli_main(["predict", str(f), "--model", str(tiny["model"]), "--out", str(tmp_path / "o"),
+                     "--device", "cpu", "--no-heatmaps"]) == 0
+    rec = json.loads((tmp_path / "o" / f"{f.stem}.json").read_text())
+    assert max(rec["image"]["converted"]["rows"], rec["image"]["converted"]["cols"]) == 128  # the card's, not 512
+    other = tmp_path / "p.yaml"
+    other.write_text("convert: {size: 96}\n")
+    with caplog.at_level(logging.WARNING):
+        assert cli_main(["predict", str(f), "--model", str(tiny["model"]), "--out", str(tmp_path / "o2"),
+                         "--device", "cpu", "--no-heatmaps", "--params", str(other)]) == 0
+    assert "size: 128 -> 96" in caplog.text
+    rec = json.loads((tmp_path / "o2" / f"{f.stem}.json").read_text())
+    assert max(rec["image"]["converted"]["rows"], rec["image"]["converted"]["cols"]) == 96

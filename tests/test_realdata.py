@@ -239,3 +239,54 @@ def test_frozen_unet_sees_its_training_scale():
     assert seen == [(64, 64)] and out.shape == (3, 2, 32, 32)  # fed at 64, masks back at the input's 32
     FrozenUNet(Net(), unit_range=True)(torch.zeros(1, 1, 32, 32))
     assert seen[-1] == (32, 32)
+
+
+def test_anatomy_branch_says_not_applicable_without_scene_graphs(real_run, tmp_path):
+    from cxr.applicability import reason_of
+    from stages import coco, detector, features
+
+    d, p = real_run, ["--params", str(real_run["params"])]
+    assert coco.main([*p, "--scene-graphs", str(d["raw"] / "chest-imagenome"), "--images", str(d["images"]),
+                      "--splits", str(d["splits"]), "--out", str(tmp_path / "coco"),
+                      "--metrics", str(tmp_path / "coco.json")]) == 0
+    assert "scene graphs" in reason_of(tmp_path / "coco.json")
+    for s in ("train", "val", "test"):
+        c = json.loads((tmp_path / "coco" / f"{s}.json").read_text())
+        assert c["images"] == [] and reason_of(c)
+    assert detector.main([*p, "--coco", str(tmp_path / "coco"), "--images", str(d["image_dir"]),
+                          "--out", str(tmp_path / "det"), "--live", str(tmp_path / "live"),
+                          "--metrics", str(tmp_path / "det.json")]) == 0
+    assert reason_of(tmp_path / "det") == reason_of(tmp_path / "det.json") == reason_of(tmp_path / "coco.json")
+    assert features.main([*p, "--model", str(tmp_path / "det"), "--coco", str(tmp_path / "coco"),
+                          "--images", str(d["images"]), "--image-dir", str(d["image_dir"]), "--splits", str(d["splits"]),
+                          "--out", str(tmp_path / "feat"), "--metrics", str(tmp_path / "feat.json")]) == 0
+    assert reason_of(tmp_path / "feat.json") and reason_of(tmp_path / "feat")
+
+
+def test_train_datasets_selects_images_and_names_unknown_ones(real_run):
+    from cxr.data import DataError, join_split
+
+    images, labels = pd.read_parquet(real_run["images"]), pd.read_parquet(real_run["labels"])
+    splits = pd.read_parquet(real_run["splits"])
+    nih = join_split(images, labels, splits, ["Effusion", "Nodule"], "train", datasets=["nih"])
+    both = join_split(images, labels, splits, ["Effusion", "Nodule"], "train")
+    ds = images.set_index("image_id")["dataset"]
+    assert set(ds[nih["image_id"]]) == {"nih"} and set(ds[both["image_id"]]) == {"nih", "jsrt"}
+    with pytest.raises(DataError, match="mimic"):
+        join_split(images, labels, splits, ["Effusion"], "train", datasets=["mimic"])
+
+
+def test_exp_run_passes_every_key_of_the_real_params_file(repo_root, capsys, tmp_path):
+    from cxr import cli
+    from cxr.params import ParamsError, override_args
+
+    assert cli.main(["exp-run", "--dry-run", str(repo_root / "params-real.yaml"), "-S", "ingest.source=/data/x"]) == 0
+    args = capsys.readouterr().out.splitlines()
+    pairs = dict(a.split("=", 1) for a in args if "=" in a)
+    assert args[:2] == ["exp", "run"] and pairs["ingest.source"] == "/data/x"
+    assert pairs["ingest.local.folders"] == "{jsrt: jsrt, nih: nih1000}"
+    assert pairs["train.models"] == "[densenet121, segfusion_van_gcn]" and pairs["base.label_space"] == "chestxray14"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epochz: 3}\n")
+    with pytest.raises(ParamsError, match="train.epochz"):
+        override_args(bad)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxr.models.mlgcn import LabelGCNHead
+from cxr.precision import cpu_has_bf16
 from cxr.models.registry import register_model
 from cxr.models.van import VAN
 
@@ -57,17 +58,24 @@ class FrozenUNet(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            if self.unit_range:
-                from cxr.data import NORMALISATION
+        # the frozen UNet runs in bf16 on a CPU with native bf16 (about 2.5x faster; masks only gate features, and
+        # the trainable VAN stays in the run's precision); on a GPU the run's autocast applies as it is
+        bf16 = x.device.type == "cpu" and cpu_has_bf16()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = self._masks(x)
+        return out.float()
 
-                x = (x * NORMALISATION["std"] + NORMALISATION["mean"]).clamp(0, 1)
-            size = x.shape[-2:]
-            if self.input_size and tuple(size) != (self.input_size, self.input_size):
-                x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
-                                  antialias=self.input_size < max(size))
-                return F.interpolate(torch.sigmoid(self.net(x)), size=size, mode="bilinear", align_corners=False)
-            return torch.sigmoid(self.net(x))
+    def _masks(self, x: torch.Tensor) -> torch.Tensor:
+        if self.unit_range:
+            from cxr.data import NORMALISATION
+
+            x = (x * NORMALISATION["std"] + NORMALISATION["mean"]).clamp(0, 1)
+        size = x.shape[-2:]
+        if self.input_size and tuple(size) != (self.input_size, self.input_size):
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
+                              antialias=self.input_size < max(size))
+            return F.interpolate(torch.sigmoid(self.net(x)).float(), size=size, mode="bilinear", align_corners=False)
+        return torch.sigmoid(self.net(x))
 
 
 class MaskFusion(nn.Module):
