@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -205,6 +206,77 @@ def _mask_bits(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
         sign = 1 << (bits_stored - 1)
         a = (a ^ sign) - sign
     return a
+
+
+def _check_rescale(ds: Any) -> None:
+    """Refuse a modality LUT that would map every pixel to one value or to NaN / inf.
+
+    A Rescale Slope of 0, NaN or inf (or a non-finite intercept) turns the whole image into a
+    constant or NaN, which the VOI step would quietly write as a black PNG marked ok.
+    """
+    if "ModalityLUTSequence" in ds and len(ds.ModalityLUTSequence) > 0:
+        return  # pydicom prefers the LUT; Rescale Slope/Intercept are then unused
+    for keyword, tag, zero_ok in (("RescaleSlope", "(0028,1053)", False), ("RescaleIntercept", "(0028,1052)", True)):
+        raw = ds.get(keyword)
+        if raw is None or raw == "":
+            continue
+        try:
+            value = float(_first(raw))
+        except (TypeError, ValueError):
+            raise DecodeError(f"invalid {keyword} {tag} {raw!r}: not a number") from None
+        if not math.isfinite(value) or (value == 0 and not zero_ok):
+            allowed = "a finite number" if zero_ok else "a finite, non-zero number"
+            raise DecodeError(f"invalid {keyword} {tag} {value}: must be {allowed}")
+
+
+def _check_native_length(ds: Any, meta: dict[str, Any]) -> None:
+    """Refuse native (uncompressed) Pixel Data longer than Rows x Columns x samples x bits need.
+
+    PS3.5 8.1.1 allows one trailing padding byte to reach an even length, nothing more. Extra
+    bytes mean the header's geometry is wrong (e.g. Rows 50 over a 200-row image), and decoding
+    would silently keep the first rows only.
+    """
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if tsyntax is None or "PixelData" not in ds:
+        return
+    try:
+        if tsyntax.is_encapsulated:
+            return
+    except (AttributeError, ValueError):  # an unknown private UID: the decoder decides
+        return
+    bits_alloc = int(ds.get("BitsAllocated") or 0)
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    if bits_alloc <= 0:
+        return
+    n = meta["rows"] * meta["cols"] * samples * max(int(ds.get("NumberOfFrames") or 1), 1)
+    need = -(-n * bits_alloc // 8)
+    have = len(ds.PixelData)
+    if have > need + (need % 2):
+        raise DecodeError(
+            f"pixel data holds {have} bytes but Rows={meta['rows']} x Columns={meta['cols']} x "
+            f"SamplesPerPixel={samples} x BitsAllocated={bits_alloc} need {need} (+1 padding byte): "
+            "the header's image size is wrong"
+        )
+
+
+def check_image(img: np.ndarray) -> None:
+    """Refuse a decoded image that holds NaN / inf or a single value (nothing a model could learn from).
+
+    Raises:
+        DecodeError: non-finite values, or a constant image (all-black or all-white after the
+            modality LUT and VOI; usually a broken rescale/window or blank pixel data).
+    """
+    if img.size == 0:
+        raise DecodeError("decoded image is empty")
+    if not np.isfinite(img).all():
+        n = int(img.size - np.count_nonzero(np.isfinite(img)))
+        raise DecodeError(f"decoded image has {n} non-finite (NaN/inf) pixels; check Rescale / Window values")
+    lo, hi = float(img.min()), float(img.max())
+    if hi <= lo:
+        raise DecodeError(
+            f"constant image (every pixel {lo:.4g} in [0, 1]): blank pixel data, or a rescale / window "
+            "that maps every stored value to one output value"
+        )
 
 
 def _check_chest(ds: Any) -> None:
@@ -410,6 +482,7 @@ def _decode_pixels(
     photometric = meta["photometric"].upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422"):
         raise DecodeError(f"unsupported PhotometricInterpretation {photometric!r}")
+    _check_native_length(ds, meta)
 
     try:
         with warnings.catch_warnings():
@@ -431,7 +504,11 @@ def _decode_pixels(
     else:
         arr = _mask_bits(arr, meta["bits"], signed=int(ds.get("PixelRepresentation") or 0) == 1)
 
-    x = apply_modality_lut(arr, ds) if arr.dtype.kind in "iu" else arr
+    if arr.dtype.kind in "iu":
+        _check_rescale(ds)
+        x = apply_modality_lut(arr, ds)
+    else:
+        x = arr
     out = None
     if voi == "window":
         if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
@@ -447,11 +524,15 @@ def _decode_pixels(
                 center, width = float(_first(ds.WindowCenter)), float(_first(ds.WindowWidth))
             except (TypeError, ValueError):
                 raise DecodeError(f"invalid Window Center/Width {ds.WindowCenter!r}/{ds.WindowWidth!r}") from None
+            for tag, value in (("Window Center (0028,1050)", center), ("Window Width (0028,1051)", width)):
+                if not math.isfinite(value):
+                    raise DecodeError(f"invalid {tag} {value}: must be a finite number")
             out = window(np.asarray(x), center, width, str(_first(ds.get("VOILUTFunction")) or "LINEAR"))
     elif voi != "full":
         raise ValueError(f"voi must be 'window' or 'full', got {voi!r}")
     if out is None:
         out = full_range(np.asarray(x))
+    check_image(out)
     if photometric == "MONOCHROME1":
         out = np.float32(1.0) - out
     return Decoded(image=np.ascontiguousarray(out, dtype=np.float32), meta=meta)
@@ -515,6 +596,7 @@ def read_raster(
         raise DecodeError(f"refused by Pillow as a decompression bomb: {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise DecodeError(f"unreadable image ({type(exc).__name__}: {exc})") from None
+    check_image(img)
     pm = (photometric or "MONOCHROME2").strip().upper()
     if pm == "MONOCHROME1":
         img = np.float32(1.0) - img

@@ -13,6 +13,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from cxr.dicom import (
     DecodeError,
+    check_image,
     NotRadiograph,
     full_range,
     normalise_sex,
@@ -149,6 +150,80 @@ def test_truncated_header_is_decode_error(tmp_path):
 def test_missing_pixel_data_is_decode_error(tmp_path):
     with pytest.raises(DecodeError, match="missing pixel data"):
         read_dicom(make_dicom(tmp_path / "n.dcm", chest(), drop_pixels=True))
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"slope": float("nan")}, r"RescaleSlope \(0028,1053\) nan"),
+        ({"slope": float("inf")}, r"RescaleSlope \(0028,1053\) inf"),
+        ({"slope": 0}, r"RescaleSlope \(0028,1053\) 0.0: must be a finite, non-zero"),
+        ({"slope": 1, "intercept": float("-inf")}, r"RescaleIntercept \(0028,1052\) -inf"),
+        ({"center": float("nan"), "width": 400}, r"Window Center \(0028,1050\) nan"),
+        ({"center": 100, "width": float("nan")}, r"Window Width \(0028,1051\) nan"),
+    ],
+)
+def test_invalid_rescale_or_window_is_an_error_naming_the_tag(tmp_path, kw, match):
+    """Before: each of these decoded to an all-black image that convert marked ok."""
+    p = make_dicom(tmp_path / "bad.dcm", chest(), **kw)
+    with pytest.raises(DecodeError, match=match):
+        read_dicom(p)
+    if "center" in kw:  # voi="full" ignores the window, so that file is still a good image
+        assert read_dicom(p, voi="full").image.std() > 0
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},  # blank pixel data: every stored value the same
+        {"center": 60000, "width": 2},  # a window above every stored value: all black
+    ],
+)
+def test_constant_decoded_image_is_an_error(tmp_path, kw):
+    arr = np.full((32, 32), 1000, np.uint16) if not kw else chest()
+    with pytest.raises(DecodeError, match="constant image"):
+        read_dicom(make_dicom(tmp_path / "c.dcm", arr, **kw))
+    png = tmp_path / "blank.png"
+    Image.new("L", (16, 16), 128).save(png)
+    with pytest.raises(DecodeError, match="constant image"):
+        read_raster(png)
+
+
+def test_check_image_refuses_non_finite_values():
+    img = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    img[1, 1] = np.nan
+    with pytest.raises(DecodeError, match="1 non-finite"):
+        check_image(img)
+    check_image(np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4))  # a normal image passes
+
+
+@pytest.mark.parametrize("rows, ok", [(200, True), (50, False), (199, False)])
+def test_pixel_data_longer_than_the_header_geometry_is_an_error(tmp_path, rows, ok):
+    """Before: Rows 50 over a 200-row image decoded to the top 50 rows, marked ok."""
+    p = make_dicom(tmp_path / "g.dcm", chest(200, 40))
+    ds = pydicom.dcmread(p)
+    ds.Rows = rows
+    ds.save_as(p)
+    if ok:
+        assert read_dicom(p).image.shape == (200, 40)
+    else:
+        with pytest.raises(DecodeError, match=rf"pixel data holds 16000 bytes but Rows={rows} .* need {rows * 80}"):
+            read_dicom(p)
+
+
+def test_one_padding_byte_is_allowed(tmp_path):
+    """8-bit odd-sized pixel data is padded to an even length (PS3.5 8.1.1): still a good image."""
+    arr = (chest(5, 5, bits=8)).astype(np.uint8)
+    p = make_dicom(tmp_path / "odd.dcm", chest(5, 5))
+    ds = pydicom.dcmread(p)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = arr.tobytes() + b"\x00"
+    ds.save_as(p)
+    assert read_dicom(p).image.shape == (5, 5)
+    ds.PixelData = arr.tobytes() + b"\x00" * 3
+    ds.save_as(p)
+    with pytest.raises(DecodeError, match="pixel data holds 28 bytes"):
+        read_dicom(p)
 
 
 def test_not_a_dicom(tmp_path):
