@@ -651,7 +651,9 @@ def convert(
 
 def _reasons(df: pd.DataFrame) -> dict[str, int]:
     err = df.loc[df["status"] == "error", "error"].fillna("").str.split(r" \(|:", n=1, regex=True).str[0]
-    return {k: int(v) for k, v in err.value_counts().sort_index().head(10).items()}
+    # most common first (ties alphabetical), so the stage's failure message leads with the main cause
+    counts = sorted(err.value_counts().items(), key=lambda kv: (-kv[1], kv[0]))
+    return {k: int(v) for k, v in counts[:10]}
 
 
 def _jsonable(o: Any) -> Any:

@@ -229,6 +229,15 @@ def _check_rescale(ds: Any) -> None:
             raise DecodeError(f"invalid {keyword} {tag} {value}: must be {allowed}")
 
 
+def _has_pixel_data_tag(path: Path) -> bool:
+    """True if the bytes of the Pixel Data tag (7FE0,0010), little or big endian, occur in the file."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return False
+    return b"\xe0\x7f\x10\x00" in raw or b"\x7f\xe0\x00\x10" in raw
+
+
 def _check_native_length(ds: Any, meta: dict[str, Any]) -> None:
     """Refuse native (uncompressed) Pixel Data longer than Rows x Columns x samples x bits need.
 
@@ -253,9 +262,9 @@ def _check_native_length(ds: Any, meta: dict[str, Any]) -> None:
     have = len(ds.PixelData)
     if have > need + (need % 2):
         raise DecodeError(
-            f"pixel data holds {have} bytes but Rows={meta['rows']} x Columns={meta['cols']} x "
-            f"SamplesPerPixel={samples} x BitsAllocated={bits_alloc} need {need} (+1 padding byte): "
-            "the header's image size is wrong"
+            f"pixel data longer than the header's image size: {have} bytes, but Rows={meta['rows']} x "
+            f"Columns={meta['cols']} x SamplesPerPixel={samples} x BitsAllocated={bits_alloc} need {need} "
+            "(+1 padding byte); the header's Rows / Columns are wrong"
         )
 
 
@@ -270,7 +279,7 @@ def check_image(img: np.ndarray) -> None:
         raise DecodeError("decoded image is empty")
     if not np.isfinite(img).all():
         n = int(img.size - np.count_nonzero(np.isfinite(img)))
-        raise DecodeError(f"decoded image has {n} non-finite (NaN/inf) pixels; check Rescale / Window values")
+        raise DecodeError(f"non-finite pixels in the decoded image: {n} NaN/inf values; check Rescale / Window values")
     lo, hi = float(img.min()), float(img.max())
     if hi <= lo:
         raise DecodeError(
@@ -407,10 +416,23 @@ def read_dicom(
         # pydicom returns an empty dataset when an encapsulated PixelData is cut short by the end
         # of the file (with a warning): read the header alone, for the failure row.
         truncated = any("End of file reached" in str(w.message) for w in caught)
+        damage = None
         if truncated and "PixelData" not in ds:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UserWarning)
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
+            if any("End of file reached" in str(w.message) for w in caught):
+                # even the header alone runs into the end of the file: an element before the
+                # pixel data claims more bytes than there are, i.e. the header is corrupt
+                damage = "corrupt header: an element before the pixel data claims more bytes than the file holds"
+            else:
+                damage = "truncated file: pixel data cut short by the end of the file"
+        elif "PixelData" not in ds and _has_pixel_data_tag(path):
+            ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            damage = (
+                "corrupt header or wrong transfer syntax: the file holds a Pixel Data element (7FE0,0010) that "
+                f"the header, read as {ts.name if ts is not None else 'unknown syntax'}, does not lead to"
+            )
     except InvalidDicomError as exc:
         raise DecodeError(f"not a DICOM file: {exc}") from None
     except Exception as exc:  # pydicom raises many types on truncated input (EOFError, ValueError, ...)
@@ -438,7 +460,7 @@ def read_dicom(
 
     try:
         return _decode_pixels(
-            ds, meta, voi=voi, max_pixels=max_pixels, check_chest=check_chest, draft=draft, truncated=truncated
+            ds, meta, voi=voi, max_pixels=max_pixels, check_chest=check_chest, draft=draft, damage=damage
         )
     except (DecodeError, NotRadiograph) as exc:
         exc.meta = meta  # what the header did say, for the failure row
@@ -453,17 +475,21 @@ def _decode_pixels(
     max_pixels: int,
     check_chest: bool,
     draft: tuple[int, str] | None,
-    truncated: bool,
+    damage: str | None,
 ) -> Decoded:
-    """The pixel half of :func:`read_dicom` (same errors); ``meta`` comes from the header."""
+    """The pixel half of :func:`read_dicom` (same errors); ``meta`` comes from the header.
+
+    ``damage`` says why a file without a parsed Pixel Data element lacks it (truncated, corrupt
+    header, wrong transfer syntax); None when the element is simply not in the file.
+    """
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     ts_name = meta["transfer_syntax"]
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         if meta["modality"] in NON_IMAGE_MODALITIES:
             raise NotRadiograph(f"non-image object (Modality={meta['modality']})")
-        if truncated:
-            raise DecodeError("truncated file: pixel data cut short by the end of the file")
+        if damage:
+            raise DecodeError(damage)
         raise DecodeError("missing pixel data (no PixelData element)")
     if check_chest:
         _check_chest(ds)

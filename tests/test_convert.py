@@ -328,6 +328,22 @@ def test_too_many_failures_fail_the_stage_but_write_the_table(raw, tmp_path):
     assert (pd.read_parquet(tmp_path / "images.parquet").status == "error").sum() == 3
 
 
+def test_failure_message_lists_reasons_most_common_first(tmp_path):
+    """Before: the 'most common' reasons came in alphabetical order, not by count."""
+    raw = tmp_path / "raw" / "hospital"
+    raw.mkdir(parents=True)
+    make_dicom(raw / "ok.dcm", chest())
+    for i in range(3):  # three of one reason ...
+        make_dicom(raw / f"nopix{i}.dcm", chest(), drop_pixels=True)
+    make_dicom(raw / "black.dcm", chest(), slope=0)  # ... one of an alphabetically earlier reason
+    with pytest.raises(ConvertError) as info:
+        convert(raw.parent, tmp_path / "images", tmp_path / "t.parquet", ConvertParams(workers=1, size=64))
+    assert "Most common: {'missing pixel data': 3, 'invalid RescaleSlope': 1}" in str(info.value)
+    df = pd.read_parquet(tmp_path / "t.parquet")
+    # the zero-slope file is an error row, not a black PNG marked ok
+    assert df.set_index("source_path").loc["hospital/black.dcm", "status"] == "error"
+
+
 def test_no_images_is_an_error(tmp_path):
     (tmp_path / "raw" / "masks").mkdir(parents=True)
     Image.new("L", (4, 4)).save(tmp_path / "raw" / "masks" / "m.png")

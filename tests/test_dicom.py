@@ -192,7 +192,7 @@ def test_constant_decoded_image_is_an_error(tmp_path, kw):
 def test_check_image_refuses_non_finite_values():
     img = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
     img[1, 1] = np.nan
-    with pytest.raises(DecodeError, match="1 non-finite"):
+    with pytest.raises(DecodeError, match="non-finite pixels in the decoded image: 1 NaN"):
         check_image(img)
     check_image(np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4))  # a normal image passes
 
@@ -207,7 +207,7 @@ def test_pixel_data_longer_than_the_header_geometry_is_an_error(tmp_path, rows, 
     if ok:
         assert read_dicom(p).image.shape == (200, 40)
     else:
-        with pytest.raises(DecodeError, match=rf"pixel data holds 16000 bytes but Rows={rows} .* need {rows * 80}"):
+        with pytest.raises(DecodeError, match=rf"pixel data longer than the header's image size: 16000 bytes, but Rows={rows} .* need {rows * 80}"):
             read_dicom(p)
 
 
@@ -222,8 +222,35 @@ def test_one_padding_byte_is_allowed(tmp_path):
     assert read_dicom(p).image.shape == (5, 5)
     ds.PixelData = arr.tobytes() + b"\x00" * 3
     ds.save_as(p)
-    with pytest.raises(DecodeError, match="pixel data holds 28 bytes"):
+    with pytest.raises(DecodeError, match="pixel data longer than the header's image size: 28 bytes"):
         read_dicom(p)
+
+
+def _patched(src: Path, dst: Path, old: bytes, new: bytes) -> Path:
+    raw = src.read_bytes()
+    assert raw.count(old) == 1 and len(old) == len(new)
+    dst.write_bytes(raw.replace(old, new))
+    return dst
+
+
+def test_wrong_transfer_syntax_is_not_reported_as_missing_pixel_data(tmp_path):
+    """Before: 'missing pixel data (no PixelData element)'."""
+    p = make_dicom(tmp_path / "a.dcm", chest())
+    bad = _patched(p, tmp_path / "be.dcm", b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.2\x00")  # says big endian
+    with pytest.raises(DecodeError, match="corrupt header or wrong transfer syntax.*Explicit VR Big Endian"):
+        read_dicom(bad)
+    with pytest.raises(DecodeError, match="missing pixel data"):  # a file really without pixel data still says so
+        read_dicom(make_dicom(tmp_path / "n.dcm", chest(), drop_pixels=True))
+
+
+def test_corrupt_element_length_is_not_reported_as_truncation(tmp_path):
+    p = make_dicom(tmp_path / "a.dcm", chest())
+    raw = p.read_bytes()
+    at = raw.index(b"Doe^Jane") - 4  # VR + length of Patient Name -> garbage claiming ~2 GB
+    bad = tmp_path / "corrupt.dcm"
+    bad.write_bytes(raw[:at] + b"\xff\xff\xff\x7f" + raw[at + 4 :])
+    with pytest.raises(DecodeError, match="corrupt header"):
+        read_dicom(bad)
 
 
 def test_not_a_dicom(tmp_path):
