@@ -83,6 +83,17 @@ class GcsParams(_Section):
     extract_zips: bool = Field(True, description="extract .zip blobs into a folder of the same name (safe extraction)")
 
 
+class ArchiveParams(_Section):
+    """Budgets of every extracted archive (``.zip`` blobs, see cxr.ingest.safe.extract_zip)."""
+
+    max_bytes: int = Field(64 * 2**30, ge=1, description="refuse an archive whose members total more uncompressed bytes")
+    max_ratio: float = Field(
+        100.0, gt=1, description="refuse an archive expanding more than this many times its compressed size "
+        "(when it totals more than 16 MiB; images compress 1-3x)"
+    )
+    max_members: int = Field(100_000, ge=1, description="refuse an archive with more files than this")
+
+
 class LocalParams(_Section):
     """Options of local-directory sources."""
 
@@ -98,6 +109,7 @@ class IngestParams(_Section):
     synthetic: SyntheticParams = SyntheticParams()
     gcs: GcsParams = GcsParams()
     local: LocalParams = LocalParams()
+    archive: ArchiveParams = ArchiveParams()
 
     @field_validator("source")
     @classmethod
