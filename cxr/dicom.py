@@ -229,6 +229,86 @@ def _check_rescale(ds: Any) -> None:
             raise DecodeError(f"invalid {keyword} {tag} {value}: must be {allowed}")
 
 
+def _first_fragment(pixel_data: bytes, limit: int = 1 << 16) -> bytes | None:
+    """The first ``limit`` bytes of the first fragment of encapsulated Pixel Data (PS3.5 A.4), or None."""
+    item = b"\xfe\xff\x00\xe0"
+    if len(pixel_data) < 16 or pixel_data[:4] != item:
+        return None
+    off = 8 + int.from_bytes(pixel_data[4:8], "little")  # skip the Basic Offset Table item
+    if pixel_data[off : off + 4] != item:
+        return None
+    n = int.from_bytes(pixel_data[off + 4 : off + 8], "little")
+    return pixel_data[off + 8 : off + 8 + min(n, limit)]
+
+
+#: JPEG start-of-frame markers (every SOFn but DHT C4, JPG C8, DAC CC), plus JPEG-LS SOF55 (F7).
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
+
+
+def codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """``(rows, cols)`` a JPEG / JPEG-LS / JPEG 2000 codestream declares, read from its header only.
+
+    JPEG 2000: the SIZ marker (``Xsiz - XOsiz`` by ``Ysiz - YOsiz``), also inside a JP2 box.
+    JPEG / JPEG-LS: the first SOF segment. None when the header cannot be read (the decoder decides).
+    """
+    at = frame.find(b"\xff\x4f\xff\x51")  # SOC + SIZ
+    if at >= 0 and len(frame) >= at + 24:
+        x, y, xo, yo = (int.from_bytes(frame[at + 8 + 4 * i : at + 12 + 4 * i], "big") for i in range(4))
+        return (y - yo, x - xo) if x > xo and y > yo else None
+    if not frame.startswith(b"\xff\xd8"):
+        return None
+    i = 2
+    while i + 4 <= len(frame):
+        if frame[i] != 0xFF:
+            return None
+        marker = frame[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            i += 2
+            continue
+        length = int.from_bytes(frame[i + 2 : i + 4], "big")
+        if marker in _SOF_MARKERS:
+            if i + 9 > len(frame):
+                return None
+            rows, cols = int.from_bytes(frame[i + 5 : i + 7], "big"), int.from_bytes(frame[i + 7 : i + 9], "big")
+            return (rows, cols) if rows and cols else None  # rows 0: set later by a DNL marker
+        if marker == 0xDA or length < 2:  # scan data before any SOF: not a frame header we know
+            return None
+        i += 2 + length
+    return None
+
+
+def _check_codestream(ds: Any, meta: dict[str, Any], max_pixels: int) -> None:
+    """Refuse a compressed frame whose own header exceeds the pixel budget or disagrees with Rows/Columns.
+
+    The header check alone is not enough: a 1.3 KB JPEG 2000 file whose codestream says
+    12000x12000 under a 96x80 header was decoded in full (856 MB peak) before it failed.
+    """
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        if tsyntax is None or not tsyntax.is_encapsulated or "PixelData" not in ds:
+            return
+    except (AttributeError, ValueError):
+        return
+    frag = _first_fragment(ds.PixelData)
+    size = codestream_size(frag) if frag else None
+    if size is None:
+        return
+    rows, cols = size
+    if rows * cols > max_pixels:
+        raise DecodeError(
+            f"refused: the compressed frame declares {rows}x{cols} = {rows * cols} pixels "
+            f"(header says {meta['rows']}x{meta['cols']}), exceeding convert.max_pixels={max_pixels}"
+        )
+    if (rows, cols) != (meta["rows"], meta["cols"]):
+        raise DecodeError(
+            f"compressed frame size {rows}x{cols} disagrees with the header's Rows x Columns "
+            f"{meta['rows']}x{meta['cols']}"
+        )
+
+
 def _has_pixel_data_tag(path: Path) -> bool:
     """True if the bytes of the Pixel Data tag (7FE0,0010), little or big endian, occur in the file."""
     try:
@@ -509,6 +589,7 @@ def _decode_pixels(
     if photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422"):
         raise DecodeError(f"unsupported PhotometricInterpretation {photometric!r}")
     _check_native_length(ds, meta)
+    _check_codestream(ds, meta, max_pixels)
 
     try:
         with warnings.catch_warnings():

@@ -281,6 +281,42 @@ def test_decompression_bomb_refused_before_decoding(tmp_path):
     assert read_dicom(p, max_pixels=200 * 200).image.shape == (200, 200)
 
 
+def _patch_j2k_size(src: Path, dst: Path, rows: int, cols: int) -> Path:
+    raw = bytearray(src.read_bytes())
+    at = raw.index(b"\xff\x4f\xff\x51")  # SOC + SIZ: Xsiz, Ysiz follow Lsiz and Rsiz
+    raw[at + 8 : at + 16] = cols.to_bytes(4, "big") + rows.to_bytes(4, "big")
+    dst.write_bytes(bytes(raw))
+    return dst
+
+
+def test_jpeg2000_codestream_bomb_refused_before_decoding(tmp_path):
+    """Before: a tiny J2K DICOM whose SIZ says 12000x12000 under a 96x80 header was decoded in full (856 MB)."""
+    p = make_dicom(tmp_path / "j.dcm", chest(), syntax=JPEG2000Lossless)
+    bomb = _patch_j2k_size(p, tmp_path / "bomb.dcm", 12000, 12000)
+    assert bomb.stat().st_size < 20_000
+    with pytest.raises(DecodeError, match=r"compressed frame declares 12000x12000 = 144000000 pixels \(header says 96x80\)"):
+        read_dicom(bomb)
+    liar = _patch_j2k_size(p, tmp_path / "liar.dcm", 192, 160)  # within budget, but not the header's size
+    with pytest.raises(DecodeError, match="compressed frame size 192x160 disagrees with the header's Rows x Columns 96x80"):
+        read_dicom(liar)
+    assert read_dicom(p).image.shape == (96, 80)  # the untouched file is fine
+
+
+def test_jpeg_sof_size_checked_against_header_and_budget(realdata, tmp_path):
+    src = realdata / "siim" / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+    raw = bytearray(src.read_bytes())
+    at = raw.index(b"\xff\xc0")  # baseline SOF0: length(2) precision(1) rows(2) cols(2)
+    assert raw[at + 5 : at + 9] == (1024).to_bytes(2, "big") * 2
+    raw[at + 5 : at + 9] = (30000).to_bytes(2, "big") * 2
+    (tmp_path / "big.dcm").write_bytes(bytes(raw))
+    with pytest.raises(DecodeError, match="declares 30000x30000 = 900000000 pixels"):
+        read_dicom(tmp_path / "big.dcm")
+    raw[at + 5 : at + 9] = (512).to_bytes(2, "big") * 2
+    (tmp_path / "small.dcm").write_bytes(bytes(raw))
+    with pytest.raises(DecodeError, match="512x512 disagrees with the header's Rows x Columns 1024x1024"):
+        read_dicom(tmp_path / "small.dcm")
+
+
 def test_unsupported_photometric(tmp_path):
     with pytest.raises(DecodeError, match="PALETTE COLOR"):
         read_dicom(PYDICOM_FILES / "examples_palette.dcm", check_chest=False)
