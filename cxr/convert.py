@@ -20,6 +20,10 @@ so that the chosen side (``long`` / ``short``) equals ``size``, then pad or cent
 (``x_png = x * scale + offset_x``), so boxes drawn on the originals can follow; ``pixel_spacing``
 (mm) is that of the original, so a PNG pixel measures ``pixel_spacing / scale``.
 
+Privacy: DICOM patient / study ids become pseudonyms keyed by a secret salt from the environment
+(:func:`cxr.dicom.pseudonym_salt`; unsalted, with a loud warning, when none is set, as for the
+synthetic cohort) and ages above 89 are recorded as 90 (HIPAA safe harbour).
+
 ``images.parquet`` has one row per source file (status ``ok``, ``error`` with a reason, or
 ``skipped`` for valid non-chest / non-image objects), sorted by ``source_path``; ``source_path``
 is relative to ``raw_dir`` and ``png_path`` relative to ``images_dir``, so the table is the same
@@ -37,7 +41,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -45,7 +49,18 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cxr.dicom import DICOM_SUFFIXES, RASTER_SUFFIXES, Decoded, DecodeError, NotRadiograph, read_image
+from cxr.dicom import (
+    DICOM_SUFFIXES,
+    RASTER_SUFFIXES,
+    SALT_ENV,
+    SALT_FILE_ENV,
+    Decoded,
+    DecodeError,
+    NotRadiograph,
+    cap_age,
+    pseudonym_salt,
+    read_image,
+)
 from cxr.executor import Executor, make_executor
 from cxr.io import sha256_file, write_bytes, write_json, write_parquet
 from cxr.params import ConvertParams
@@ -99,18 +114,23 @@ class Options:
     max_pixels: int = 60_000_000
     png_compress_level: int = 3
     draft: bool = True
+    #: pseudonym salt (cxr.dicom.pseudonym_salt); not a param: it must never reach params.yaml or git
+    salt: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_params(cls, p: ConvertParams) -> "Options":
-        return cls(**{k: getattr(p, k) for k in cls.__dataclass_fields__})
+    def from_params(cls, p: ConvertParams, salt: str | None = None) -> "Options":
+        return cls(**{k: getattr(p, k) for k in cls.__dataclass_fields__ if k != "salt"}, salt=salt)
 
     def digest(self) -> str:
         """Hash of the options, the converter's code and the decoders' versions.
 
         Any change invalidates every cached PNG: DVC reruns the stage when the code changes, and
-        the rerun must then not keep images an older decoder made.
+        the rerun must then not keep images an older decoder made. A new salt changes every
+        pseudonym, so it counts too (as a hash: the state file must not hold the secret).
         """
-        blob = json.dumps([_STATE_VERSION, asdict(self), _code_fingerprint()], sort_keys=True)
+        opts = asdict(self)
+        opts["salt"] = None if self.salt is None else hashlib.sha256(self.salt.encode()).hexdigest()
+        blob = json.dumps([_STATE_VERSION, opts, _code_fingerprint()], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -411,6 +431,7 @@ def _fill(row: dict[str, Any], m: dict[str, Any], src: Source) -> None:
         row["age"] = m.get("age")
     for k in ("rows", "cols", "bits", "photometric", "transfer_syntax"):
         row[k] = m.get(k) or None  # 0 / "" = not in the header
+    row["age"] = cap_age(row["age"])  # a table's 97 too: HIPAA safe harbour reports 90+ as 90
     row["pixel_spacing"] = m.get("pixel_spacing")
     if src.pixel_spacing and not (row["pixel_spacing"] and row["pixel_spacing"] > 0):
         row["pixel_spacing"] = src.pixel_spacing
@@ -428,6 +449,7 @@ def decode_file(path: str | Path, opt: Options, photometric: str | None = None) 
         max_pixels=opt.max_pixels,
         photometric=photometric,
         draft=(opt.size, opt.side) if opt.draft else None,
+        salt=opt.salt,
     )
 
 
@@ -553,8 +575,19 @@ def convert(
             ``params.max_failure_fraction`` (the table is written first, for inspection).
     """
     raw_dir, images_dir, table_path = Path(raw_dir), Path(images_dir), Path(table_path)
-    opt = Options.from_params(params)
+    try:
+        salt = pseudonym_salt()
+    except ValueError as exc:  # SaltError: configured but unusable; never fall back silently
+        raise ConvertError(str(exc)) from None
+    opt = Options.from_params(params, salt=salt)
     sources = discover(raw_dir)
+    if salt is None and any(s.source_path.lower().endswith(DICOM_SUFFIXES) for s in sources):
+        log.warning(
+            "NO PSEUDONYM SALT: patient/study ids read from DICOM headers become UNSALTED SHA-256 "
+            "pseudonyms, which can be reversed by hashing every candidate id (MRN-0001 ...). Fine for "
+            "synthetic data; for real data set $%s (a long random secret) or $%s (a file outside "
+            "the repository) before running convert.", SALT_ENV, SALT_FILE_ENV,
+        )
     if not sources:
         raise ConvertError(
             f"no source images (*.dcm, *.png, *.jpg) found below {raw_dir}; "

@@ -16,13 +16,15 @@ truncated file, missing pixel data, unsupported transfer syntax, decompression b
 a knee; recorded as *skipped*).
 
 No PHI leaves this module: only the header fields named in :data:`SAFE_FIELDS` are read into
-the metadata, and patient/study identifiers are replaced by unsalted SHA-256 pseudonyms
-(:func:`pseudonym`) so that patient-level splits still work on datasets without a metadata table.
+the metadata, patient/study identifiers are replaced by pseudonyms (:func:`pseudonym`: HMAC-SHA256
+keyed by a per-project secret salt, see :func:`pseudonym_salt`; plain SHA-256 without one) so that
+patient-level splits still work on datasets without a metadata table, and ages above 89 are 90.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import math
 import re
@@ -85,31 +87,93 @@ class Decoded:
         image: float32 ``[H, W]`` array in ``[0, 1]``, lungs dark (MONOCHROME2 orientation).
         meta: ``rows``, ``cols`` (original size), ``bits``, ``photometric``, ``transfer_syntax``,
             ``pixel_spacing`` (mm, row direction, or NaN), ``view``, ``sex``, ``age`` and, for
-            DICOM, ``patient_pseudonym`` / ``study_pseudonym`` (SHA-256 of the header ids).
+            DICOM, ``patient_pseudonym`` / ``study_pseudonym`` (see :func:`pseudonym`).
     """
 
     image: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def pseudonym(value: str, kind: str) -> str:
-    """Stable, non-reversible stand-in for a header identifier (``kind`` keeps patients and studies apart)."""
-    return hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()[:16]
+#: Environment variables naming the per-project pseudonym salt (the value, or a file holding it).
+SALT_ENV, SALT_FILE_ENV = "CXR_PSEUDONYM_SALT", "CXR_PSEUDONYM_SALT_FILE"
+#: HIPAA safe harbour: ages above 89 are reported as 90 ("90 or older").
+AGE_CAP = 90.0
+
+
+class SaltError(ValueError):
+    """The pseudonym salt is configured but unusable (empty, unreadable file, inside the repository)."""
+
+
+def pseudonym_salt(env: dict[str, str] | None = None, repo: Path | None = None) -> str | None:
+    """The per-project secret salt of :func:`pseudonym`, or None when none is configured.
+
+    ``$CXR_PSEUDONYM_SALT`` holds the salt itself; ``$CXR_PSEUDONYM_SALT_FILE`` names a file holding
+    it, which must lie outside the repository (``repo``, default: the working directory), so that
+    neither git nor DVC ever stores it.
+
+    Raises:
+        SaltError: an empty salt, a missing or empty file, or a file inside the repository.
+    """
+    import os
+
+    env = os.environ if env is None else env
+    if env.get(SALT_ENV) is not None:
+        salt = env[SALT_ENV].strip()
+        if not salt:
+            raise SaltError(f"${SALT_ENV} is set but empty; unset it or give it a long random value")
+        return salt
+    path = env.get(SALT_FILE_ENV)
+    if not path:
+        return None
+    p = Path(path).expanduser().resolve()
+    if p.is_relative_to((repo or Path.cwd()).resolve()):
+        raise SaltError(f"${SALT_FILE_ENV}={path} lies inside the repository; keep the salt file outside it")
+    try:
+        salt = p.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SaltError(f"${SALT_FILE_ENV}={path}: cannot read the salt file ({exc})") from None
+    if not salt:
+        raise SaltError(f"${SALT_FILE_ENV}={path}: the salt file is empty")
+    return salt
+
+
+def pseudonym(value: str, kind: str, salt: str | None = None) -> str:
+    """Stable stand-in for a header identifier (``kind`` keeps patients and studies apart).
+
+    With a ``salt`` (:func:`pseudonym_salt`) it is HMAC-SHA256 keyed by the salt: without the salt
+    nobody can test candidate ids. Without one it is the plain SHA-256 of the id, which anyone can
+    reverse by hashing every id of a small id space (``MRN-0001`` ... ``MRN-9999``); the convert
+    stage warns when it writes such pseudonyms.
+    """
+    msg = f"{kind}:{value}".encode()
+    if salt is None:
+        return hashlib.sha256(msg).hexdigest()[:16]
+    return hmac.new(salt.encode(), msg, hashlib.sha256).hexdigest()[:16]
+
+
+def cap_age(age: float | None) -> float | None:
+    """Ages above 89 -> :data:`AGE_CAP` (90, read as "90 or older"); None / NaN unchanged."""
+    if age is None or not isinstance(age, (int, float, np.integer, np.floating)) or np.isnan(age):
+        return age
+    return min(float(age), AGE_CAP)
 
 
 def parse_age(value: Any) -> float:
-    """DICOM ``AgeString`` (``045Y``, ``006M``, ``010W``, ``003D``) or a number -> age in years (NaN if unknown)."""
+    """DICOM ``AgeString`` (``045Y``, ``006M``, ``010W``, ``003D``) or a number -> age in years (NaN if unknown).
+
+    Ages above 89 come back as 90 (HIPAA safe harbour: "90 or older").
+    """
     if value is None:
         return float("nan")
     if isinstance(value, (int, float, np.integer, np.floating)):
         v = float(value)
-        return v if 0 <= v < 150 else float("nan")
+        return min(v, AGE_CAP) if 0 <= v < 150 else float("nan")
     m = re.fullmatch(r"\s*(\d{1,3})\s*([DWMY]?)\s*", str(value).upper())
     if not m:
         return float("nan")
     n = float(m.group(1))
     scale = {"Y": 1.0, "": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}[m.group(2)]
-    return round(n * scale, 3)
+    return min(round(n * scale, 3), AGE_CAP)
 
 
 def normalise_sex(value: Any) -> str | None:
@@ -458,6 +522,7 @@ def read_dicom(
     max_pixels: int = 60_000_000,
     check_chest: bool = True,
     draft: tuple[int, str] | None = None,
+    salt: str | None = None,
 ) -> Decoded:
     """Decode a DICOM chest radiograph.
 
@@ -474,6 +539,7 @@ def read_dicom(
             resolution that keeps that side >= ``size``; baseline JPEG likewise (much faster;
             see :func:`_draft_decode`).
             ``meta["rows"]``/``["cols"]`` always give the original size.
+        salt: the per-project secret of :func:`pseudonym` (None: unsalted SHA-256).
 
     Returns:
         The decoded image (lungs dark, ``[0, 1]``) and its safe metadata.
@@ -532,8 +598,10 @@ def read_dicom(
             "sex": normalise_sex(ds.get("PatientSex")),
             "age": parse_age(ds.get("PatientAge")),
             "modality": str(ds.get("Modality") or "").strip().upper() or None,
-            "patient_pseudonym": pseudonym(str(ds.PatientID), "patient") if ds.get("PatientID") else None,
-            "study_pseudonym": pseudonym(str(ds.StudyInstanceUID), "study") if ds.get("StudyInstanceUID") else None,
+            "patient_pseudonym": pseudonym(str(ds.PatientID), "patient", salt) if ds.get("PatientID") else None,
+            "study_pseudonym": (
+                pseudonym(str(ds.StudyInstanceUID), "study", salt) if ds.get("StudyInstanceUID") else None
+            ),
         }
     except Exception as exc:  # a header too damaged to read the basic elements
         raise DecodeError(f"unreadable DICOM header ({type(exc).__name__}: {exc})") from None
@@ -740,5 +808,6 @@ def read_image(path: str | Path, **kw: Any) -> Decoded:
         return read_dicom(path, **kw)
     if suffix in RASTER_SUFFIXES:
         kw.pop("voi", None)
+        kw.pop("salt", None)
         return read_raster(path, **kw)
     raise DecodeError(f"unknown image type {suffix!r}; known: {', '.join(DICOM_SUFFIXES + RASTER_SUFFIXES)}")

@@ -344,6 +344,36 @@ def test_failure_message_lists_reasons_most_common_first(tmp_path):
     assert df.set_index("source_path").loc["hospital/black.dcm", "status"] == "error"
 
 
+def test_pseudonyms_are_salted_from_the_environment_and_ages_capped(tmp_path, monkeypatch, caplog):
+    """Before: unsalted SHA-256 pseudonyms (reversible for small id spaces) and ages above 89 as given."""
+    from cxr.dicom import pseudonym
+
+    raw = tmp_path / "raw" / "hospital"
+    raw.mkdir(parents=True)
+    p = make_dicom(raw / "a.dcm", chest(), patient_id="MRN-0001")
+    ds = __import__("pydicom").dcmread(p)
+    ds.PatientAge = "102Y"
+    ds.save_as(p)
+    params = ConvertParams(workers=1, size=64)
+    caplog.set_level("WARNING")
+    convert(raw.parent, tmp_path / "i1", tmp_path / "t1.parquet", params)
+    plain = pd.read_parquet(tmp_path / "t1.parquet").iloc[0]
+    assert plain.patient_id == pseudonym("MRN-0001", "patient") and plain.age == 90.0
+    assert "NO PSEUDONYM SALT" in caplog.text  # the default works, but says loudly what it means
+
+    caplog.clear()
+    monkeypatch.setenv("CXR_PSEUDONYM_SALT", "a-long-random-project-secret")
+    convert(raw.parent, tmp_path / "i2", tmp_path / "t2.parquet", params)
+    salted = pd.read_parquet(tmp_path / "t2.parquet").iloc[0]
+    assert salted.patient_id == pseudonym("MRN-0001", "patient", "a-long-random-project-secret") != plain.patient_id
+    assert "NO PSEUDONYM SALT" not in caplog.text
+    state = (tmp_path / ".i2.convert-state.json").read_text()
+    assert "a-long-random-project-secret" not in state  # the secret never reaches a file
+    monkeypatch.setenv("CXR_PSEUDONYM_SALT", "")
+    with pytest.raises(ConvertError, match="CXR_PSEUDONYM_SALT is set but empty"):
+        convert(raw.parent, tmp_path / "i3", tmp_path / "t3.parquet", params)
+
+
 def test_no_images_is_an_error(tmp_path):
     (tmp_path / "raw" / "masks").mkdir(parents=True)
     Image.new("L", (4, 4)).save(tmp_path / "raw" / "masks" / "m.png")

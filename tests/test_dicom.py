@@ -13,12 +13,14 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from cxr.dicom import (
     DecodeError,
+    SaltError,
     check_image,
     NotRadiograph,
     full_range,
     normalise_sex,
     parse_age,
     pseudonym,
+    pseudonym_salt,
     read_dicom,
     read_image,
     read_raster,
@@ -120,6 +122,44 @@ def test_metadata_has_no_phi_and_pseudonymises_ids(tmp_path):
     assert d.meta["patient_pseudonym"] == pseudonym("MRN-0042", "patient")
     assert d.meta["sex"] == "F" and d.meta["age"] == 63.0 and d.meta["view"] == "PA"
     assert d.meta["pixel_spacing"] == pytest.approx(0.2)
+
+
+def test_salted_pseudonyms_resist_brute_force(tmp_path):
+    """Before: unsalted SHA-256 of the header id; hashing MRN-0000..MRN-9999 recovered MRN-0001."""
+    p = make_dicom(tmp_path / "a.dcm", chest(), patient_id="MRN-0001")
+    candidates = [f"MRN-{i:04d}" for i in range(10_000)]
+    plain = read_dicom(p).meta["patient_pseudonym"]
+    assert plain in {pseudonym(c, "patient"): c for c in candidates}  # the weakness, still the default
+    salted = read_dicom(p, salt="s3cret-project-salt").meta["patient_pseudonym"]
+    assert salted == pseudonym("MRN-0001", "patient", "s3cret-project-salt") != plain
+    assert salted not in {pseudonym(c, "patient") for c in candidates}  # without the salt: nothing matches
+    assert read_dicom(p, salt="s3cret-project-salt").meta["patient_pseudonym"] == salted  # stable
+
+
+def test_pseudonym_salt_from_environment_or_file(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    assert pseudonym_salt({}, repo) is None
+    assert pseudonym_salt({"CXR_PSEUDONYM_SALT": " abc \n"}, repo) == "abc"
+    outside = tmp_path / "secret.txt"
+    outside.write_text("from-a-file\n")
+    assert pseudonym_salt({"CXR_PSEUDONYM_SALT_FILE": str(outside)}, repo) == "from-a-file"
+    inside = repo / "salt.txt"
+    inside.write_text("oops")
+    with pytest.raises(SaltError, match="inside the repository"):
+        pseudonym_salt({"CXR_PSEUDONYM_SALT_FILE": str(inside)}, repo)
+    with pytest.raises(SaltError, match="empty"):
+        pseudonym_salt({"CXR_PSEUDONYM_SALT": "  "}, repo)
+    with pytest.raises(SaltError, match="cannot read"):
+        pseudonym_salt({"CXR_PSEUDONYM_SALT_FILE": str(tmp_path / "missing")}, repo)
+
+
+def test_header_age_above_89_is_90(tmp_path):
+    p = make_dicom(tmp_path / "old.dcm", chest())
+    ds = pydicom.dcmread(p)
+    ds.PatientAge = "097Y"
+    ds.save_as(p)
+    assert read_dicom(p).meta["age"] == 90.0
 
 
 # ---------------------------------------------------------------- error paths
@@ -473,7 +513,9 @@ def test_unknown_suffix(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "value, want", [("045Y", 45.0), ("006M", 0.5), (" 3Y", 3.0), (71, 71.0), ("abc", None), (None, None), (-4, None)]
+    "value, want",
+    [("045Y", 45.0), ("006M", 0.5), (" 3Y", 3.0), (71, 71.0), ("abc", None), (None, None), (-4, None),
+     ("089Y", 89.0), ("090Y", 90.0), ("104Y", 90.0), (97, 90.0)],  # HIPAA safe harbour: 90 = "90 or older"
 )
 def test_parse_age(value, want):
     got = parse_age(value)
