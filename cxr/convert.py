@@ -31,7 +31,8 @@ bytes on every machine. Nothing identifying is copied from DICOM headers.
 
 Incremental: a small state file beside the images dir remembers each source's size and mtime
 and the options used; a rerun converts only new or changed files and deletes PNGs whose source
-disappeared.
+disappeared. The state is also saved every ``convert.checkpoint_images`` images, so a killed run
+resumes where it stopped instead of decoding the whole set again.
 """
 
 from __future__ import annotations
@@ -617,12 +618,22 @@ def convert(
     if todo:
         chunk = params.chunk_size
         chunks = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
+        # Progress is saved after every group of ~checkpoint_images images: a killed run keeps
+        # what it finished, and the rerun converts only the rest (the state file is the resume point).
+        per_group = len(chunks) if params.checkpoint_images == 0 else max(1, -(-params.checkpoint_images // chunk))
+        groups = [chunks[i : i + per_group] for i in range(0, len(chunks), per_group)]
         own = executor is None
         ex = executor or make_executor(params.workers if len(chunks) > 1 else 1, params.scheduler)
         try:
-            for part in ex.map(convert_chunk, chunks, desc="convert"):
-                for row in part:
-                    rows[row["source_path"]] = row
+            for g, group in enumerate(groups):
+                desc = "convert" if len(groups) == 1 else f"convert {g + 1}/{len(groups)}"
+                for part in ex.map(convert_chunk, group, desc=desc):
+                    for row in part:
+                        rows[row["source_path"]] = row
+                if g < len(groups) - 1:
+                    os.sync()  # the PNGs before the state that claims them
+                    _write_state(state_path, digest, None, sources, fingerprints, rows)
+                    log.info("convert: progress saved (%d of %d images done)", len(rows), len(sources))
         finally:
             if own:
                 ex.close()
@@ -643,19 +654,7 @@ def convert(
     if not unchanged:  # a rerun over an unchanged tree writes nothing (and so is ~100x faster)
         os.sync()  # the PNGs were written without fsync: make them durable before the state claims them
         write_parquet(table_path, df)
-        new_state = {
-            "options": digest,
-            "table": _sha256(table_path),
-            "files": {
-                s.source_path: {
-                    "fingerprint": fingerprints[s.source_path],
-                    "source": vars(s),
-                    "row": rows[s.source_path],
-                }
-                for s in sources
-            },
-        }
-        write_json(state_path, json.loads(json.dumps(new_state, default=_jsonable)))
+        _write_state(state_path, digest, _sha256(table_path), sources, fingerprints, rows)
 
     status = df["status"].value_counts().to_dict()
     n_err = int(status.get("error", 0))
@@ -680,6 +679,27 @@ def convert(
             f"Most common: {summary['errors_by_reason']}"
         )
     return summary
+
+
+def _write_state(
+    path: Path,
+    digest: str,
+    table_hash: str | None,
+    sources: list[Source],
+    fingerprints: dict[str, list[int]],
+    rows: dict[str, dict[str, Any]],
+) -> None:
+    """Record the rows done so far (``table_hash`` None: a partial run whose table is not written yet)."""
+    state = {
+        "options": digest,
+        "table": table_hash,
+        "files": {
+            s.source_path: {"fingerprint": fingerprints[s.source_path], "source": vars(s), "row": rows[s.source_path]}
+            for s in sources
+            if s.source_path in rows
+        },
+    }
+    write_json(path, json.loads(json.dumps(state, default=_jsonable)))
 
 
 def _reasons(df: pd.DataFrame) -> dict[str, int]:

@@ -151,6 +151,9 @@ class ConvertParams(_Section):
     workers: int = Field(0, ge=0, le=256, description="worker processes; 0 = one per core, 1 = serial")
     scheduler: str | None = Field(None, description="Dask scheduler address (tcp://host:8786); None = local processes")
     chunk_size: int = Field(8, ge=1, le=4096, description="images per task sent to a worker")
+    checkpoint_images: int = Field(
+        2000, ge=0, description="save progress every this many images, so a killed run resumes (0 = only at the end)"
+    )
     png_compress_level: int = Field(
         3, ge=0, le=9, description="zlib level of the PNG writer: 3 is ~2.4x faster than 6 for ~12% larger files"
     )

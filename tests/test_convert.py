@@ -307,6 +307,33 @@ def test_incremental_rerun_converts_only_changes(raw, tmp_path):
     assert set(df.loc[df.status == "ok", "out_rows"]) == {32}
 
 
+class _DiesAfter(SerialExecutor):
+    """A real serial executor that is killed (KeyboardInterrupt) when it is asked for group ``n + 1``."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def map(self, fn, items, *, desc=""):
+        if self.left == 0:
+            raise KeyboardInterrupt("killed")
+        self.left -= 1
+        return super().map(fn, items, desc=desc)
+
+
+def test_killed_convert_resumes_from_its_saved_progress(raw, tmp_path):
+    """Before: the state was written only at the end, so a killed run decoded the whole set again."""
+    params = ConvertParams(workers=1, size=64, chunk_size=2, checkpoint_images=4, max_failure_fraction=0.5)
+    with pytest.raises(KeyboardInterrupt):
+        _run(raw, tmp_path / "a", params, executor=_DiesAfter(2))  # two groups of 4 images done, then killed
+    assert not (tmp_path / "a" / "images.parquet").exists()
+    summary, df = _run(raw, tmp_path / "a", params)
+    assert summary["reused"] == 8 and summary["converted"] == 4
+    _, full = _run(raw, tmp_path / "b", params)  # the same bytes as a run never interrupted
+    pd.testing.assert_frame_equal(df, full)
+    for png in full.png_path.dropna():
+        assert (tmp_path / "a" / "images" / png).read_bytes() == (tmp_path / "b" / "images" / png).read_bytes()
+
+
 def test_16bit_short_side_crop_and_full_range(raw, tmp_path):
     params = ConvertParams(
         workers=1, size=40, side="short", square="crop", bits=16, voi="full", max_failure_fraction=0.5
