@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr.dicom import AGE_CAP
+#: HIPAA safe harbour: ages above 89 are reported as 90. Kept here, not imported from cxr.dicom,
+#: so the stages that read sources (label, split, coco, localize) do not depend on the decoder.
+AGE_CAP = 90.0
 
 IMAGE_COLUMNS = ("image_id", "dataset", "patient_id", "study_id", "view", "sex", "age", "source_path")
 REPORT_COLUMNS = ("dataset", "patient_id", "study_id", "report")
