@@ -20,6 +20,10 @@ so that the chosen side (``long`` / ``short``) equals ``size``, then pad or cent
 (``x_png = x * scale + offset_x``), so boxes drawn on the originals can follow; ``pixel_spacing``
 (mm) is that of the original, so a PNG pixel measures ``pixel_spacing / scale``.
 
+Privacy: DICOM patient / study ids become pseudonyms keyed by a secret salt from the environment
+(:func:`cxr.dicom.pseudonym_salt`; unsalted, with a loud warning, when none is set, as for the
+synthetic cohort) and ages above 89 are recorded as 90 (HIPAA safe harbour).
+
 ``images.parquet`` has one row per source file (status ``ok``, ``error`` with a reason, or
 ``skipped`` for valid non-chest / non-image objects), sorted by ``source_path``; ``source_path``
 is relative to ``raw_dir`` and ``png_path`` relative to ``images_dir``, so the table is the same
@@ -27,7 +31,8 @@ bytes on every machine. Nothing identifying is copied from DICOM headers.
 
 Incremental: a small state file beside the images dir remembers each source's size and mtime
 and the options used; a rerun converts only new or changed files and deletes PNGs whose source
-disappeared.
+disappeared. The state is also saved every ``convert.checkpoint_images`` images, so a killed run
+resumes where it stopped instead of decoding the whole set again.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -45,7 +50,18 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cxr.dicom import DICOM_SUFFIXES, RASTER_SUFFIXES, Decoded, DecodeError, NotRadiograph, read_image
+from cxr.dicom import (
+    DICOM_SUFFIXES,
+    RASTER_SUFFIXES,
+    SALT_ENV,
+    SALT_FILE_ENV,
+    Decoded,
+    DecodeError,
+    NotRadiograph,
+    cap_age,
+    pseudonym_salt,
+    read_image,
+)
 from cxr.executor import Executor, make_executor
 from cxr.io import sha256_file, write_bytes, write_json, write_parquet
 from cxr.params import ConvertParams
@@ -101,18 +117,23 @@ class Options:
     png_compress_level: int = 3
     draft: bool = True
     upscale: bool = True
+    #: pseudonym salt (cxr.dicom.pseudonym_salt); not a param: it must never reach params.yaml or git
+    salt: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_params(cls, p: ConvertParams) -> "Options":
-        return cls(**{k: getattr(p, k) for k in cls.__dataclass_fields__})
+    def from_params(cls, p: ConvertParams, salt: str | None = None) -> "Options":
+        return cls(**{k: getattr(p, k) for k in cls.__dataclass_fields__ if k != "salt"}, salt=salt)
 
     def digest(self) -> str:
         """Hash of the options, the converter's code and the decoders' versions.
 
         Any change invalidates every cached PNG: DVC reruns the stage when the code changes, and
-        the rerun must then not keep images an older decoder made.
+        the rerun must then not keep images an older decoder made. A new salt changes every
+        pseudonym, so it counts too (as a hash: the state file must not hold the secret).
         """
-        blob = json.dumps([_STATE_VERSION, asdict(self), _code_fingerprint()], sort_keys=True)
+        opts = asdict(self)
+        opts["salt"] = None if self.salt is None else hashlib.sha256(self.salt.encode()).hexdigest()
+        blob = json.dumps([_STATE_VERSION, opts, _code_fingerprint()], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -488,6 +509,7 @@ def _fill(row: dict[str, Any], m: dict[str, Any], src: Source) -> None:
         row["age"] = m.get("age")
     for k in ("rows", "cols", "bits", "photometric", "transfer_syntax"):
         row[k] = m.get(k) or None  # 0 / "" = not in the header
+    row["age"] = cap_age(row["age"])  # a table's 97 too: HIPAA safe harbour reports 90+ as 90
     row["pixel_spacing"] = m.get("pixel_spacing")
     if src.pixel_spacing and not (row["pixel_spacing"] and row["pixel_spacing"] > 0):
         row["pixel_spacing"] = src.pixel_spacing
@@ -505,6 +527,7 @@ def decode_file(path: str | Path, opt: Options, photometric: str | None = None) 
         max_pixels=opt.max_pixels,
         photometric=photometric,
         draft=(opt.size, opt.side) if opt.draft else None,
+        salt=opt.salt,
     )
 
 
@@ -633,8 +656,19 @@ def convert(
             ``params.max_failure_fraction`` (the table is written first, for inspection).
     """
     raw_dir, images_dir, table_path = Path(raw_dir), Path(images_dir), Path(table_path)
-    opt = Options.from_params(params)
+    try:
+        salt = pseudonym_salt()
+    except ValueError as exc:  # SaltError: configured but unusable; never fall back silently
+        raise ConvertError(str(exc)) from None
+    opt = Options.from_params(params, salt=salt)
     sources = discover(raw_dir)
+    if salt is None and any(s.source_path.lower().endswith(DICOM_SUFFIXES) for s in sources):
+        log.warning(
+            "NO PSEUDONYM SALT: patient/study ids read from DICOM headers become UNSALTED SHA-256 "
+            "pseudonyms, which can be reversed by hashing every candidate id (MRN-0001 ...). Fine for "
+            "synthetic data; for real data set $%s (a long random secret) or $%s (a file outside "
+            "the repository) before running convert.", SALT_ENV, SALT_FILE_ENV,
+        )
     if not sources:
         raise ConvertError(
             f"no source images (*.dcm, *.png, *.jpg) found below {raw_dir}; "
@@ -664,12 +698,22 @@ def convert(
     if todo:
         chunk = params.chunk_size
         chunks = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
+        # Progress is saved after every group of ~checkpoint_images images: a killed run keeps
+        # what it finished, and the rerun converts only the rest (the state file is the resume point).
+        per_group = len(chunks) if params.checkpoint_images == 0 else max(1, -(-params.checkpoint_images // chunk))
+        groups = [chunks[i : i + per_group] for i in range(0, len(chunks), per_group)]
         own = executor is None
         ex = executor or make_executor(params.workers if len(chunks) > 1 else 1, params.scheduler)
         try:
-            for part in ex.map(convert_chunk, chunks, desc="convert"):
-                for row in part:
-                    rows[row["source_path"]] = row
+            for g, group in enumerate(groups):
+                desc = "convert" if len(groups) == 1 else f"convert {g + 1}/{len(groups)}"
+                for part in ex.map(convert_chunk, group, desc=desc):
+                    for row in part:
+                        rows[row["source_path"]] = row
+                if g < len(groups) - 1:
+                    os.sync()  # the PNGs before the state that claims them
+                    _write_state(state_path, digest, None, sources, fingerprints, rows)
+                    log.info("convert: progress saved (%d of %d images done)", len(rows), len(sources))
         finally:
             if own:
                 ex.close()
@@ -690,19 +734,7 @@ def convert(
     if not unchanged:  # a rerun over an unchanged tree writes nothing (and so is ~100x faster)
         os.sync()  # the PNGs were written without fsync: make them durable before the state claims them
         write_parquet(table_path, df)
-        new_state = {
-            "options": digest,
-            "table": _sha256(table_path),
-            "files": {
-                s.source_path: {
-                    "fingerprint": fingerprints[s.source_path],
-                    "source": vars(s),
-                    "row": rows[s.source_path],
-                }
-                for s in sources
-            },
-        }
-        write_json(state_path, json.loads(json.dumps(new_state, default=_jsonable)))
+        _write_state(state_path, digest, _sha256(table_path), sources, fingerprints, rows)
 
     status = df["status"].value_counts().to_dict()
     n_err = int(status.get("error", 0))
@@ -729,9 +761,32 @@ def convert(
     return summary
 
 
+def _write_state(
+    path: Path,
+    digest: str,
+    table_hash: str | None,
+    sources: list[Source],
+    fingerprints: dict[str, list[int]],
+    rows: dict[str, dict[str, Any]],
+) -> None:
+    """Record the rows done so far (``table_hash`` None: a partial run whose table is not written yet)."""
+    state = {
+        "options": digest,
+        "table": table_hash,
+        "files": {
+            s.source_path: {"fingerprint": fingerprints[s.source_path], "source": vars(s), "row": rows[s.source_path]}
+            for s in sources
+            if s.source_path in rows
+        },
+    }
+    write_json(path, json.loads(json.dumps(state, default=_jsonable)))
+
+
 def _reasons(df: pd.DataFrame) -> dict[str, int]:
     err = df.loc[df["status"] == "error", "error"].fillna("").str.split(r" \(|:", n=1, regex=True).str[0]
-    return {k: int(v) for k, v in err.value_counts().sort_index().head(10).items()}
+    # most common first (ties alphabetical), so the stage's failure message leads with the main cause
+    counts = sorted(err.value_counts().items(), key=lambda kv: (-kv[1], kv[0]))
+    return {k: int(v) for k, v in counts[:10]}
 
 
 def _jsonable(o: Any) -> Any:

@@ -16,14 +16,17 @@ truncated file, missing pixel data, unsupported transfer syntax, decompression b
 a knee; recorded as *skipped*).
 
 No PHI leaves this module: only the header fields named in :data:`SAFE_FIELDS` are read into
-the metadata, and patient/study identifiers are replaced by unsalted SHA-256 pseudonyms
-(:func:`pseudonym`) so that patient-level splits still work on datasets without a metadata table.
+the metadata, patient/study identifiers are replaced by pseudonyms (:func:`pseudonym`: HMAC-SHA256
+keyed by a per-project secret salt, see :func:`pseudonym_salt`; plain SHA-256 without one) so that
+patient-level splits still work on datasets without a metadata table, and ages above 89 are 90.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -84,31 +87,93 @@ class Decoded:
         image: float32 ``[H, W]`` array in ``[0, 1]``, lungs dark (MONOCHROME2 orientation).
         meta: ``rows``, ``cols`` (original size), ``bits``, ``photometric``, ``transfer_syntax``,
             ``pixel_spacing`` (mm, row direction, or NaN), ``view``, ``sex``, ``age`` and, for
-            DICOM, ``patient_pseudonym`` / ``study_pseudonym`` (SHA-256 of the header ids).
+            DICOM, ``patient_pseudonym`` / ``study_pseudonym`` (see :func:`pseudonym`).
     """
 
     image: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def pseudonym(value: str, kind: str) -> str:
-    """Stable, non-reversible stand-in for a header identifier (``kind`` keeps patients and studies apart)."""
-    return hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()[:16]
+#: Environment variables naming the per-project pseudonym salt (the value, or a file holding it).
+SALT_ENV, SALT_FILE_ENV = "CXR_PSEUDONYM_SALT", "CXR_PSEUDONYM_SALT_FILE"
+#: HIPAA safe harbour: ages above 89 are reported as 90 ("90 or older").
+AGE_CAP = 90.0
+
+
+class SaltError(ValueError):
+    """The pseudonym salt is configured but unusable (empty, unreadable file, inside the repository)."""
+
+
+def pseudonym_salt(env: dict[str, str] | None = None, repo: Path | None = None) -> str | None:
+    """The per-project secret salt of :func:`pseudonym`, or None when none is configured.
+
+    ``$CXR_PSEUDONYM_SALT`` holds the salt itself; ``$CXR_PSEUDONYM_SALT_FILE`` names a file holding
+    it, which must lie outside the repository (``repo``, default: the working directory), so that
+    neither git nor DVC ever stores it.
+
+    Raises:
+        SaltError: an empty salt, a missing or empty file, or a file inside the repository.
+    """
+    import os
+
+    env = os.environ if env is None else env
+    if env.get(SALT_ENV) is not None:
+        salt = env[SALT_ENV].strip()
+        if not salt:
+            raise SaltError(f"${SALT_ENV} is set but empty; unset it or give it a long random value")
+        return salt
+    path = env.get(SALT_FILE_ENV)
+    if not path:
+        return None
+    p = Path(path).expanduser().resolve()
+    if p.is_relative_to((repo or Path.cwd()).resolve()):
+        raise SaltError(f"${SALT_FILE_ENV}={path} lies inside the repository; keep the salt file outside it")
+    try:
+        salt = p.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SaltError(f"${SALT_FILE_ENV}={path}: cannot read the salt file ({exc})") from None
+    if not salt:
+        raise SaltError(f"${SALT_FILE_ENV}={path}: the salt file is empty")
+    return salt
+
+
+def pseudonym(value: str, kind: str, salt: str | None = None) -> str:
+    """Stable stand-in for a header identifier (``kind`` keeps patients and studies apart).
+
+    With a ``salt`` (:func:`pseudonym_salt`) it is HMAC-SHA256 keyed by the salt: without the salt
+    nobody can test candidate ids. Without one it is the plain SHA-256 of the id, which anyone can
+    reverse by hashing every id of a small id space (``MRN-0001`` ... ``MRN-9999``); the convert
+    stage warns when it writes such pseudonyms.
+    """
+    msg = f"{kind}:{value}".encode()
+    if salt is None:
+        return hashlib.sha256(msg).hexdigest()[:16]
+    return hmac.new(salt.encode(), msg, hashlib.sha256).hexdigest()[:16]
+
+
+def cap_age(age: float | None) -> float | None:
+    """Ages above 89 -> :data:`AGE_CAP` (90, read as "90 or older"); None / NaN unchanged."""
+    if age is None or not isinstance(age, (int, float, np.integer, np.floating)) or np.isnan(age):
+        return age
+    return min(float(age), AGE_CAP)
 
 
 def parse_age(value: Any) -> float:
-    """DICOM ``AgeString`` (``045Y``, ``006M``, ``010W``, ``003D``) or a number -> age in years (NaN if unknown)."""
+    """DICOM ``AgeString`` (``045Y``, ``006M``, ``010W``, ``003D``) or a number -> age in years (NaN if unknown).
+
+    Ages above 89 come back as 90 (HIPAA safe harbour: "90 or older").
+    """
     if value is None:
         return float("nan")
     if isinstance(value, (int, float, np.integer, np.floating)):
         v = float(value)
-        return v if 0 <= v < 150 else float("nan")
+        return min(v, AGE_CAP) if 0 <= v < 150 else float("nan")
     m = re.fullmatch(r"\s*(\d{1,3})\s*([DWMY]?)\s*", str(value).upper())
     if not m:
         return float("nan")
     n = float(m.group(1))
     scale = {"Y": 1.0, "": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}[m.group(2)]
-    return round(n * scale, 3)
+    return min(round(n * scale, 3), AGE_CAP)
 
 
 def normalise_sex(value: Any) -> str | None:
@@ -207,6 +272,166 @@ def _mask_bits(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
     return a
 
 
+def _check_rescale(ds: Any) -> None:
+    """Refuse a modality LUT that would map every pixel to one value or to NaN / inf.
+
+    A Rescale Slope of 0, NaN or inf (or a non-finite intercept) turns the whole image into a
+    constant or NaN, which the VOI step would quietly write as a black PNG marked ok.
+    """
+    if "ModalityLUTSequence" in ds and len(ds.ModalityLUTSequence) > 0:
+        return  # pydicom prefers the LUT; Rescale Slope/Intercept are then unused
+    for keyword, tag, zero_ok in (("RescaleSlope", "(0028,1053)", False), ("RescaleIntercept", "(0028,1052)", True)):
+        raw = ds.get(keyword)
+        if raw is None or raw == "":
+            continue
+        try:
+            value = float(_first(raw))
+        except (TypeError, ValueError):
+            raise DecodeError(f"invalid {keyword} {tag} {raw!r}: not a number") from None
+        if not math.isfinite(value) or (value == 0 and not zero_ok):
+            allowed = "a finite number" if zero_ok else "a finite, non-zero number"
+            raise DecodeError(f"invalid {keyword} {tag} {value}: must be {allowed}")
+
+
+def _first_fragment(pixel_data: bytes, limit: int = 1 << 16) -> bytes | None:
+    """The first ``limit`` bytes of the first fragment of encapsulated Pixel Data (PS3.5 A.4), or None."""
+    item = b"\xfe\xff\x00\xe0"
+    if len(pixel_data) < 16 or pixel_data[:4] != item:
+        return None
+    off = 8 + int.from_bytes(pixel_data[4:8], "little")  # skip the Basic Offset Table item
+    if pixel_data[off : off + 4] != item:
+        return None
+    n = int.from_bytes(pixel_data[off + 4 : off + 8], "little")
+    return pixel_data[off + 8 : off + 8 + min(n, limit)]
+
+
+#: JPEG start-of-frame markers (every SOFn but DHT C4, JPG C8, DAC CC), plus JPEG-LS SOF55 (F7).
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
+
+
+def codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """``(rows, cols)`` a JPEG / JPEG-LS / JPEG 2000 codestream declares, read from its header only.
+
+    JPEG 2000: the SIZ marker (``Xsiz - XOsiz`` by ``Ysiz - YOsiz``), also inside a JP2 box.
+    JPEG / JPEG-LS: the first SOF segment. None when the header cannot be read (the decoder decides).
+    """
+    at = frame.find(b"\xff\x4f\xff\x51")  # SOC + SIZ
+    if at >= 0 and len(frame) >= at + 24:
+        x, y, xo, yo = (int.from_bytes(frame[at + 8 + 4 * i : at + 12 + 4 * i], "big") for i in range(4))
+        return (y - yo, x - xo) if x > xo and y > yo else None
+    if not frame.startswith(b"\xff\xd8"):
+        return None
+    i = 2
+    while i + 4 <= len(frame):
+        if frame[i] != 0xFF:
+            return None
+        marker = frame[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            i += 2
+            continue
+        length = int.from_bytes(frame[i + 2 : i + 4], "big")
+        if marker in _SOF_MARKERS:
+            if i + 9 > len(frame):
+                return None
+            rows, cols = int.from_bytes(frame[i + 5 : i + 7], "big"), int.from_bytes(frame[i + 7 : i + 9], "big")
+            return (rows, cols) if rows and cols else None  # rows 0: set later by a DNL marker
+        if marker == 0xDA or length < 2:  # scan data before any SOF: not a frame header we know
+            return None
+        i += 2 + length
+    return None
+
+
+def _check_codestream(ds: Any, meta: dict[str, Any], max_pixels: int) -> None:
+    """Refuse a compressed frame whose own header exceeds the pixel budget or disagrees with Rows/Columns.
+
+    The header check alone is not enough: a 1.3 KB JPEG 2000 file whose codestream says
+    12000x12000 under a 96x80 header was decoded in full (856 MB peak) before it failed.
+    """
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        if tsyntax is None or not tsyntax.is_encapsulated or "PixelData" not in ds:
+            return
+    except (AttributeError, ValueError):
+        return
+    frag = _first_fragment(ds.PixelData)
+    size = codestream_size(frag) if frag else None
+    if size is None:
+        return
+    rows, cols = size
+    if rows * cols > max_pixels:
+        raise DecodeError(
+            f"refused: the compressed frame declares {rows}x{cols} = {rows * cols} pixels "
+            f"(header says {meta['rows']}x{meta['cols']}), exceeding convert.max_pixels={max_pixels}"
+        )
+    if (rows, cols) != (meta["rows"], meta["cols"]):
+        raise DecodeError(
+            f"compressed frame size {rows}x{cols} disagrees with the header's Rows x Columns "
+            f"{meta['rows']}x{meta['cols']}"
+        )
+
+
+def _has_pixel_data_tag(path: Path) -> bool:
+    """True if the bytes of the Pixel Data tag (7FE0,0010), little or big endian, occur in the file."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return False
+    return b"\xe0\x7f\x10\x00" in raw or b"\x7f\xe0\x00\x10" in raw
+
+
+def _check_native_length(ds: Any, meta: dict[str, Any]) -> None:
+    """Refuse native (uncompressed) Pixel Data longer than Rows x Columns x samples x bits need.
+
+    PS3.5 8.1.1 allows one trailing padding byte to reach an even length, nothing more. Extra
+    bytes mean the header's geometry is wrong (e.g. Rows 50 over a 200-row image), and decoding
+    would silently keep the first rows only.
+    """
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if tsyntax is None or "PixelData" not in ds:
+        return
+    try:
+        if tsyntax.is_encapsulated:
+            return
+    except (AttributeError, ValueError):  # an unknown private UID: the decoder decides
+        return
+    bits_alloc = int(ds.get("BitsAllocated") or 0)
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    if bits_alloc <= 0:
+        return
+    n = meta["rows"] * meta["cols"] * samples * max(int(ds.get("NumberOfFrames") or 1), 1)
+    need = -(-n * bits_alloc // 8)
+    have = len(ds.PixelData)
+    if have > need + (need % 2):
+        raise DecodeError(
+            f"pixel data longer than the header's image size: {have} bytes, but Rows={meta['rows']} x "
+            f"Columns={meta['cols']} x SamplesPerPixel={samples} x BitsAllocated={bits_alloc} need {need} "
+            "(+1 padding byte); the header's Rows / Columns are wrong"
+        )
+
+
+def check_image(img: np.ndarray) -> None:
+    """Refuse a decoded image that holds NaN / inf or a single value (nothing a model could learn from).
+
+    Raises:
+        DecodeError: non-finite values, or a constant image (all-black or all-white after the
+            modality LUT and VOI; usually a broken rescale/window or blank pixel data).
+    """
+    if img.size == 0:
+        raise DecodeError("decoded image is empty")
+    if not np.isfinite(img).all():
+        n = int(img.size - np.count_nonzero(np.isfinite(img)))
+        raise DecodeError(f"non-finite pixels in the decoded image: {n} NaN/inf values; check Rescale / Window values")
+    lo, hi = float(img.min()), float(img.max())
+    if hi <= lo:
+        raise DecodeError(
+            f"constant image (every pixel {lo:.4g} in [0, 1]): blank pixel data, or a rescale / window "
+            "that maps every stored value to one output value"
+        )
+
+
 def _check_chest(ds: Any) -> None:
     modality = str(ds.get("Modality") or "").strip().upper()
     if modality in NON_IMAGE_MODALITIES:
@@ -297,6 +522,7 @@ def read_dicom(
     max_pixels: int = 60_000_000,
     check_chest: bool = True,
     draft: tuple[int, str] | None = None,
+    salt: str | None = None,
 ) -> Decoded:
     """Decode a DICOM chest radiograph.
 
@@ -313,6 +539,7 @@ def read_dicom(
             resolution that keeps that side >= ``size``; baseline JPEG likewise (much faster;
             see :func:`_draft_decode`).
             ``meta["rows"]``/``["cols"]`` always give the original size.
+        salt: the per-project secret of :func:`pseudonym` (None: unsalted SHA-256).
 
     Returns:
         The decoded image (lungs dark, ``[0, 1]``) and its safe metadata.
@@ -335,10 +562,23 @@ def read_dicom(
         # pydicom returns an empty dataset when an encapsulated PixelData is cut short by the end
         # of the file (with a warning): read the header alone, for the failure row.
         truncated = any("End of file reached" in str(w.message) for w in caught)
+        damage = None
         if truncated and "PixelData" not in ds:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UserWarning)
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
+            if any("End of file reached" in str(w.message) for w in caught):
+                # even the header alone runs into the end of the file: an element before the
+                # pixel data claims more bytes than there are, i.e. the header is corrupt
+                damage = "corrupt header: an element before the pixel data claims more bytes than the file holds"
+            else:
+                damage = "truncated file: pixel data cut short by the end of the file"
+        elif "PixelData" not in ds and _has_pixel_data_tag(path):
+            ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            damage = (
+                "corrupt header or wrong transfer syntax: the file holds a Pixel Data element (7FE0,0010) that "
+                f"the header, read as {ts.name if ts is not None else 'unknown syntax'}, does not lead to"
+            )
     except InvalidDicomError as exc:
         raise DecodeError(f"not a DICOM file: {exc}") from None
     except Exception as exc:  # pydicom raises many types on truncated input (EOFError, ValueError, ...)
@@ -358,15 +598,17 @@ def read_dicom(
             "sex": normalise_sex(ds.get("PatientSex")),
             "age": parse_age(ds.get("PatientAge")),
             "modality": str(ds.get("Modality") or "").strip().upper() or None,
-            "patient_pseudonym": pseudonym(str(ds.PatientID), "patient") if ds.get("PatientID") else None,
-            "study_pseudonym": pseudonym(str(ds.StudyInstanceUID), "study") if ds.get("StudyInstanceUID") else None,
+            "patient_pseudonym": pseudonym(str(ds.PatientID), "patient", salt) if ds.get("PatientID") else None,
+            "study_pseudonym": (
+                pseudonym(str(ds.StudyInstanceUID), "study", salt) if ds.get("StudyInstanceUID") else None
+            ),
         }
     except Exception as exc:  # a header too damaged to read the basic elements
         raise DecodeError(f"unreadable DICOM header ({type(exc).__name__}: {exc})") from None
 
     try:
         return _decode_pixels(
-            ds, meta, voi=voi, max_pixels=max_pixels, check_chest=check_chest, draft=draft, truncated=truncated
+            ds, meta, voi=voi, max_pixels=max_pixels, check_chest=check_chest, draft=draft, damage=damage
         )
     except (DecodeError, NotRadiograph) as exc:
         exc.meta = meta  # what the header did say, for the failure row
@@ -381,17 +623,21 @@ def _decode_pixels(
     max_pixels: int,
     check_chest: bool,
     draft: tuple[int, str] | None,
-    truncated: bool,
+    damage: str | None,
 ) -> Decoded:
-    """The pixel half of :func:`read_dicom` (same errors); ``meta`` comes from the header."""
+    """The pixel half of :func:`read_dicom` (same errors); ``meta`` comes from the header.
+
+    ``damage`` says why a file without a parsed Pixel Data element lacks it (truncated, corrupt
+    header, wrong transfer syntax); None when the element is simply not in the file.
+    """
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     ts_name = meta["transfer_syntax"]
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         if meta["modality"] in NON_IMAGE_MODALITIES:
             raise NotRadiograph(f"non-image object (Modality={meta['modality']})")
-        if truncated:
-            raise DecodeError("truncated file: pixel data cut short by the end of the file")
+        if damage:
+            raise DecodeError(damage)
         raise DecodeError("missing pixel data (no PixelData element)")
     if check_chest:
         _check_chest(ds)
@@ -410,6 +656,8 @@ def _decode_pixels(
     photometric = meta["photometric"].upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422"):
         raise DecodeError(f"unsupported PhotometricInterpretation {photometric!r}")
+    _check_native_length(ds, meta)
+    _check_codestream(ds, meta, max_pixels)
 
     try:
         with warnings.catch_warnings():
@@ -431,7 +679,11 @@ def _decode_pixels(
     else:
         arr = _mask_bits(arr, meta["bits"], signed=int(ds.get("PixelRepresentation") or 0) == 1)
 
-    x = apply_modality_lut(arr, ds) if arr.dtype.kind in "iu" else arr
+    if arr.dtype.kind in "iu":
+        _check_rescale(ds)
+        x = apply_modality_lut(arr, ds)
+    else:
+        x = arr
     out = None
     if voi == "window":
         if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
@@ -447,11 +699,15 @@ def _decode_pixels(
                 center, width = float(_first(ds.WindowCenter)), float(_first(ds.WindowWidth))
             except (TypeError, ValueError):
                 raise DecodeError(f"invalid Window Center/Width {ds.WindowCenter!r}/{ds.WindowWidth!r}") from None
+            for tag, value in (("Window Center (0028,1050)", center), ("Window Width (0028,1051)", width)):
+                if not math.isfinite(value):
+                    raise DecodeError(f"invalid {tag} {value}: must be a finite number")
             out = window(np.asarray(x), center, width, str(_first(ds.get("VOILUTFunction")) or "LINEAR"))
     elif voi != "full":
         raise ValueError(f"voi must be 'window' or 'full', got {voi!r}")
     if out is None:
         out = full_range(np.asarray(x))
+    check_image(out)
     if photometric == "MONOCHROME1":
         out = np.float32(1.0) - out
     return Decoded(image=np.ascontiguousarray(out, dtype=np.float32), meta=meta)
@@ -515,6 +771,7 @@ def read_raster(
         raise DecodeError(f"refused by Pillow as a decompression bomb: {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise DecodeError(f"unreadable image ({type(exc).__name__}: {exc})") from None
+    check_image(img)
     pm = (photometric or "MONOCHROME2").strip().upper()
     if pm == "MONOCHROME1":
         img = np.float32(1.0) - img
@@ -551,5 +808,6 @@ def read_image(path: str | Path, **kw: Any) -> Decoded:
         return read_dicom(path, **kw)
     if suffix in RASTER_SUFFIXES:
         kw.pop("voi", None)
+        kw.pop("salt", None)
         return read_raster(path, **kw)
     raise DecodeError(f"unknown image type {suffix!r}; known: {', '.join(DICOM_SUFFIXES + RASTER_SUFFIXES)}")

@@ -119,3 +119,58 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_scratch(prefix: str = "cxr-cache", root: str | os.PathLike | None = None) -> int:
+    """Delete ``<root>/<prefix>-<pid>-*`` folders whose process is gone (killed runs); return how many."""
+    root = Path(root or tempfile.gettempdir())
+    n = 0
+    for d in root.glob(f"{prefix}-*-*"):
+        pid = d.name[len(prefix) + 1 :].split("-", 1)[0]
+        if d.is_dir() and not d.is_symlink() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            n += 1
+    return n
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str = "cxr-cache", root: str | os.PathLike | None = None) -> Iterator[str]:
+    """A temporary folder removed on exit, on SIGTERM, and (if the process was killed) by the next run.
+
+    The name carries the owner's pid (``cxr-cache-<pid>-<random>``): on entry, folders of processes
+    that no longer exist are deleted, so a ``kill -9`` leaves its cache behind only until the next
+    start. SIGTERM (what ``kill`` and job schedulers send) is turned into ``SystemExit`` while the
+    folder is in use, so the normal clean-up runs.
+    """
+    import signal
+    import threading
+
+    removed = remove_stale_scratch(prefix, root)
+    if removed:
+        import logging
+
+        logging.getLogger(__name__).info("removed %d cache folder(s) left by killed runs", removed)
+    path = tempfile.mkdtemp(prefix=f"{prefix}-{os.getpid()}-", dir=root)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+
+        def _terminate(signum, frame):  # noqa: ARG001
+            raise SystemExit(128 + signum)
+
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield path
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(path, ignore_errors=True)

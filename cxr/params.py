@@ -28,7 +28,9 @@ class ParamsError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # strict: YAML already gives typed values, so `epochs: true` or `size: "512"` is a mistake to
+    # report, not a value to coerce (lax mode read `true` as 1). Ints are still valid floats.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class BaseParams(_Section):
@@ -81,6 +83,17 @@ class GcsParams(_Section):
     extract_zips: bool = Field(True, description="extract .zip blobs into a folder of the same name (safe extraction)")
 
 
+class ArchiveParams(_Section):
+    """Budgets of every extracted archive (``.zip`` blobs, see cxr.ingest.safe.extract_zip)."""
+
+    max_bytes: int = Field(64 * 2**30, ge=1, description="refuse an archive whose members total more uncompressed bytes")
+    max_ratio: float = Field(
+        100.0, gt=1, description="refuse an archive expanding more than this many times its compressed size "
+        "(when it totals more than 16 MiB; images compress 1-3x)"
+    )
+    max_members: int = Field(100_000, ge=1, description="refuse an archive with more files than this")
+
+
 class LocalParams(_Section):
     """Options of local-directory sources."""
 
@@ -112,6 +125,7 @@ class IngestParams(_Section):
     synthetic: SyntheticParams = SyntheticParams()
     gcs: GcsParams = GcsParams()
     local: LocalParams = LocalParams()
+    archive: ArchiveParams = ArchiveParams()
 
     @field_validator("source")
     @classmethod
@@ -153,6 +167,9 @@ class ConvertParams(_Section):
     workers: int = Field(0, ge=0, le=256, description="worker processes; 0 = one per core, 1 = serial")
     scheduler: str | None = Field(None, description="Dask scheduler address (tcp://host:8786); None = local processes")
     chunk_size: int = Field(8, ge=1, le=4096, description="images per task sent to a worker")
+    checkpoint_images: int = Field(
+        2000, ge=0, description="save progress every this many images, so a killed run resumes (0 = only at the end)"
+    )
     png_compress_level: int = Field(
         3, ge=0, le=9, description="zlib level of the PNG writer: 3 is ~2.4x faster than 6 for ~12% larger files"
     )
@@ -557,13 +574,17 @@ def _describe(model: type[BaseModel], section: str, err: ValidationError, source
             continue
         field_doc = ""
         parent: type[BaseModel] | None = model
+        limits: dict[str, Any] = {}
         for part in loc:
             f = parent.model_fields.get(str(part)) if parent else None
             if f is None:
+                limits = {}
                 break
             field_doc = f.description or ""
+            limits = {k: getattr(m, k) for m in f.metadata for k in ("gt", "ge", "lt", "le") if hasattr(m, k)}
             parent = f.annotation if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel) else None
-        ctx = e.get("ctx") or {}
+        # a type error (strict: `true` for an int) has no bounds in its context: take the field's own
+        ctx = e.get("ctx") or limits
         ops = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
         bounds = " and ".join(f"{ops[k]} {v}" for k, v in ctx.items() if k in ops)
         hint = "; ".join(x for x in (f"a value {bounds}" if bounds else "", field_doc) if x)
@@ -591,11 +612,44 @@ def parse_section(name: str, raw: Any, source: str = "params.yaml") -> _Section:
         raise ParamsError(_describe(model, name, err, source)) from None
 
 
+class _ParamsLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys and reads YAML 1.2 floats.
+
+    PyYAML keeps the last of two equal keys (a second ``base:`` section silently replaces the
+    first), and reads ``1e-3`` as a string (YAML 1.1 wants ``1.0e-3``); DVC's own YAML 1.2 parser
+    reads it as a number, so the schema should too.
+    """
+
+
+def _construct_mapping(loader: _ParamsLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            first = seen[key]
+            raise yaml.constructor.ConstructorError(
+                None, None,
+                f"duplicate key {key!r} (first at line {first.line + 1}, again at line {key_node.start_mark.line + 1}); "
+                "YAML would silently keep only the last one: merge them into one",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark
+    return loader.construct_mapping(node, deep=deep)
+
+
+_ParamsLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def read_params_file(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Read params.yaml as a mapping; unknown top-level sections are rejected."""
+    """Read params.yaml as a mapping; unknown top-level sections and duplicate keys are rejected."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_ParamsLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found (run from the repository root or pass --params)") from None
     except yaml.YAMLError as exc:

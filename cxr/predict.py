@@ -40,10 +40,11 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cxr.io import write_bytes, write_json
 from cxr.params import ConvertParams, FeaturesParams, ParamsError, load_section
@@ -107,6 +108,61 @@ def _num(v: Any, nd: int = 6) -> float | None:
     return round(f, nd) if math.isfinite(f) else None
 
 
+class _CardPart(BaseModel):
+    # Unknown fields are kept: newer cards may carry more (e.g. the convert settings), and an older
+    # reader must still load them. Strict: a JSON `true` is not a size, a string is not a mapping.
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class CardNormalisation(_CardPart):
+    """``(x / scale - mean) / std`` of :func:`cxr.data.normalise`."""
+
+    scale: float = Field(gt=0)
+    mean: float
+    std: float = Field(gt=0)
+
+
+class CardImageInput(_CardPart):
+    """Image models: a square uint8 image of ``size`` px."""
+
+    kind: Literal["image"]
+    size: int = Field(ge=8, le=8192)
+    channels: int = Field(1, ge=1, le=4)
+    dtype: str = "uint8"
+    normalisation: CardNormalisation | None = None
+
+
+class CardRegionInput(_CardPart):
+    """Anatomy models: ``num_regions`` x ``feature_dim`` region features from the region detector."""
+
+    kind: Literal["region_features"]
+    num_regions: int = Field(ge=1)
+    feature_dim: int = Field(ge=1)
+
+
+class ModelCardSchema(_CardPart):
+    """What ``cxr predict`` needs from a classifier's ``card.json`` (written by :func:`cxr.train.train_model`)."""
+
+    architecture: str = Field(min_length=1)
+    model_kwargs: dict[str, Any]
+    label_names: list[str] = Field(min_length=1)
+    input: Annotated[CardImageInput | CardRegionInput, Field(discriminator="kind")]
+    thresholds: dict[str, float | None]
+    threshold_rule: str | None = None
+
+
+def _card_errors(err: ValidationError) -> str:
+    """One line per bad field: dotted name, the value found, what is expected."""
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"] if not (isinstance(p, str) and p in ("image", "region_features"))]
+        key = ".".join(loc) or "(card)"
+        value = repr(e.get("input"))
+        value = value if len(value) <= 60 else value[:57] + "..."
+        lines.append(f"field {key} = {value}: {e['msg']}")
+    return "; ".join(lines)
+
+
 def read_model_card(model_dir: str | Path) -> dict[str, Any]:
     """The card of a classifier model dir, checked for what prediction needs.
 
@@ -127,12 +183,18 @@ def read_model_card(model_dir: str | Path) -> dict[str, Any]:
         card = json.loads((d / CARD).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise PredictError(f"{d / CARD}: unreadable model card ({type(exc).__name__}: {exc})") from None
+    if not isinstance(card, dict):
+        raise PredictError(f"{d / CARD}: a model card is a JSON object, got {type(card).__name__}")
     missing = [k for k in ("architecture", "label_names", "input", "thresholds", "model_kwargs") if k not in card]
     if missing:
         raise PredictError(f"{d / CARD}: model card lacks {missing}; is this a classifier trained by the train stage?")
-    kind = card["input"].get("kind")
-    if kind not in ("image", "region_features"):
+    kind = card["input"].get("kind") if isinstance(card["input"], dict) else None
+    if isinstance(card["input"], dict) and kind not in ("image", "region_features"):
         raise PredictError(f"{d / CARD}: input kind {kind!r} is not supported (image | region_features)")
+    try:
+        ModelCardSchema.model_validate(card)
+    except ValidationError as err:
+        raise PredictError(f"{d / CARD}: invalid model card: {_card_errors(err)}") from None
     return card
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from cxr.data import DataError
 from cxr.evaluate.classification import evaluate_model
-from cxr.io import write_csv, write_json, write_parquet
+from cxr.io import scratch_dir, write_csv, write_json, write_parquet
 from cxr.models import ModelError
 from cxr.params import load_sections
 from cxr.train import TrainError
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     base, params = loaded
     try:
-        with tempfile.TemporaryDirectory(prefix="cxr-cache-") as tmp:
+        with scratch_dir("cxr-cache") as tmp:
             metrics, roc, pr, pred = evaluate_model(
                 args.model_dir, images=pd.read_parquet(args.table), labels=pd.read_parquet(args.labels),
                 splits=pd.read_parquet(args.splits), images_dir=args.images, cache_dir=tmp, features_dir=args.features,

@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
 
 import pandas as pd
 
 from cxr.data import DataError
-from cxr.io import write_json
+from cxr.io import scratch_dir, write_json
 from cxr.models import ModelError
 from cxr.params import load_sections
 from cxr.retrieve import RetrievalError
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     base, params = loaded
     try:
-        with tempfile.TemporaryDirectory(prefix="cxr-cache-") as tmp:
+        with scratch_dir("cxr-cache") as tmp:
             result = retrieve_model(
                 args.model_dir, images=pd.read_parquet(args.table), labels=pd.read_parquet(args.labels),
                 splits=pd.read_parquet(args.splits), images_dir=args.images, cache_dir=tmp, params=params,

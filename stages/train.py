@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
 
 import pandas as pd
 
@@ -18,7 +17,7 @@ from cxr.labels import LabelError, label_names
 from cxr.models import ModelError
 from cxr.convert import card_settings
 from cxr.params import load_sections
-from cxr.io import sha256_file
+from cxr.io import scratch_dir, sha256_file
 from cxr.train import TrainError, train_model
 
 
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     base, label, params, convert = loaded
     hashes = {k: sha256_file(v) for k, v in (("images", args.table), ("labels", args.labels), ("splits", args.splits))}
     try:
-        with tempfile.TemporaryDirectory(prefix="cxr-cache-") as tmp:
+        with scratch_dir("cxr-cache") as tmp:
             train_model(
                 args.model, images=pd.read_parquet(args.table), labels=pd.read_parquet(args.labels),
                 splits=pd.read_parquet(args.splits), images_dir=args.images, names=label_names(base.label_space),

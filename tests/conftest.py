@@ -9,6 +9,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Tests expect the unsalted default pseudonyms: a developer's own salt must not change them.
+for _var in ("CXR_PSEUDONYM_SALT", "CXR_PSEUDONYM_SALT_FILE"):
+    os.environ.pop(_var, None)
+
 
 def _realdata_dir() -> Path:
     env = os.environ.get("CXR_REALDATA")

@@ -88,6 +88,31 @@ def test_region_listed_in_several_attribute_entries_is_one_annotation(anatomy_da
     assert summary["images"] == {"train": 1, "val": 0, "test": 0}
 
 
+def test_unknown_findings_are_counted_with_count(anatomy_data, tmp_path):
+    """Before: coco.unknown_findings: count dropped the terms and reports/coco.json showed "skipped": {}."""
+    d = anatomy_data
+    src = sorted((d["raw"] / "chest-imagenome/silver_dataset/scene_graph").glob("*_SceneGraph.json"))[0]
+    g = json.loads(src.read_text())
+    g["attributes"].append({"bbox_name": "right lung", "attributes": [["anatomicalfinding|yes|zebra sign"]]})
+    g["attributes"].append({"bbox_name": "left lung", "attributes": [["anatomicalfinding|yes|zebra sign",
+                                                                       "disease|yes|unicorn disease"]]})
+    (tmp_path / "sg").mkdir()
+    (tmp_path / "sg" / src.name).write_text(json.dumps(g))
+    with pytest.raises(AnatomyError, match="unknown ImaGenome finding.*coco.unknown_findings: count"):
+        read_graphs(tmp_path / "sg", unknown="error", progress=False)
+    graphs, _ = read_graphs(tmp_path / "sg", unknown="count", progress=False)
+    splits = pd.DataFrame({"image_id": [graphs[0]["image_id"]], "split": ["train"]})
+    _, summary = build_coco(graphs, pd.read_parquet(d["images"]), splits)
+    assert summary["skipped"]["unknown_finding"] == 3
+    assert summary["unknown_findings"] == {"unicorn disease": 1, "zebra sign": 2}
+    # and the stage writes the count to its metrics file
+    out = tmp_path / "m.json"
+    assert coco_stage.main(["--params", str(d["params"]), "--scene-graphs", str(tmp_path / "sg"), "--images",
+                            str(d["images"]), "--splits", str(d["splits"]), "--out", str(tmp_path / "coco"),
+                            "--metrics", str(out)]) == 0
+    assert json.loads(out.read_text())["skipped"]["unknown_finding"] == 3
+
+
 def test_missing_regions_are_counted_and_all_regions_on_request(anatomy_data, tmp_path):
     d = anatomy_data
     src = sorted((d["raw"] / "chest-imagenome/silver_dataset/scene_graph").glob("*_SceneGraph.json"))[0]

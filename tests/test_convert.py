@@ -307,6 +307,33 @@ def test_incremental_rerun_converts_only_changes(raw, tmp_path):
     assert set(df.loc[df.status == "ok", "out_rows"]) == {32}
 
 
+class _DiesAfter(SerialExecutor):
+    """A real serial executor that is killed (KeyboardInterrupt) when it is asked for group ``n + 1``."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def map(self, fn, items, *, desc=""):
+        if self.left == 0:
+            raise KeyboardInterrupt("killed")
+        self.left -= 1
+        return super().map(fn, items, desc=desc)
+
+
+def test_killed_convert_resumes_from_its_saved_progress(raw, tmp_path):
+    """Before: the state was written only at the end, so a killed run decoded the whole set again."""
+    params = ConvertParams(workers=1, size=64, chunk_size=2, checkpoint_images=4, max_failure_fraction=0.5)
+    with pytest.raises(KeyboardInterrupt):
+        _run(raw, tmp_path / "a", params, executor=_DiesAfter(2))  # two groups of 4 images done, then killed
+    assert not (tmp_path / "a" / "images.parquet").exists()
+    summary, df = _run(raw, tmp_path / "a", params)
+    assert summary["reused"] == 8 and summary["converted"] == 4
+    _, full = _run(raw, tmp_path / "b", params)  # the same bytes as a run never interrupted
+    pd.testing.assert_frame_equal(df, full)
+    for png in full.png_path.dropna():
+        assert (tmp_path / "a" / "images" / png).read_bytes() == (tmp_path / "b" / "images" / png).read_bytes()
+
+
 def test_16bit_short_side_crop_and_full_range(raw, tmp_path):
     params = ConvertParams(
         workers=1, size=40, side="short", square="crop", bits=16, voi="full", max_failure_fraction=0.5
@@ -326,6 +353,52 @@ def test_too_many_failures_fail_the_stage_but_write_the_table(raw, tmp_path):
         params = ConvertParams(workers=1, size=64, max_failure_fraction=0.2)
         convert(raw, tmp_path / "images", tmp_path / "images.parquet", params)
     assert (pd.read_parquet(tmp_path / "images.parquet").status == "error").sum() == 3
+
+
+def test_failure_message_lists_reasons_most_common_first(tmp_path):
+    """Before: the 'most common' reasons came in alphabetical order, not by count."""
+    raw = tmp_path / "raw" / "hospital"
+    raw.mkdir(parents=True)
+    make_dicom(raw / "ok.dcm", chest())
+    for i in range(3):  # three of one reason ...
+        make_dicom(raw / f"nopix{i}.dcm", chest(), drop_pixels=True)
+    make_dicom(raw / "black.dcm", chest(), slope=0)  # ... one of an alphabetically earlier reason
+    with pytest.raises(ConvertError) as info:
+        convert(raw.parent, tmp_path / "images", tmp_path / "t.parquet", ConvertParams(workers=1, size=64))
+    assert "Most common: {'missing pixel data': 3, 'invalid RescaleSlope': 1}" in str(info.value)
+    df = pd.read_parquet(tmp_path / "t.parquet")
+    # the zero-slope file is an error row, not a black PNG marked ok
+    assert df.set_index("source_path").loc["hospital/black.dcm", "status"] == "error"
+
+
+def test_pseudonyms_are_salted_from_the_environment_and_ages_capped(tmp_path, monkeypatch, caplog):
+    """Before: unsalted SHA-256 pseudonyms (reversible for small id spaces) and ages above 89 as given."""
+    from cxr.dicom import pseudonym
+
+    raw = tmp_path / "raw" / "hospital"
+    raw.mkdir(parents=True)
+    p = make_dicom(raw / "a.dcm", chest(), patient_id="MRN-0001")
+    ds = __import__("pydicom").dcmread(p)
+    ds.PatientAge = "102Y"
+    ds.save_as(p)
+    params = ConvertParams(workers=1, size=64)
+    caplog.set_level("WARNING")
+    convert(raw.parent, tmp_path / "i1", tmp_path / "t1.parquet", params)
+    plain = pd.read_parquet(tmp_path / "t1.parquet").iloc[0]
+    assert plain.patient_id == pseudonym("MRN-0001", "patient") and plain.age == 90.0
+    assert "NO PSEUDONYM SALT" in caplog.text  # the default works, but says loudly what it means
+
+    caplog.clear()
+    monkeypatch.setenv("CXR_PSEUDONYM_SALT", "a-long-random-project-secret")
+    convert(raw.parent, tmp_path / "i2", tmp_path / "t2.parquet", params)
+    salted = pd.read_parquet(tmp_path / "t2.parquet").iloc[0]
+    assert salted.patient_id == pseudonym("MRN-0001", "patient", "a-long-random-project-secret") != plain.patient_id
+    assert "NO PSEUDONYM SALT" not in caplog.text
+    state = (tmp_path / ".i2.convert-state.json").read_text()
+    assert "a-long-random-project-secret" not in state  # the secret never reaches a file
+    monkeypatch.setenv("CXR_PSEUDONYM_SALT", "")
+    with pytest.raises(ConvertError, match="CXR_PSEUDONYM_SALT is set but empty"):
+        convert(raw.parent, tmp_path / "i3", tmp_path / "t3.parquet", params)
 
 
 def test_no_images_is_an_error(tmp_path):

@@ -13,11 +13,14 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from cxr.dicom import (
     DecodeError,
+    SaltError,
+    check_image,
     NotRadiograph,
     full_range,
     normalise_sex,
     parse_age,
     pseudonym,
+    pseudonym_salt,
     read_dicom,
     read_image,
     read_raster,
@@ -121,6 +124,44 @@ def test_metadata_has_no_phi_and_pseudonymises_ids(tmp_path):
     assert d.meta["pixel_spacing"] == pytest.approx(0.2)
 
 
+def test_salted_pseudonyms_resist_brute_force(tmp_path):
+    """Before: unsalted SHA-256 of the header id; hashing MRN-0000..MRN-9999 recovered MRN-0001."""
+    p = make_dicom(tmp_path / "a.dcm", chest(), patient_id="MRN-0001")
+    candidates = [f"MRN-{i:04d}" for i in range(10_000)]
+    plain = read_dicom(p).meta["patient_pseudonym"]
+    assert plain in {pseudonym(c, "patient"): c for c in candidates}  # the weakness, still the default
+    salted = read_dicom(p, salt="s3cret-project-salt").meta["patient_pseudonym"]
+    assert salted == pseudonym("MRN-0001", "patient", "s3cret-project-salt") != plain
+    assert salted not in {pseudonym(c, "patient") for c in candidates}  # without the salt: nothing matches
+    assert read_dicom(p, salt="s3cret-project-salt").meta["patient_pseudonym"] == salted  # stable
+
+
+def test_pseudonym_salt_from_environment_or_file(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    assert pseudonym_salt({}, repo) is None
+    assert pseudonym_salt({"CXR_PSEUDONYM_SALT": " abc \n"}, repo) == "abc"
+    outside = tmp_path / "secret.txt"
+    outside.write_text("from-a-file\n")
+    assert pseudonym_salt({"CXR_PSEUDONYM_SALT_FILE": str(outside)}, repo) == "from-a-file"
+    inside = repo / "salt.txt"
+    inside.write_text("oops")
+    with pytest.raises(SaltError, match="inside the repository"):
+        pseudonym_salt({"CXR_PSEUDONYM_SALT_FILE": str(inside)}, repo)
+    with pytest.raises(SaltError, match="empty"):
+        pseudonym_salt({"CXR_PSEUDONYM_SALT": "  "}, repo)
+    with pytest.raises(SaltError, match="cannot read"):
+        pseudonym_salt({"CXR_PSEUDONYM_SALT_FILE": str(tmp_path / "missing")}, repo)
+
+
+def test_header_age_above_89_is_90(tmp_path):
+    p = make_dicom(tmp_path / "old.dcm", chest())
+    ds = pydicom.dcmread(p)
+    ds.PatientAge = "097Y"
+    ds.save_as(p)
+    assert read_dicom(p).meta["age"] == 90.0
+
+
 # ---------------------------------------------------------------- error paths
 
 
@@ -151,6 +192,107 @@ def test_missing_pixel_data_is_decode_error(tmp_path):
         read_dicom(make_dicom(tmp_path / "n.dcm", chest(), drop_pixels=True))
 
 
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"slope": float("nan")}, r"RescaleSlope \(0028,1053\) nan"),
+        ({"slope": float("inf")}, r"RescaleSlope \(0028,1053\) inf"),
+        ({"slope": 0}, r"RescaleSlope \(0028,1053\) 0.0: must be a finite, non-zero"),
+        ({"slope": 1, "intercept": float("-inf")}, r"RescaleIntercept \(0028,1052\) -inf"),
+        ({"center": float("nan"), "width": 400}, r"Window Center \(0028,1050\) nan"),
+        ({"center": 100, "width": float("nan")}, r"Window Width \(0028,1051\) nan"),
+    ],
+)
+def test_invalid_rescale_or_window_is_an_error_naming_the_tag(tmp_path, kw, match):
+    """Before: each of these decoded to an all-black image that convert marked ok."""
+    p = make_dicom(tmp_path / "bad.dcm", chest(), **kw)
+    with pytest.raises(DecodeError, match=match):
+        read_dicom(p)
+    if "center" in kw:  # voi="full" ignores the window, so that file is still a good image
+        assert read_dicom(p, voi="full").image.std() > 0
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},  # blank pixel data: every stored value the same
+        {"center": 60000, "width": 2},  # a window above every stored value: all black
+    ],
+)
+def test_constant_decoded_image_is_an_error(tmp_path, kw):
+    arr = np.full((32, 32), 1000, np.uint16) if not kw else chest()
+    with pytest.raises(DecodeError, match="constant image"):
+        read_dicom(make_dicom(tmp_path / "c.dcm", arr, **kw))
+    png = tmp_path / "blank.png"
+    Image.new("L", (16, 16), 128).save(png)
+    with pytest.raises(DecodeError, match="constant image"):
+        read_raster(png)
+
+
+def test_check_image_refuses_non_finite_values():
+    img = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    img[1, 1] = np.nan
+    with pytest.raises(DecodeError, match="non-finite pixels in the decoded image: 1 NaN"):
+        check_image(img)
+    check_image(np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4))  # a normal image passes
+
+
+@pytest.mark.parametrize("rows, ok", [(200, True), (50, False), (199, False)])
+def test_pixel_data_longer_than_the_header_geometry_is_an_error(tmp_path, rows, ok):
+    """Before: Rows 50 over a 200-row image decoded to the top 50 rows, marked ok."""
+    p = make_dicom(tmp_path / "g.dcm", chest(200, 40))
+    ds = pydicom.dcmread(p)
+    ds.Rows = rows
+    ds.save_as(p)
+    if ok:
+        assert read_dicom(p).image.shape == (200, 40)
+    else:
+        with pytest.raises(DecodeError, match=rf"pixel data longer than the header's image size: 16000 bytes, but Rows={rows} .* need {rows * 80}"):
+            read_dicom(p)
+
+
+def test_one_padding_byte_is_allowed(tmp_path):
+    """8-bit odd-sized pixel data is padded to an even length (PS3.5 8.1.1): still a good image."""
+    arr = (chest(5, 5, bits=8)).astype(np.uint8)
+    p = make_dicom(tmp_path / "odd.dcm", chest(5, 5))
+    ds = pydicom.dcmread(p)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = arr.tobytes() + b"\x00"
+    ds.save_as(p)
+    assert read_dicom(p).image.shape == (5, 5)
+    ds.PixelData = arr.tobytes() + b"\x00" * 3
+    ds.save_as(p)
+    with pytest.raises(DecodeError, match="pixel data longer than the header's image size: 28 bytes"):
+        read_dicom(p)
+
+
+def _patched(src: Path, dst: Path, old: bytes, new: bytes) -> Path:
+    raw = src.read_bytes()
+    assert raw.count(old) == 1 and len(old) == len(new)
+    dst.write_bytes(raw.replace(old, new))
+    return dst
+
+
+def test_wrong_transfer_syntax_is_not_reported_as_missing_pixel_data(tmp_path):
+    """Before: 'missing pixel data (no PixelData element)'."""
+    p = make_dicom(tmp_path / "a.dcm", chest())
+    bad = _patched(p, tmp_path / "be.dcm", b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.2\x00")  # says big endian
+    with pytest.raises(DecodeError, match="corrupt header or wrong transfer syntax.*Explicit VR Big Endian"):
+        read_dicom(bad)
+    with pytest.raises(DecodeError, match="missing pixel data"):  # a file really without pixel data still says so
+        read_dicom(make_dicom(tmp_path / "n.dcm", chest(), drop_pixels=True))
+
+
+def test_corrupt_element_length_is_not_reported_as_truncation(tmp_path):
+    p = make_dicom(tmp_path / "a.dcm", chest())
+    raw = p.read_bytes()
+    at = raw.index(b"Doe^Jane") - 4  # VR + length of Patient Name -> garbage claiming ~2 GB
+    bad = tmp_path / "corrupt.dcm"
+    bad.write_bytes(raw[:at] + b"\xff\xff\xff\x7f" + raw[at + 4 :])
+    with pytest.raises(DecodeError, match="corrupt header"):
+        read_dicom(bad)
+
+
 def test_not_a_dicom(tmp_path):
     p = tmp_path / "x.dcm"
     p.write_bytes(b"this is not a DICOM file at all" * 10)
@@ -177,6 +319,42 @@ def test_decompression_bomb_refused_before_decoding(tmp_path):
     with pytest.raises(DecodeError, match="max_pixels"):
         read_dicom(p, max_pixels=200 * 200 - 1)
     assert read_dicom(p, max_pixels=200 * 200).image.shape == (200, 200)
+
+
+def _patch_j2k_size(src: Path, dst: Path, rows: int, cols: int) -> Path:
+    raw = bytearray(src.read_bytes())
+    at = raw.index(b"\xff\x4f\xff\x51")  # SOC + SIZ: Xsiz, Ysiz follow Lsiz and Rsiz
+    raw[at + 8 : at + 16] = cols.to_bytes(4, "big") + rows.to_bytes(4, "big")
+    dst.write_bytes(bytes(raw))
+    return dst
+
+
+def test_jpeg2000_codestream_bomb_refused_before_decoding(tmp_path):
+    """Before: a tiny J2K DICOM whose SIZ says 12000x12000 under a 96x80 header was decoded in full (856 MB)."""
+    p = make_dicom(tmp_path / "j.dcm", chest(), syntax=JPEG2000Lossless)
+    bomb = _patch_j2k_size(p, tmp_path / "bomb.dcm", 12000, 12000)
+    assert bomb.stat().st_size < 20_000
+    with pytest.raises(DecodeError, match=r"compressed frame declares 12000x12000 = 144000000 pixels \(header says 96x80\)"):
+        read_dicom(bomb)
+    liar = _patch_j2k_size(p, tmp_path / "liar.dcm", 192, 160)  # within budget, but not the header's size
+    with pytest.raises(DecodeError, match="compressed frame size 192x160 disagrees with the header's Rows x Columns 96x80"):
+        read_dicom(liar)
+    assert read_dicom(p).image.shape == (96, 80)  # the untouched file is fine
+
+
+def test_jpeg_sof_size_checked_against_header_and_budget(realdata, tmp_path):
+    src = realdata / "siim" / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+    raw = bytearray(src.read_bytes())
+    at = raw.index(b"\xff\xc0")  # baseline SOF0: length(2) precision(1) rows(2) cols(2)
+    assert raw[at + 5 : at + 9] == (1024).to_bytes(2, "big") * 2
+    raw[at + 5 : at + 9] = (30000).to_bytes(2, "big") * 2
+    (tmp_path / "big.dcm").write_bytes(bytes(raw))
+    with pytest.raises(DecodeError, match="declares 30000x30000 = 900000000 pixels"):
+        read_dicom(tmp_path / "big.dcm")
+    raw[at + 5 : at + 9] = (512).to_bytes(2, "big") * 2
+    (tmp_path / "small.dcm").write_bytes(bytes(raw))
+    with pytest.raises(DecodeError, match="512x512 disagrees with the header's Rows x Columns 1024x1024"):
+        read_dicom(tmp_path / "small.dcm")
 
 
 def test_unsupported_photometric(tmp_path):
@@ -335,7 +513,9 @@ def test_unknown_suffix(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "value, want", [("045Y", 45.0), ("006M", 0.5), (" 3Y", 3.0), (71, 71.0), ("abc", None), (None, None), (-4, None)]
+    "value, want",
+    [("045Y", 45.0), ("006M", 0.5), (" 3Y", 3.0), (71, 71.0), ("abc", None), (None, None), (-4, None),
+     ("089Y", 89.0), ("090Y", 90.0), ("104Y", 90.0), (97, 90.0)],  # HIPAA safe harbour: 90 = "90 or older"
 )
 def test_parse_age(value, want):
     got = parse_age(value)

@@ -20,7 +20,7 @@ import pytest
 
 from cxr.ingest import ingest
 from cxr.ingest.gcs import GcsIngestError, RemoteFile, download_one, make_client, parse_location
-from cxr.ingest.safe import UnsafePath, extract_zip, safe_target
+from cxr.ingest.safe import ArchiveRefused, UnsafePath, extract_zip, safe_target
 from cxr.params import GcsParams, IngestParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -319,3 +319,88 @@ def test_gcs_params_are_validated():
         parse_section("ingest", {"gcs": {"workers": 0}})
     with pytest.raises(ParamsError, match="unknown key ingest.gcs.token"):
         parse_section("ingest", {"gcs": {"token": "x"}})
+
+
+def _many_zeros_zip(path: Path, members: int, size: int) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for i in range(members):
+            zf.writestr(f"m{i:02d}.bin", b"\0" * size)
+    return path
+
+
+def test_zip_bomb_of_small_members_refused_by_the_archive_budget(tmp_path):
+    """Before: 24 members of 16 MiB zeros (each under the per-member limit) extracted to 385 MiB."""
+    z = _many_zeros_zip(tmp_path / "bomb.zip", 24, 16 * 2**20)
+    assert z.stat().st_size < 500_000
+    with pytest.raises(ArchiveRefused, match=r"ratio \d+ > ingest.archive.max_ratio=100"):
+        extract_zip(z, tmp_path / "bomb")
+    assert not (tmp_path / "bomb").exists()  # refused before anything is written
+
+
+def test_archive_size_and_member_budgets(tmp_path):
+    small = tmp_path / "small.zip"
+    with zipfile.ZipFile(small, "w") as zf:
+        for i in range(5):
+            zf.writestr(f"f{i}.txt", b"x" * 100)
+    with pytest.raises(ArchiveRefused, match="5 members > ingest.archive.max_members=4"):
+        extract_zip(small, tmp_path / "a", max_members=4)
+    with pytest.raises(ArchiveRefused, match="expands to 500 bytes > ingest.archive.max_bytes=499"):
+        extract_zip(small, tmp_path / "b", max_bytes=499)
+    assert extract_zip(small, tmp_path / "c", max_members=5, max_bytes=500)["members"] == 5
+
+
+def _corrupt_one_member(path: Path, name: str) -> None:
+    """Flip a byte inside ``name``'s stored data, so only that member fails its CRC-32."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(name)
+    raw = bytearray(path.read_bytes())
+    at = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + 2
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def test_bad_crc_member_is_refused_and_the_rest_extracted(tmp_path):
+    z = tmp_path / "crc.zip"
+    with zipfile.ZipFile(z, "w") as zf:  # stored: the flipped byte reaches the CRC check unchanged
+        for name in ("a.png", "b.png", "c.png"):
+            zf.writestr(name, name.encode() * 50)
+    _corrupt_one_member(z, "b.png")
+    res = extract_zip(z, tmp_path / "out")
+    assert res["members"] == 2 and [r["name"] for r in res["refused"]] == ["b.png"]
+    assert "Bad CRC-32" in res["refused"][0]["reason"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]
+
+
+def test_one_bad_archive_does_not_stop_the_others(gcs, tmp_path):
+    """A bad CRC in one archive, a bomb in another: both listed; the good archive is extracted."""
+    _, bucket, _ = gcs
+    good = _zip_bytes([("x.png", b"PNG-X", False)])
+    crc = tmp_path / "crc.zip"
+    with zipfile.ZipFile(crc, "w") as zf:
+        zf.writestr("bad.png", b"B" * 200)
+        zf.writestr("fine.png", b"F" * 200)
+    _corrupt_one_member(crc, "bad.png")
+    bomb = _many_zeros_zip(tmp_path / "bomb.zip", 24, 16 * 2**20)
+    bucket.blob("p/0.zip").upload_from_string(crc.read_bytes())
+    bucket.blob("p/1.zip").upload_from_string(bomb.read_bytes())
+    bucket.blob("p/2.zip").upload_from_string(good)
+    out = tmp_path / "raw"
+    summary = ingest(f"gs://{bucket.name}/p", out, _params(), seed=0)
+    assert (out / "2" / "x.png").read_bytes() == b"PNG-X" and (out / "0" / "fine.png").exists()
+    assert not (out / "0" / "bad.png").exists() and not (out / "1").exists()
+    reasons = {r["name"]: r["reason"] for r in summary["refused"]}
+    assert "Bad CRC-32" in reasons["p/0.zip!bad.png"] and "ingest.archive.max_ratio" in reasons["p/1.zip"]
+    assert summary["extracted"] == {"0.zip": {"members": 1}, "2.zip": {"members": 1}}
+    # the budget is a param: the same archive under a tighter member limit names that key instead
+    strict = IngestParams(source="gs://unused/x", gcs={"retries": 1, "backoff": 0.01}, archive={"max_members": 1})
+    summary = ingest(f"gs://{bucket.name}/p", out, strict, seed=0)
+    assert "ingest.archive.max_members=1" in {r["name"]: r["reason"] for r in summary["refused"]}["p/1.zip"]
+
+
+def test_corrupt_archive_is_an_error_after_the_others_are_extracted(gcs, tmp_path):
+    _, bucket, _ = gcs
+    bucket.blob("z/a.zip").upload_from_string(b"PK\x03\x04 not really a zip")
+    bucket.blob("z/b.zip").upload_from_string(_zip_bytes([("y.png", b"PNG-Y", False)]))
+    with pytest.raises(GcsIngestError, match=r"1 archive\(s\) could not be opened \(the other 1 were extracted"):
+        ingest(f"gs://{bucket.name}/z", tmp_path / "raw", _params(), seed=0)
+    assert (tmp_path / "raw" / "b" / "y.png").read_bytes() == b"PNG-Y"

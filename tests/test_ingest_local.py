@@ -123,3 +123,37 @@ def test_hardlink_mode_fails_clearly_across_devices(tmp_path):
 def test_local_mode_is_validated():
     with pytest.raises(ParamsError, match="ingest.local.mode"):
         parse_section("ingest", {"local": {"mode": "rsync"}})
+
+
+@pytest.mark.parametrize("mode", ["auto", "copy", "symlink"])
+def test_symlinks_leading_outside_the_source_are_refused_and_listed(tmp_path, mode):
+    """Before: a link to an outside file was followed and hard-linked into data/raw (and DVC's cache)."""
+    src, out = tmp_path / "copy", tmp_path / "raw"
+    files = _tree(src)
+    secret = tmp_path / "outside" / "hostname"
+    secret.parent.mkdir()
+    secret.write_bytes(b"outside-secret")
+    (tmp_path / "outside" / "more.dcm").write_bytes(b"DICM outside")
+    os.symlink(secret, src / "nih" / "leak.png")  # a file link out of the source
+    os.symlink(tmp_path / "outside", src / "padchest" / "elsewhere")  # a folder link out of the source
+    os.symlink(src / "padchest" / "images", src / "nih" / "inside")  # a folder link that stays inside: fine
+    summary = ingest(str(src), out, IngestParams(source=str(src), local={"mode": mode}), seed=0)
+    got = _files(out)
+    manifest = json.loads(got.pop("ingest-manifest.json"))
+    assert b"outside-secret" not in got.values() and b"DICM outside" not in got.values()
+    assert not (out / "nih" / "leak.png").exists() and not (out / "padchest" / "elsewhere").exists()
+    assert got["nih/inside/0/x.png"] == files["padchest/images/0/x.png"]
+    assert manifest["refused"] == summary["refused"] == [
+        {"path": "nih/leak.png", "reason": "file symlink resolving outside the source (refused)"},
+        {"path": "padchest/elsewhere", "reason": "folder symlink resolving outside the source (refused)"},
+    ]
+    assert str(tmp_path) not in json.dumps(manifest)  # no absolute paths in the manifest
+
+
+def test_source_with_only_outside_links_is_an_error(tmp_path):
+    src = tmp_path / "copy"
+    src.mkdir()
+    (tmp_path / "secret").write_text("x")
+    os.symlink(tmp_path / "secret", src / "a.dcm")
+    with pytest.raises(LocalIngestError, match="contains no files .refused 1 symlinks"):
+        mirror(src, tmp_path / "raw")

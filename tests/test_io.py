@@ -49,3 +49,54 @@ def test_atomic_open_rejects_append_mode(tmp_path):
     with pytest.raises(ValueError, match="'wb' or 'w'"):
         with cio.atomic_open(tmp_path / "x", "a"):
             pass
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_scratch_dir_is_removed_on_exit_and_stale_ones_on_the_next_start(tmp_path):
+    """Before: a killed train left /tmp/cxr-cache-* behind for good."""
+    stale = tmp_path / f"cxr-cache-{_dead_pid()}-abcd1234"  # a run killed with SIGKILL
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "x.npy").write_bytes(b"x" * 100)
+    live = tmp_path / f"cxr-cache-{os.getppid()}-efgh5678"  # a running process's folder stays
+    live.mkdir()
+    other = tmp_path / "cxr-cache-notapid"  # not ours to judge
+    other.mkdir()
+    with cio.scratch_dir("cxr-cache", root=tmp_path) as d:
+        assert os.path.isdir(d) and os.path.basename(d).startswith(f"cxr-cache-{os.getpid()}-")
+        assert not stale.exists() and live.exists() and other.exists()
+    assert not os.path.exists(d)
+    with pytest.raises(RuntimeError), cio.scratch_dir("cxr-cache", root=tmp_path) as d2:
+        raise RuntimeError("a failing stage")
+    assert not os.path.exists(d2)
+
+
+def test_scratch_dir_is_removed_when_the_process_is_terminated(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import sys, time\n"
+        "from cxr.io import scratch_dir\n"
+        f"with scratch_dir('cxr-cache', root={str(tmp_path)!r}) as d:\n"
+        "    print(d, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    d = proc.stdout.readline().strip()
+    assert os.path.isdir(d)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 5
+    while os.path.exists(d) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(d)

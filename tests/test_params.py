@@ -72,3 +72,40 @@ def test_load_sections_for_stage_scripts(tmp_path, caplog):
     with caplog.at_level(logging.ERROR, logger="stage-test"):
         assert load_sections(bad, "base", "split", log=log) is None  # the script exits with status 2
     assert "base.seed" in caplog.text
+
+
+def test_duplicate_keys_are_refused(tmp_path):
+    """Before: a second `base:` silently replaced the first (PyYAML keeps the last key)."""
+    p = tmp_path / "params.yaml"
+    p.write_text("base:\n  seed: 1\nconvert:\n  size: 64\nbase:\n  image_size: 128\n")
+    with pytest.raises(ParamsError, match=r"duplicate key 'base' \(first at line 1, again at line 5\)"):
+        load_section("base", p)
+    p.write_text("train:\n  epochs: 2\n  epochs: 3\n")  # also inside a section
+    with pytest.raises(ParamsError, match="duplicate key 'epochs'"):
+        load_section("train", p)
+
+
+@pytest.mark.parametrize(
+    ("section", "raw", "needles"),
+    [
+        ("train", {"epochs": True}, ["train.epochs = True", "valid integer"]),
+        ("convert", {"size": True}, ["convert.size = True", "valid integer", ">= 16"]),
+        ("convert", {"max_failure_fraction": False}, ["convert.max_failure_fraction = False", "valid number"]),
+        ("convert", {"size": "512"}, ["convert.size = '512'", "valid integer"]),
+        ("convert", {"size": 512.0}, ["convert.size = 512.0", "valid integer"]),
+        ("convert", {"draft": 1}, ["convert.draft = 1", "valid boolean"]),
+    ],
+)
+def test_types_are_strict(section, raw, needles):
+    """Before: booleans were taken as integers (train.epochs: true -> 1)."""
+    with pytest.raises(ParamsError) as exc:
+        parse_section(section, raw)
+    for needle in needles:
+        assert needle in str(exc.value), f"{needle!r} not in {exc.value}"
+
+
+def test_numbers_still_load_as_written(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("train:\n  lr: 1e-3\n  weight_decay: 0\n  epochs: 2\n")  # 1e-3 is a float (YAML 1.2, as DVC reads it)
+    t = load_section("train", p)
+    assert t.lr == 0.001 and t.weight_decay == 0.0 and t.epochs == 2

@@ -299,3 +299,56 @@ def test_model_card_carries_the_convert_settings(tiny, realdata, tmp_path, monke
     assert "size: 128 -> 96" in caplog.text
     rec = json.loads((tmp_path / "o2" / f"{f.stem}.json").read_text())
     assert max(rec["image"]["converted"]["rows"], rec["image"]["converted"]["cols"]) == 96
+
+
+def _card_dir(tmp_path: Path, **changes) -> Path:
+    """A model dir with a well-formed image-model card (plus ``changes``) and placeholder weights."""
+    card = {"architecture": "densenet121", "model_kwargs": {"num_classes": 2}, "label_names": ["A", "B"],
+            "input": {"kind": "image", "size": 64, "channels": 1, "dtype": "uint8",
+                      "normalisation": {"scale": 255.0, "mean": 0.5, "std": 0.25}},
+            "thresholds": {"A": 0.5, "B": None}, "threshold_rule": "Youden J on the validation split"}
+    card.update(changes)
+    d = tmp_path / "m"
+    d.mkdir(exist_ok=True)
+    (d / "card.json").write_text(json.dumps(card))
+    (d / "model.pt").write_bytes(b"not read by read_model_card")
+    return d
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"input": "notadict"}, r"field input = 'notadict'"),
+        ({"input": {"kind": "image", "size": True}}, r"field input\.size = True: Input should be a valid integer"),
+        ({"input": {"kind": "image", "size": "64"}}, r"field input\.size = '64'"),
+        ({"input": {"kind": "image", "size": 64, "normalisation": {"scale": 255, "mean": 0.5, "std": 0}}},
+         r"field input\.normalisation\.std = 0: Input should be greater than 0"),
+        ({"input": {"kind": "region_features", "num_regions": 18}}, r"field input\.feature_dim = .*Field required"),
+        ({"input": {"kind": "voxels"}}, r"input kind 'voxels' is not supported"),
+        ({"label_names": "A,B"}, r"field label_names = 'A,B': Input should be a valid list"),
+        ({"thresholds": {"A": "high"}}, r"field thresholds\.A = 'high'"),
+        ({"model_kwargs": []}, r"field model_kwargs = \[\]"),
+        ({"architecture": 7}, r"field architecture = 7"),
+    ],
+)
+def test_model_card_is_validated_and_errors_name_the_field(tmp_path, changes, match):
+    """Before: a wrong-typed field ("input": "notadict") crashed cxr predict with an AttributeError."""
+    from cxr.predict import PredictError, read_model_card
+
+    with pytest.raises(PredictError, match=r"card\.json: .*" + match):
+        read_model_card(_card_dir(tmp_path, **changes))
+
+
+def test_model_card_keeps_unknown_fields_for_forward_compatibility(tmp_path):
+    from cxr.predict import read_model_card
+
+    card = read_model_card(_card_dir(tmp_path, convert={"size": 512, "voi": "window"}, future_field=[1, 2]))
+    assert card["convert"] == {"size": 512, "voi": "window"} and card["future_field"] == [1, 2]
+    assert card["input"]["size"] == 64
+
+
+def test_predict_cli_reports_a_bad_card_without_a_traceback(tmp_path, realdata, caplog):
+    d = _card_dir(tmp_path, input="notadict")
+    rc = cli_main(["predict", str(realdata / "nih" / "00000001_000.png"), "--model", str(d), "--out",
+                   str(tmp_path / "o"), "--params", str(REPO / "params.yaml"), "--device", "cpu"])
+    assert rc == 2 and "field input = 'notadict'" in caplog.text and "Traceback" not in caplog.text

@@ -348,3 +348,12 @@ def test_read_csv_reports_unreadable_files(tmp_path):
         read_csv(p, ("a",))
     with pytest.raises(SourceError, match="file not found"):
         read_csv(tmp_path / "missing.csv", ("a",))
+
+
+def test_source_tables_report_ages_above_89_as_90():
+    """HIPAA safe harbour: a table's 95-year-old is recorded as 90 ("90 or older")."""
+    from cxr.sources.common import finish_images
+
+    rows = [{"image_id": i, "dataset": "nih", "patient_id": i, "age": a} for i, a in (("a", 45), ("b", 95), ("c", None))]
+    ages = finish_images(rows, "nih").set_index("image_id")["age"]
+    assert ages["a"] == 45 and ages["b"] == 90 and ages.isna()["c"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -255,6 +257,8 @@ def test_train_then_evaluate_stages_on_tiny_cohort(tiny_processed):
     assert set(pred["image_id"]) <= set(splits.loc[splits["split"] == "test", "image_id"])  # never train or val
     assert met["test_images"] == len(pred) and met["bootstrap"] == 50
     assert met["macro_auroc"] is None or 0 <= met["macro_auroc"] <= 1
+    # the image caches of both stages are gone (scratch_dir: on exit, SIGTERM, or the next start)
+    assert not list(Path(tempfile.gettempdir()).glob(f"cxr-cache-{os.getpid()}-*"))
 
 
 def test_train_stage_errors_name_the_problem(tiny_processed, caplog):

@@ -78,8 +78,8 @@ def read_graphs(folder: str | Path, unknown: str = "count", progress: bool = Tru
         try:
             graphs.append(read_scene_graph(f.read_bytes(), f.name, known=known, unknown=unknown))
         except ValueError as exc:
-            if "unknown ImaGenome finding" in str(exc):
-                raise AnatomyError(str(exc)) from None
+            if "unknown ImaGenome finding" in str(exc):  # the reader names the label stage's key
+                raise AnatomyError(str(exc).replace("label.unknown_labels", "coco.unknown_findings")) from None
             bad.append(str(exc))
     graphs.sort(key=lambda g: g["image_id"])
     return graphs, bad
@@ -117,7 +117,8 @@ def build_coco(
         findings: label space of the per-region finding vector.
 
     Returns:
-        ``{split: coco dict}`` and a summary (images, annotations, missing regions, skipped graphs).
+        ``{split: coco dict}`` and a summary (images, annotations, missing regions, skipped graphs
+        and findings; ``unknown_findings`` counts each ImaGenome term outside the vocabulary map).
     """
     need = {"image_id", "png_path", "out_rows", "out_cols", "scale", "offset_x", "offset_y", "status"}
     if need - set(images.columns):
@@ -136,6 +137,11 @@ def build_coco(
                "categories": [{"id": cat_id[r], "name": r, "supercategory": "anatomy"} for r in region_list]}
            for s in SPLITS}
     skipped: Counter = Counter()
+    # coco.unknown_findings: count -> read_graphs kept the terms outside the vocabulary map per graph
+    unknown_terms: Counter = Counter(u for g in graphs for u in g.get("unknown", ()))
+    if unknown_terms:
+        skipped["unknown_finding"] = sum(unknown_terms.values())
+        log.warning("ImaGenome findings not in the vocabulary map (skipped): %s", dict(unknown_terms.most_common(10)))
     missing_per_region: Counter = Counter()
     images_missing = Counter()
     next_img, next_ann = 1, 1
@@ -189,6 +195,7 @@ def build_coco(
         "images_missing_regions": {s: images_missing[s] for s in SPLITS},
         "missing_per_region": {r: missing_per_region[r] for r in region_list if missing_per_region[r]},
         "skipped": dict(sorted(skipped.items())),
+        "unknown_findings": dict(sorted(unknown_terms.items())),
     }
     for s in SPLITS:
         out[s]["info"]["images_missing_regions"] = images_missing[s]

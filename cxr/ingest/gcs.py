@@ -9,7 +9,10 @@
 * Transient errors (connection resets, 429, 5xx, checksum mismatches) are retried with
   exponential backoff (``ingest.gcs.retries``, ``ingest.gcs.backoff``).
 * ``.zip`` objects are extracted next to themselves (``images/0.zip`` -> ``images/0/``) by
-  :func:`cxr.ingest.safe.extract_zip`. Names that would escape ``data/raw`` are refused and listed.
+  :func:`cxr.ingest.safe.extract_zip`. Names that would escape ``data/raw`` are refused and listed;
+  so are members failing their CRC-32 and whole archives over an ``ingest.archive`` budget (total
+  bytes, expansion ratio, member count). An archive that cannot be opened at all is an error, raised
+  after every other archive has been extracted.
 
 Credentials: the standard Google chain (``GOOGLE_APPLICATION_CREDENTIALS``, ``gcloud auth
 application-default login``, the metadata server on GCE), or ``ingest.gcs.anonymous: true`` for
@@ -29,9 +32,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from cxr.ingest import register_source
-from cxr.ingest.safe import UnsafePath, extract_zip, remove_partial_files, safe_target
+from cxr.ingest.safe import ArchiveRefused, UnsafePath, extract_zip, remove_partial_files, safe_target
 from cxr.io import atomic_open, write_json
-from cxr.params import GcsParams, IngestParams
+from cxr.params import ArchiveParams, GcsParams, IngestParams
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +247,9 @@ def download_one(client: Any, bucket: str, f: RemoteFile, target: Path, params: 
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def download_prefix(client: Any, bucket: str, prefix: str, out_dir: Path, params: GcsParams) -> dict:
+def download_prefix(
+    client: Any, bucket: str, prefix: str, out_dir: Path, params: GcsParams, archive: ArchiveParams | None = None
+) -> dict:
     """Mirror ``gs://bucket/prefix`` into ``out_dir`` (see the module docstring).
 
     Returns:
@@ -256,6 +261,7 @@ def download_prefix(client: Any, bucket: str, prefix: str, out_dir: Path, params
             fetched intact (the others are kept; a rerun resumes).
     """
     out_dir = Path(out_dir)
+    archive = archive or ArchiveParams()
     out_dir.mkdir(parents=True, exist_ok=True)
     stale = remove_partial_files(out_dir)
     if stale:
@@ -290,18 +296,28 @@ def download_prefix(client: Any, bucket: str, prefix: str, out_dir: Path, params
         )
 
     extracted: dict[str, dict] = {}
+    broken: list[str] = []
     if params.extract_zips:
+        limits = {"max_bytes": archive.max_bytes, "max_ratio": archive.max_ratio, "max_members": archive.max_members}
         for f, target in jobs:
             if f.rel.lower().endswith(".zip"):
                 dest = target.with_suffix("")
                 try:
-                    res = extract_zip(target, dest)
-                except Exception as exc:  # zipfile.BadZipFile and friends
-                    raise GcsIngestError(
-                        f"gs://{bucket}/{f.name}: cannot extract ({type(exc).__name__}: {exc})"
-                    ) from None
+                    res = extract_zip(target, dest, **limits)
+                except ArchiveRefused as exc:  # over budget: refused whole, listed, the others go on
+                    log.warning("refused archive gs://%s/%s: %s", bucket, f.name, exc)
+                    refused.append({"name": f.name, "reason": str(exc)})
+                    continue
+                except Exception as exc:  # zipfile.BadZipFile and friends: the other archives still go on
+                    broken.append(f"gs://{bucket}/{f.name}: cannot extract ({type(exc).__name__}: {exc})")
+                    continue
                 extracted[f.rel] = {"members": res["members"]}
                 refused.extend({"name": f"{f.name}!{r['name']}", "reason": r["reason"]} for r in res["refused"])
+    if broken:
+        raise GcsIngestError(
+            f"{len(broken)} archive(s) could not be opened (the other {len(extracted)} were extracted; "
+            "replace the broken ones and rerun):\n  " + "\n  ".join(broken[:20])
+        )
 
     summary = {
         "source": f"gs://{bucket}/{prefix}",
@@ -329,7 +345,7 @@ def ingest_gcs(location: str, out_dir: Path, params: IngestParams, seed: int) ->
     bucket, prefix = parse_location(location)
     client = make_client(params.gcs)
     _size_connection_pool(client, params.gcs.workers)
-    summary = download_prefix(client, bucket, prefix, Path(out_dir), params.gcs)
+    summary = download_prefix(client, bucket, prefix, Path(out_dir), params.gcs, params.archive)
     manifest = {k: v for k, v in summary.items() if k not in ("downloaded", "present")}
     write_json(Path(out_dir) / MANIFEST, manifest)
     return summary

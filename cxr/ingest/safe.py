@@ -26,8 +26,18 @@ MAX_ZIP_RATIO = 200
 ZIP_RATIO_MIN_BYTES = 16 * 2**20
 
 
+#: Archive-wide defaults (``ingest.archive`` in params.yaml overrides them).
+MAX_ARCHIVE_BYTES = 64 * 2**30
+MAX_ARCHIVE_RATIO = 100.0
+MAX_ARCHIVE_MEMBERS = 100_000
+
+
 class UnsafePath(ValueError):
     """A name that would escape the output folder (or is otherwise unusable as a file name)."""
+
+
+class ArchiveRefused(UnsafePath):
+    """A whole archive over its budget (total size, expansion ratio or member count): nothing extracted."""
 
 
 def safe_target(out_dir: Path, name: str) -> Path:
@@ -66,22 +76,69 @@ def _is_symlink_member(info: zipfile.ZipInfo) -> bool:
     return stat.S_ISLNK(info.external_attr >> 16)
 
 
-def extract_zip(zip_path: Path, dest: Path) -> dict:
+def check_archive_budget(
+    zip_path: Path,
+    infos: list[zipfile.ZipInfo],
+    *,
+    max_bytes: int = MAX_ARCHIVE_BYTES,
+    max_ratio: float = MAX_ARCHIVE_RATIO,
+    max_members: int = MAX_ARCHIVE_MEMBERS,
+) -> None:
+    """Refuse an archive whose directory declares too many members, bytes or too much expansion.
+
+    The per-member ratio check alone exempts members <= 16 MiB, so 24 members of 16 MiB zeros
+    (394 KB compressed) would extract to 385 MiB; the totals catch that.
+
+    Raises:
+        ArchiveRefused: a budget is exceeded (the message names the ``ingest.archive`` key).
+    """
+    files = [i for i in infos if not i.is_dir()]
+    total = sum(i.file_size for i in files)
+    packed = max(1, sum(i.compress_size for i in files))
+    if len(files) > max_members:
+        raise ArchiveRefused(
+            f"archive {zip_path.name} has {len(files)} members > ingest.archive.max_members={max_members}"
+        )
+    if total > max_bytes:
+        raise ArchiveRefused(
+            f"archive {zip_path.name} expands to {total} bytes > ingest.archive.max_bytes={max_bytes}"
+        )
+    if total > ZIP_RATIO_MIN_BYTES and total > max_ratio * packed:
+        raise ArchiveRefused(
+            f"archive {zip_path.name} expands {packed} -> {total} bytes (ratio {total / packed:.0f} > "
+            f"ingest.archive.max_ratio={max_ratio:g}; refused as a decompression bomb)"
+        )
+
+
+def extract_zip(
+    zip_path: Path,
+    dest: Path,
+    *,
+    max_bytes: int = MAX_ARCHIVE_BYTES,
+    max_ratio: float = MAX_ARCHIVE_RATIO,
+    max_members: int = MAX_ARCHIVE_MEMBERS,
+) -> dict:
     """Extract ``zip_path`` into ``dest`` safely and resumably.
 
     Members already present with the same size and CRC-32 are skipped, so an interrupted
     extraction picks up where it stopped. CRC-32 of each written member is checked by
-    :mod:`zipfile` while reading.
+    :mod:`zipfile` while reading; a member that fails it (or does not inflate) is refused and
+    listed, and the other members are still extracted. The archive as a whole must fit the
+    budgets of :func:`check_archive_budget` (from ``ingest.archive``), and no more than
+    ``max_bytes`` are written whatever the directory declares.
 
     Returns:
         ``{"members": n_written_or_present, "skipped": n_already_present, "refused": [{name, reason}]}``.
 
     Raises:
         zipfile.BadZipFile: the archive itself is corrupt (the caller records it).
+        ArchiveRefused: the archive exceeds a budget (nothing is extracted).
     """
     refused: list[dict] = []
     written = present = 0
+    budget = max_bytes
     with zipfile.ZipFile(zip_path) as zf:
+        todo = []
         for info in sorted(zf.infolist(), key=lambda i: i.filename):
             if info.is_dir():
                 continue
@@ -101,12 +158,28 @@ def extract_zip(zip_path: Path, dest: Path) -> dict:
                 log.warning("%s: %s", zip_path.name, exc)
                 refused.append({"name": info.filename, "reason": str(exc)})
                 continue
+            todo.append((info, target))
+        # the budgets apply to what would be written (members refused one by one above are not)
+        check_archive_budget(
+            zip_path, [i for i, _ in todo], max_bytes=max_bytes, max_ratio=max_ratio, max_members=max_members
+        )
+        for info, target in todo:
             if target.is_file() and target.stat().st_size == info.file_size and _crc32(target) == info.CRC:
                 present += 1
                 continue
-            with zf.open(info) as src, atomic_open(target, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
+            try:
+                with zf.open(info) as src, atomic_open(target, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        budget -= len(chunk)
+                        if budget < 0:  # a directory that under-declares sizes still stops here
+                            raise ArchiveRefused(
+                                f"archive {zip_path.name} wrote more than ingest.archive.max_bytes={max_bytes} bytes"
+                            )
+                        dst.write(chunk)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # bad CRC-32, corrupt deflate stream
+                log.warning("%s: corrupt member %s (%s); the others are extracted", zip_path.name, info.filename, exc)
+                refused.append({"name": info.filename, "reason": f"corrupt member ({type(exc).__name__}: {exc})"})
+                continue
             written += 1
     return {"members": written + present, "skipped": present, "refused": refused}
 

@@ -22,6 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
+#: HIPAA safe harbour: ages above 89 are reported as 90. Kept here, not imported from cxr.dicom,
+#: so the stages that read sources (label, split, coco, localize) do not depend on the decoder.
+AGE_CAP = 90.0
+
 IMAGE_COLUMNS = ("image_id", "dataset", "patient_id", "study_id", "view", "sex", "age", "source_path")
 REPORT_COLUMNS = ("dataset", "patient_id", "study_id", "report")
 BOX_COLUMNS = ("image_id", "label", "x", "y", "w", "h")
@@ -116,7 +120,8 @@ def finish_images(rows: list[dict], dataset: str) -> pd.DataFrame:
     for c in IMAGE_COLUMNS:
         if c not in df.columns:
             df[c] = None
-    df["age"] = pd.to_numeric(df["age"], errors="coerce").astype("float64")
+    # HIPAA safe harbour: ages above 89 are reported as 90 ("90 or older")
+    df["age"] = pd.to_numeric(df["age"], errors="coerce").astype("float64").clip(upper=AGE_CAP)
     return df[list(IMAGE_COLUMNS)].sort_values("image_id", kind="stable").reset_index(drop=True)
 
 
