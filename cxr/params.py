@@ -690,7 +690,7 @@ def load_all(path: str | Path = "params.yaml") -> dict[str, _Section]:
 
 
 def override_args(path: str | Path) -> list[str]:
-    """A partial params file as ``dvc exp run`` arguments: ``["-S", "section.key=value", ...]``.
+    """A partial params file as ``dvc exp run`` arguments: ``["-S", "++section.key=value", ...]``.
 
     Nested sections are walked down to their leaves (a leaf that is itself a mapping, such as
     ``ingest.local.folders``, is passed whole, in YAML flow style). Every section is first checked
@@ -711,7 +711,9 @@ def override_args(path: str | Path) -> list[str]:
             else:
                 text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
                 text = text[:-4].strip() if text.endswith("\n...") or text.endswith(" ...") else text
-                out.extend(["-S", f"{prefix}{key}={text}"])
+                # ++ = set or add (DVC's Hydra override grammar): a plain key=value cannot put a mapping
+                # into an empty mapping such as ingest.local.folders: {}
+                out.extend(["-S", f"++{prefix}{key}={text}"])
 
     for name, section in raw.items():
         if name not in SECTIONS:

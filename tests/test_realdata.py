@@ -282,7 +282,7 @@ def test_exp_run_passes_every_key_of_the_real_params_file(repo_root, capsys, tmp
 
     assert cli.main(["exp-run", "--dry-run", str(repo_root / "params-real.yaml"), "-S", "ingest.source=/data/x"]) == 0
     args = capsys.readouterr().out.splitlines()
-    pairs = dict(a.split("=", 1) for a in args if "=" in a)
+    pairs = dict(a.removeprefix("++").split("=", 1) for a in args if "=" in a)
     assert args[:2] == ["exp", "run"] and pairs["ingest.source"] == "/data/x"
     assert pairs["ingest.local.folders"] == "{jsrt: jsrt, nih: nih1000}"
     assert pairs["train.models"] == "[densenet121, segfusion_van_gcn]" and pairs["base.label_space"] == "chestxray14"
