@@ -150,3 +150,17 @@ def test_patient_key_keeps_same_id_of_two_datasets_apart():
     df = join_split(images, labels, splits, ["A"], "test")
     assert sorted(df["patient_key"]) == ["mimic:1", "nih:1"]
     assert all(len(r) == 2 for r in patient_resamples(df["patient_key"], 3, 0))  # two clusters, not one
+
+
+def test_models_table_names_classes_left_out_of_the_macro_average():
+    n = 20
+    pred = pd.DataFrame({"image_id": [f"i{k}" for k in range(n)], "patient_id": [str(k) for k in range(n)],
+                         "p:A": np.linspace(0, 1, n), "y:A": (np.arange(n) % 2).astype(float), "m:A": True,
+                         "p:No Finding": np.linspace(0, 1, n), "y:No Finding": 1.0, "m:No Finding": True})
+    probs = pred[["p:A", "p:No Finding"]].to_numpy()
+    targets = pred[["y:A", "y:No Finding"]].to_numpy()
+    met = classification_metrics(probs, targets, np.ones_like(targets, bool), pred["patient_id"], ["A", "No Finding"],
+                                 {}, n_boot=20)
+    text, data = models_table({"densenet121": met}, {"densenet121": pred}, ["A", "No Finding"], n_boot=20)
+    assert "left out" in text and "No Finding (20 positive / 0 negative test labels)" in text
+    assert data["densenet121"]["classes_not_evaluated"] == {"No Finding": "20 positive / 0 negative test labels"}

@@ -199,6 +199,10 @@ def test_mention_classification(chex, text, name, expected):
         ("Left apical pleural thickening.", "Pleural_Thickening", 1.0),
         ("Borderline cardiomegaly.", "Cardiomegaly", 1.0),
         ("Atelectasis or scarring at the left base.", "Atelectasis", 1.0),  # its annotators' convention
+        ("Interlobar fissural thickening.", "Pleural_Thickening", 1.0),  # a fissure is pleura
+        ("There is mild thickening in the minor fissure.", "Pleural_Thickening", 1.0),
+        ("Minimal apical capping.", "Pleural_Thickening", 1.0),
+        ("No fissural thickening.", "Pleural_Thickening", 0.0),
     ],
 )
 def test_chestxray14_vocabulary(nih, text, name, expected):

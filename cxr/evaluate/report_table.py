@@ -103,7 +103,17 @@ def models_table(metrics: Mapping[str, dict], predictions: Mapping[str, pd.DataF
         "macro AUPRC | macro F1 | ECE | test images / patients | p vs reference (diff, n) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    return "\n".join(head + rows) + "\n", data
+    # A class with one label value only on the test truth has no AUROC and leaves the macro
+    # average: say which, per model, instead of averaging over fewer classes unseen.
+    notes = []
+    for m in metrics:
+        left = metrics[m].get("classes_not_evaluated") or {}
+        data[m]["classes_not_evaluated"] = dict(left)
+        if left:
+            notes.append(f"- {m}: macro AUROC over {metrics[m].get('classes_evaluated')} classes; left out (one label "
+                         "value only on the test truth): " + "; ".join(f"{k} ({v})" for k, v in left.items()))
+    tail = ["", *notes] if notes else []
+    return "\n".join(head + rows + tail) + "\n", data
 
 
 def retrieval_table(results: Mapping[str, dict]) -> str:
