@@ -164,8 +164,9 @@ def _instances(name: str, spec: Mapping[str, Any], scope: Mapping[str, Any]) -> 
         keys, values = list(matrix), []
         for k in keys:
             v = _subst(matrix[k], scope, f"stage {name!r} matrix.{k}")
-            if not isinstance(v, list) or not v:
-                raise ReportError(f"dvc.yaml: stage {name!r}: matrix.{k} must resolve to a non-empty list, got {v!r}")
+            if not isinstance(v, list):
+                raise ReportError(f"dvc.yaml: stage {name!r}: matrix.{k} must resolve to a list, got {v!r}")
+            # an empty list (e.g. retrieve.hashing: []) is zero stages, as in DVC
             values.append(v)
         out = []
         for combo in itertools.product(*values):
