@@ -219,7 +219,8 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, seed: int, epoc
     """Train ``model`` in place and load its best-epoch weights.
 
     Returns:
-        ``{"best_epoch", "best_val_macro_auroc", "epochs_run", "history"}``.
+        ``{"best_epoch", "best_val_macro_auroc", "epochs_run", "history", "precision"}`` (``precision``:
+        the Lightning precision the run trained in, e.g. ``bf16-mixed``; the model card records it).
     """
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise TrainError(f"empty split: {len(train_ds)} train / {len(val_ds)} val samples")
@@ -239,10 +240,11 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, seed: int, epoc
             lg.log_hyperparams(dict(hparams))
         loggers.append(lg)
     accelerator = {"auto": "auto", "cpu": "cpu", "gpu": "gpu"}[device]
+    run_precision = precision_for(precision, accelerator,
+                                  convolutional="image" in model.input_keys and getattr(model, "cpu_bf16", True))
     trainer = L.Trainer(
         max_epochs=epochs, accelerator=accelerator, devices=devices, strategy=strategy,
-        precision=precision_for(precision, accelerator,
-                                convolutional="image" in model.input_keys and getattr(model, "cpu_bf16", True)),
+        precision=run_precision,
         # CPU kernels are deterministic; some CUDA backward kernels (scatter, pooling) have no
         # deterministic version, so on a GPU ask for determinism but only warn where it is missing
         deterministic=True if accelerator == "cpu" or not torch.cuda.is_available() else "warn",
@@ -255,7 +257,8 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, seed: int, epoc
     if best.state is None:
         raise TrainError("no validation result was recorded; nothing to keep")
     model.load_state_dict(best.state)
-    return {"best_epoch": best.epoch, "best_val_macro_auroc": best.best, "epochs_run": trainer.current_epoch,
+    return {"precision": run_precision, "best_epoch": best.epoch, "best_val_macro_auroc": best.best,
+            "epochs_run": trainer.current_epoch,
             "history": module.history}
 
 

@@ -285,6 +285,7 @@ def test_model_card_carries_the_convert_settings(tiny, realdata, tmp_path, monke
 
     card = json.loads((tiny["model"] / "card.json").read_text())
     assert card["convert"]["size"] == 128 and set(card["convert"]) >= {"side", "square", "bits", "voi", "upscale"}
+    assert card["train"]["precision"] in ("32-true", "bf16-mixed")  # what the model was trained in
     monkeypatch.chdir(tmp_path)  # no ./params.yaml here
     f = realdata / "nih" / "00000001_000.png"
     assert cli_main(["predict", str(f), "--model", str(tiny["model"]), "--out", str(tmp_path / "o"),
