@@ -40,7 +40,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -287,21 +287,10 @@ class Predictor:
         Raises:
             InputError: the file is missing, unreadable, corrupt, not an image or not a chest radiograph.
         """
-        from cxr.convert import convert_file
         from cxr.data import load_png_square
-        from cxr.dicom import DecodeError, NotRadiograph
 
         path = Path(path)
-        if path.is_dir():
-            raise InputError(f"{path}: is a directory, not an image file")
-        try:
-            arr, geo, meta = convert_file(path, self.options)
-        except NotRadiograph as exc:
-            raise InputError(f"{path}: not a chest radiograph ({exc})") from None
-        except DecodeError as exc:
-            raise InputError(f"{path}: {exc}") from None
-        except Exception as exc:  # a decoder bug on one file must not stop the others (as in the stage)
-            raise InputError(f"{path}: internal decoding error ({type(exc).__name__}: {exc})") from None
+        arr, geo, meta = decode_input(path, self.options)
         # The stage's PNG, in memory: the loaders below then see exactly what they see in the pipeline
         # (the compression level does not change pixels; 0 is the fastest).
         buf = io.BytesIO()
@@ -518,7 +507,7 @@ class Similar:
 # ---------------------------------------------------------------------------- driver
 
 
-def _stems(paths: Sequence[Path]) -> list[str]:
+def stems(paths: Sequence[Path]) -> list[str]:
     """Output name per input: its stem, made unique within one call (``a``, ``a-2``, ...)."""
     seen: dict[str, int] = {}
     out = []
@@ -527,6 +516,54 @@ def _stems(paths: Sequence[Path]) -> list[str]:
         seen[stem] = seen.get(stem, 0) + 1
         out.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
     return out
+
+
+def decode_input(path: Path, options: Any) -> tuple[np.ndarray, dict, dict]:
+    """One input file through the convert stage's decoder (:func:`cxr.convert.convert_file`).
+
+    Raises:
+        InputError: a directory, or a file that is unreadable, corrupt, not an image or not a chest radiograph.
+    """
+    from cxr.convert import convert_file
+    from cxr.dicom import DecodeError, NotRadiograph
+
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not an image file")
+    try:
+        return convert_file(path, options)
+    except NotRadiograph as exc:
+        raise InputError(f"{path}: not a chest radiograph ({exc})") from None
+    except DecodeError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    except Exception as exc:  # a decoder bug on one file must not stop the others (as in the stage)
+        raise InputError(f"{path}: internal decoding error ({type(exc).__name__}: {exc})") from None
+
+
+def run_each(paths: Sequence[str | Path], out_dir: str | Path, model_dir: str | Path,
+             one: Callable[[Path, str], str]) -> int:
+    """Run ``one(path, stem)`` on every input (it writes ``<out>/<stem>...`` and returns a log line);
+    an :class:`InputError` is logged and listed, the others go on. Writes ``<out>/summary.json``.
+
+    Returns:
+        0 when every file succeeded, 1 when some failed.
+    """
+    out_dir = Path(out_dir)
+    paths = [Path(p) for p in paths]
+    ok: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    for path, stem in zip(paths, stems(paths)):
+        try:
+            msg = one(path, stem)
+        except InputError as exc:
+            log.error("%s", exc)
+            failed[str(path)] = str(exc)
+            continue
+        ok[str(path)] = f"{stem}.json"
+        log.info("%s: %s", path, msg)
+    write_json(out_dir / "summary.json", {"model": str(model_dir), "ok": ok, "failed": failed})
+    if failed:
+        log.error("%d of %d file(s) failed: %s", len(failed), len(paths), ", ".join(failed))
+    return 1 if failed else 0
 
 
 def predict_file(predictor: Predictor, path: str | Path, out_dir: str | Path, stem: str | None = None,
@@ -582,22 +619,12 @@ def run(paths: Sequence[str | Path], model_dir: str | Path, out_dir: str | Path,
     if similar:
         search = Similar(predictor, index_dir or DEFAULT_INDEX_ROOT / Path(model_dir).name)
     out_dir = Path(out_dir)
-    paths = [Path(p) for p in paths]
-    ok: dict[str, str] = {}
-    failed: dict[str, str] = {}
-    for path, stem in zip(paths, _stems(paths)):
-        try:
-            rec = predict_file(predictor, path, out_dir, stem, heatmaps=heatmaps, similar=search, k=similar)
-        except InputError as exc:
-            log.error("%s", exc)
-            failed[str(path)] = str(exc)
-            continue
-        ok[str(path)] = f"{stem}.json"
-        log.info("%s: positive %s -> %s", path, rec["positive"] or "none", out_dir / f"{stem}.json")
-    write_json(out_dir / "summary.json", {"model": str(model_dir), "ok": ok, "failed": failed})
-    if failed:
-        log.error("%d of %d file(s) failed: %s", len(failed), len(paths), ", ".join(failed))
-    return 1 if failed else 0
+
+    def one(path: Path, stem: str) -> str:
+        rec = predict_file(predictor, path, out_dir, stem, heatmaps=heatmaps, similar=search, k=similar)
+        return f"positive {rec['positive'] or 'none'} -> {out_dir / (stem + '.json')}"
+
+    return run_each(paths, out_dir, model_dir, one)
 
 
 def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -21,7 +21,8 @@ empty or the model has no heart / lung structures.
 
 Errors: a model dir that is not a UNet, or bad ``--params``, stops everything (exit 2); an
 unreadable or non-radiograph input is reported with its path, the other files still run (exit 1).
-``<out>/summary.json`` lists what succeeded and what failed.
+``<out>/summary.json`` lists what succeeded and what failed. Decoding errors, output stems and the
+per-file loop are ``cxr predict``'s (:func:`cxr.predict.decode_input`, :func:`cxr.predict.run_each`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from cxr.io import write_bytes, write_json
+from cxr.predict import InputError, decode_input, run_each  # noqa: F401  (InputError: per-file errors)
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +50,6 @@ ALPHA = 0.35
 
 class SegmentError(RuntimeError):
     """Nothing can be segmented: the model dir is not a UNet, or the params are bad (message names it)."""
-
-
-class InputError(RuntimeError):
-    """One input file cannot be segmented (unreadable, corrupt, not a radiograph); the others still run."""
 
 
 def _span(mask: np.ndarray) -> int:
@@ -172,20 +170,8 @@ class Segmenter:
         Raises:
             InputError: missing, unreadable, corrupt or non-radiograph file.
         """
-        from cxr.convert import convert_file
-        from cxr.dicom import DecodeError, NotRadiograph
-
         path = Path(path)
-        if path.is_dir():
-            raise InputError(f"{path}: is a directory, not an image file")
-        try:
-            png, geo, meta = convert_file(path, self.options)
-        except NotRadiograph as exc:
-            raise InputError(f"{path}: not a chest radiograph ({exc})") from None
-        except DecodeError as exc:
-            raise InputError(f"{path}: {exc}") from None
-        except Exception as exc:  # a decoder bug on one file must not stop the others
-            raise InputError(f"{path}: internal decoding error ({type(exc).__name__}: {exc})") from None
+        png, geo, meta = decode_input(path, self.options)
         rows, cols = int(meta["rows"]), int(meta["cols"])
         prob = self.probabilities(png)
         masks = {c: to_source_grid(prob[k], geo, rows, cols) > self.threshold for k, c in enumerate(self.classes)}
@@ -211,20 +197,6 @@ def _png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _stems(paths: Sequence[Path]) -> list[str]:
-    """Output stems: the file stem, made unique with a counter when two inputs share one."""
-    from cxr.sources.common import safe_id
-
-    seen: dict[str, int] = {}
-    out = []
-    for p in paths:
-        s = safe_id(p.stem)
-        n = seen.get(s, 0)
-        seen[s] = n + 1
-        out.append(s if n == 0 else f"{s}_{n}")
-    return out
-
-
 def run(paths: Sequence[str | Path], model_dir: str | Path, out_dir: str | Path, *,
         params: str | Path | None = None, device: str = "auto") -> int:
     """Segment every file; 0 when all succeeded, 1 when some failed (each one logged with its path).
@@ -234,26 +206,16 @@ def run(paths: Sequence[str | Path], model_dir: str | Path, out_dir: str | Path,
     """
     seg = Segmenter(model_dir, params=params, device=device)
     out_dir = Path(out_dir)
-    paths = [Path(p) for p in paths]
-    ok: dict[str, str] = {}
-    failed: dict[str, str] = {}
-    for path, stem in zip(paths, _stems(paths)):
-        try:
-            masks, rec, png, png_masks = seg.segment(path)
-        except InputError as exc:
-            log.error("%s", exc)
-            failed[str(path)] = str(exc)
-            continue
+
+    def one(path: Path, stem: str) -> str:
+        masks, rec, png, png_masks = seg.segment(path)
         for c, m in masks.items():
             write_bytes(out_dir / stem / f"{c}.png", _png(np.where(m, 255, 0).astype(np.uint8)))
         write_bytes(out_dir / f"{stem}_overlay.png", _png(overlay(png, png_masks)))
         write_json(out_dir / f"{stem}.json", rec)
-        ok[str(path)] = f"{stem}.json"
-        log.info("%s: CTR %s -> %s", path, rec["cardiothoracic_ratio"], out_dir / f"{stem}.json")
-    write_json(out_dir / "summary.json", {"model": str(model_dir), "ok": ok, "failed": failed})
-    if failed:
-        log.error("%d of %d file(s) failed: %s", len(failed), len(paths), ", ".join(failed))
-    return 1 if failed else 0
+        return f"CTR {rec['cardiothoracic_ratio']} -> {out_dir / (stem + '.json')}"
+
+    return run_each(paths, out_dir, model_dir, one)
 
 
 def add_segment_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
