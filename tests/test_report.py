@@ -216,6 +216,9 @@ def test_dag_expands_matrix_and_draws_edges(tmp_path):
     assert ("ingest", "split") in edges and ("ingest", "split") not in dag.reduced_edges()  # via convert
     layers = dag.layers()
     assert layers["ingest"] == 0 and layers["report"] > layers["models_table"] > layers["evaluate@anaxnet"]
+    # an empty matrix list (retrieve.hashing: [] in params-real.yaml) is zero stages, as in DVC
+    empty = load_dag(tmp_path / "dvc.yaml", {"train": {"models": []}})
+    assert not any(n.startswith(("train@", "evaluate@")) for n in empty.names()) and "ingest" in empty.names()
 
 
 def test_dag_errors_name_the_problem(tmp_path):
