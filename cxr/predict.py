@@ -454,7 +454,8 @@ def overlay_regions(png: np.ndarray, regions: dict[str, Any]) -> np.ndarray:
     return np.asarray(im)
 
 
-def _png_bytes(rgb: np.ndarray) -> bytes:
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """An image array (grey or RGB, uint8) as PNG bytes."""
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
@@ -581,7 +582,7 @@ def predict_file(predictor: Predictor, path: str | Path, out_dir: str | Path, st
     files: dict[str, str] = {}
     for cls, heat in pred.heatmaps.items():
         name = f"{stem}.heatmap.{_slug(cls)}.png"
-        write_bytes(out_dir / name, _png_bytes(overlay_heatmap(prep.png, heat)))
+        write_bytes(out_dir / name, png_bytes(overlay_heatmap(prep.png, heat)))
         files[cls] = name
     if pred.heatmaps:
         rec["heatmaps"] = files
@@ -589,7 +590,7 @@ def predict_file(predictor: Predictor, path: str | Path, out_dir: str | Path, st
         rec["empty_heatmaps"] = [c for c, h in pred.heatmaps.items() if not np.any(h > 0)]
     if "regions" in rec:
         name = f"{stem}.regions.png"
-        write_bytes(out_dir / name, _png_bytes(overlay_regions(prep.png, rec["regions"])))
+        write_bytes(out_dir / name, png_bytes(overlay_regions(prep.png, rec["regions"])))
         rec["region_overlay"] = name
     if similar is not None and k > 0:
         rec["similar"] = similar.query(prep, k)

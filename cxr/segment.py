@@ -28,7 +28,6 @@ per-file loop are ``cxr predict``'s (:func:`cxr.predict.decode_input`, :func:`cx
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from cxr.io import write_bytes, write_json
-from cxr.predict import InputError, decode_input, run_each  # noqa: F401  (InputError: per-file errors)
+from cxr.predict import InputError, decode_input, png_bytes, run_each  # noqa: F401  (InputError: per-file errors)
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +169,8 @@ class Segmenter:
         Raises:
             InputError: missing, unreadable, corrupt or non-radiograph file.
         """
+        from cxr.convert import card_settings
+
         path = Path(path)
         png, geo, meta = decode_input(path, self.options)
         rows, cols = int(meta["rows"]), int(meta["cols"])
@@ -182,19 +183,13 @@ class Segmenter:
         rec: dict[str, Any] = {
             "source": path.name, "model": self.model_dir.name, "rows": rows, "cols": cols,
             "pixel_spacing_mm": spacing, "threshold": self.threshold,
-            "convert": {k: getattr(self.options, k) for k in ("size", "side", "square", "bits", "voi", "upscale")},
+            "convert": card_settings(self.options),
             "structures": {c: {"area_px": int(m.sum()),
                                "area_mm2": round(float(m.sum()) * spacing ** 2, 1) if spacing else None}
                            for c, m in masks.items()},
             "cardiothoracic_ratio": ratio, "cardiothoracic": ctr,
         }
         return masks, rec, png, png_masks
-
-
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG", compress_level=3)
-    return buf.getvalue()
 
 
 def run(paths: Sequence[str | Path], model_dir: str | Path, out_dir: str | Path, *,
@@ -210,8 +205,8 @@ def run(paths: Sequence[str | Path], model_dir: str | Path, out_dir: str | Path,
     def one(path: Path, stem: str) -> str:
         masks, rec, png, png_masks = seg.segment(path)
         for c, m in masks.items():
-            write_bytes(out_dir / stem / f"{c}.png", _png(np.where(m, 255, 0).astype(np.uint8)))
-        write_bytes(out_dir / f"{stem}_overlay.png", _png(overlay(png, png_masks)))
+            write_bytes(out_dir / stem / f"{c}.png", png_bytes(np.where(m, 255, 0).astype(np.uint8)))
+        write_bytes(out_dir / f"{stem}_overlay.png", png_bytes(overlay(png, png_masks)))
         write_json(out_dir / f"{stem}.json", rec)
         return f"CTR {rec['cardiothoracic_ratio']} -> {out_dir / (stem + '.json')}"
 

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         log.warning("not applicable: %s", reason)
         write_json(Path(args.out) / "marker.json", marker(reason))
-        write_json(Path(args.live) / "plots" / "metrics" / "marker.json", marker(reason)) if args.live else None
+        if args.live:  # the declared DVCLive plots output must exist too
+            write_json(Path(args.live) / "plots" / "metrics" / "marker.json", marker(reason))
         write_json(args.metrics, marker(reason))
         return 0
     try:

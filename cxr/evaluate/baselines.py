@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cxr.evaluate.classification import classification_metrics
-from cxr.evaluate.metrics import macro_auroc, youden_threshold
+from cxr.evaluate.metrics import macro_auroc
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def run_baselines(*, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.Data
     models; the TEST targets are ``truth`` (``evaluate.truth``), the one test truth every model answers to.
     """
     from cxr.evaluate.classification import DEFAULT_TRUTH
-    from cxr.train import build_datasets
+    from cxr.train import build_datasets, val_thresholds
 
     common = dict(images=images, labels=labels, splits=splits, images_dir=images_dir, names=names,
                   image_size=PIXEL_SIDE, frontal_only=frontal_only, cache_dir=cache_dir, progress=progress,
@@ -101,7 +101,7 @@ def run_baselines(*, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.Data
                                                min_positives=min_positives)
 
     def pixels(d):
-        return np.stack([np.asarray(d.cache.array[r], np.float64).ravel() / 255.0 for r in d._rows])
+        return np.asarray(d.cache.array[d._rows], np.float64).reshape(len(d), -1) / 255.0
 
     age_mean = float(pd.to_numeric(meta["train"]["age"], errors="coerce").mean())
     age_mean = 50.0 if not np.isfinite(age_mean) else age_mean
@@ -119,8 +119,7 @@ def run_baselines(*, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.Data
             if best is None or score > best[0]:
                 best = (score, c, pva, pte)
         _, c, pva, pte = best
-        thresholds = {n: float(youden_threshold(pva[va.mask[:, k], k], va.targets[va.mask[:, k], k]))
-                      for k, n in enumerate(names)}
+        thresholds = val_thresholds(pva, va.targets, va.mask, names)
         met = classification_metrics(pte, te.targets, te.mask, pids, names, thresholds, n_boot, ci, ece_bins, seed,
                                      min_positives=min_positives)
         met["C"] = c

@@ -65,8 +65,8 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, mask: np.ndar
         }
     common = np.array([per_class[n]["positives"] >= min_positives and per_class[n]["auroc"] is not None
                        for n in names], bool)
-    for n, ok in zip(names, common):
-        per_class[n]["few_positives"] = bool(per_class[n]["positives"] < min_positives)
+    for n in names:
+        per_class[n]["few_positives"] = per_class[n]["positives"] < min_positives
     with np.errstate(all="ignore"):
         boot_common = (np.array([np.nanmean(row[common]) if np.isfinite(row[common]).any() else np.nan for row in boot_per])
                        if common.any() else np.array([np.nan]))
