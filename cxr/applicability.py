@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from cxr.errors import CxrError
 
 KEY = "not_applicable"
 
 
-class NotApplicable(Exception):
+class NotApplicable(CxrError):
     """The stage does not apply to this data; the message says why (shown to the user as is)."""
 
 

@@ -67,6 +67,7 @@ from cxr.io import sha256_file, write_bytes, write_json, write_parquet
 from cxr.params import ConvertParams
 from cxr.sources.common import DATASET_FOLDERS  # unknown folders fall back to their own name
 from cxr.sources.mimic import metadata_conflicts
+from cxr.errors import CxrError
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ COLUMNS = (
 _STATE_VERSION = 1
 
 
-class ConvertError(RuntimeError):
+class ConvertError(CxrError, RuntimeError):
     """The stage as a whole failed (too many broken images, bad input directory)."""
 
 

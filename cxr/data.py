@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from cxr.io import write_json, write_parquet
 from cxr.labels import apply_uncertainty
+from cxr.errors import CxrError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 NORMALISATION = {"scale": 255.0, "mean": 0.5, "std": 0.25}
 
 
-class DataError(ValueError):
+class DataError(CxrError, ValueError):
     """Bad dataset input: missing columns, files, splits or a wrong input range (message names it)."""
 
 

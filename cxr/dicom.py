@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
+from cxr.errors import CxrError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ SAFE_FIELDS = (
 )
 
 
-class DecodeError(RuntimeError):
+class DecodeError(CxrError, RuntimeError):
     """The file could not be decoded into an image (truncated, no pixel data, unsupported ...).
 
     ``meta`` holds whatever the header did tell (size, bits, transfer syntax ...), or is empty.
@@ -73,7 +74,7 @@ class DecodeError(RuntimeError):
     meta: dict[str, Any] = {}
 
 
-class NotRadiograph(RuntimeError):
+class NotRadiograph(CxrError, RuntimeError):
     """A readable object that is not a chest radiograph; the converter records it as skipped."""
 
     meta: dict[str, Any] = {}
@@ -100,7 +101,7 @@ SALT_ENV, SALT_FILE_ENV = "CXR_PSEUDONYM_SALT", "CXR_PSEUDONYM_SALT_FILE"
 AGE_CAP = 90.0
 
 
-class SaltError(ValueError):
+class SaltError(CxrError, ValueError):
     """The pseudonym salt is configured but unusable (empty, unreadable file, inside the repository)."""
 
 

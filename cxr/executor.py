@@ -22,11 +22,12 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
+from cxr.errors import CxrError
 
 log = logging.getLogger(__name__)
 
 
-class ExecutorError(RuntimeError):
+class ExecutorError(CxrError, RuntimeError):
     """A worker pool died or a scheduler could not be reached."""
 
 

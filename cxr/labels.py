@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from cxr.errors import CxrError
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ UNCERTAINTY_POLICIES = ("ones", "zeros", "ignore")
 _MAPPED_SPACES = ("chexpert14", "chestxray14", "anaxnet9", "padchest22")
 
 
-class LabelError(ValueError):
+class LabelError(CxrError, ValueError):
     """Bad label input: unknown space, vocabulary, term, value or policy (the message names it)."""
 
 

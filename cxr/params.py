@@ -17,13 +17,14 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from cxr.errors import CxrError
 
 LABEL_SPACES = ("chexpert14", "chestxray14", "anaxnet9", "padchest22", "binary")
 SYNTHETIC_PROFILES = ("default", "tiny")
 _SOURCE_SCHEMES = ("synthetic://<profile>", "gs://<bucket>/<prefix>", "file://<dir> or a plain directory path")
 
 
-class ParamsError(ValueError):
+class ParamsError(CxrError, ValueError):
     """params.yaml is missing, malformed, or has a key/value the schema does not allow."""
 
 

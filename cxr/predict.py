@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cxr.io import write_bytes, write_json
 from cxr.params import ConvertParams, FeaturesParams, ParamsError, load_section
+from cxr.errors import CxrError
 
 if TYPE_CHECKING:  # torch is imported where it is used: `cxr --help` and `cxr synth` do not need it
     import torch
@@ -59,11 +60,11 @@ ALPHA = 0.45
 DEFAULT_INDEX_ROOT = Path("data/processed/retrieval")
 
 
-class PredictError(RuntimeError):
+class PredictError(CxrError, RuntimeError):
     """Nothing can be predicted: bad model dir, params, detector or retrieval index (message names it)."""
 
 
-class InputError(RuntimeError):
+class InputError(CxrError, RuntimeError):
     """One input file cannot be used (unreadable, corrupt, not an image, not a chest radiograph)."""
 
 

@@ -37,6 +37,7 @@ from PIL import Image
 
 from cxr.io import write_bytes, write_json
 from cxr.predict import InputError, decode_input, png_bytes, run_each  # noqa: F401  (InputError: per-file errors)
+from cxr.errors import CxrError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ _SPARE = [(255, 128, 0), (0, 255, 255), (128, 128, 255), (255, 0, 128)]
 ALPHA = 0.35
 
 
-class SegmentError(RuntimeError):
+class SegmentError(CxrError, RuntimeError):
     """Nothing can be segmented: the model dir is not a UNet, or the params are bad (message names it)."""
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from cxr.errors import CxrError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ SPLITS = ("train", "val", "test")
 ID_COLUMNS = ("dataset", "image_id", "patient_id", "study_id", "label_source")
 
 
-class SplitError(ValueError):
+class SplitError(CxrError, ValueError):
     """Inputs that cannot be split (missing columns, bad ratios, leakage)."""
 
 

@@ -13,12 +13,13 @@ import torch
 from PIL import Image
 
 from cxr.modeldir import CARD, WEIGHTS, is_model_dir
+from cxr.errors import CxrError
 
 log = logging.getLogger(__name__)
 
 
 
-class AnatomyError(ValueError):
+class AnatomyError(CxrError, ValueError):
     """Bad anatomy input: missing files, empty splits, unknown names (the message names the value)."""
 
 

@@ -35,6 +35,7 @@ from cxr.ingest import register_source
 from cxr.ingest.safe import ArchiveRefused, UnsafePath, extract_zip, remove_partial_files, safe_target
 from cxr.io import atomic_open, write_json
 from cxr.params import ArchiveParams, GcsParams, IngestParams
+from cxr.errors import CxrError
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,11 @@ log = logging.getLogger(__name__)
 MANIFEST = "ingest-manifest.json"
 
 
-class GcsIngestError(RuntimeError):
+class GcsIngestError(CxrError, RuntimeError):
     """Credentials missing, bucket unreachable, or files that could not be fetched intact."""
 
 
-class ChecksumMismatch(IOError):
+class ChecksumMismatch(CxrError, IOError):
     """Downloaded bytes do not match the checksum the server lists for the object."""
 
 

@@ -32,6 +32,7 @@ from cxr.ingest import register_source
 from cxr.ingest.safe import is_inside, remove_partial_files
 from cxr.io import write_json
 from cxr.params import IngestParams
+from cxr.errors import CxrError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "ingest-manifest.json"
 
 
-class LocalIngestError(RuntimeError):
+class LocalIngestError(CxrError, RuntimeError):
     """The source directory is missing, overlaps the output, or a file cannot be linked/copied."""
 
 

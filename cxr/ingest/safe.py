@@ -17,6 +17,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from cxr.io import atomic_open
+from cxr.errors import CxrError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ MAX_ARCHIVE_RATIO = 100.0
 MAX_ARCHIVE_MEMBERS = 100_000
 
 
-class UnsafePath(ValueError):
+class UnsafePath(CxrError, ValueError):
     """A name that would escape the output folder (or is otherwise unusable as a file name)."""
 
 

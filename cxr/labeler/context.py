@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cxr.errors import CxrError
 
 #: Classification categories, in the order they are tested (the first that applies wins).
 #: ``hypothetical`` (ConText's hypothetical/historical: "if", "to exclude", "history of") drops
@@ -42,7 +43,7 @@ DIRECTIONS = ("forward", "backward", "bidirectional")
 _WORD = r"(?:(?!(?:not|no|nor|without|never)\b)[\w-]+\s+)"
 
 
-class VocabularyError(ValueError):
+class VocabularyError(CxrError, ValueError):
     """A vocabulary or trigger file is malformed (the message names the file, key and value)."""
 
 

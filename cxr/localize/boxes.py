@@ -26,9 +26,10 @@ import numpy as np
 from scipy import ndimage
 
 from cxr.anatomy.coco import to_png
+from cxr.errors import CxrError
 
 
-class BoxError(ValueError):
+class BoxError(CxrError, ValueError):
     """Bad heatmap, threshold or geometry (the message names the value)."""
 
 

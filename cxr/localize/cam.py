@@ -17,6 +17,8 @@ the model registry (``cam_target_layers()`` of the model class), never here; reg
 
 from __future__ import annotations
 
+from cxr.errors import CxrError
+
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,7 +30,7 @@ from torch import nn
 METHODS = ("cam", "gradcam", "gradcam++")
 
 
-class CamError(ValueError):
+class CamError(CxrError, ValueError):
     """A heatmap cannot be computed: unknown method, model without a target layer, bad input or class."""
 
 

@@ -25,6 +25,8 @@ Any other model gets ``{"supported": false, "reason": ...}``.
 
 from __future__ import annotations
 
+from cxr.errors import CxrError
+
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,7 +49,7 @@ log = logging.getLogger(__name__)
 FRAME = "source image pixels (the grid of BBox_List_2017.csv; images.parquet rows x cols)"
 
 
-class LocalizeError(ValueError):
+class LocalizeError(CxrError, ValueError):
     """Localisation cannot run: missing inputs, unusable geometry, bad params (message names it)."""
 
 

@@ -23,11 +23,12 @@ from collections.abc import Callable
 from typing import Any
 
 from torch import nn
+from cxr.errors import CxrError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
-class ModelError(ValueError):
+class ModelError(CxrError, ValueError):
     """Unknown model name or bad model argument (the message names the valid options)."""
 
 

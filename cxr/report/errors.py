@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from cxr.errors import CxrError
 
-class ReportError(ValueError):
+
+class ReportError(CxrError, ValueError):
     """A declared report input is missing or malformed; the message names the file and the fix."""

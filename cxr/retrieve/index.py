@@ -34,12 +34,13 @@ import numpy as np
 import pandas as pd
 
 from cxr.io import write_bytes, write_json, write_parquet
+from cxr.errors import CxrError
 
 ITEM_COLUMNS = ("image_id", "patient_id", "split", "png_path")
 FORMAT = 1
 
 
-class RetrievalError(ValueError):
+class RetrievalError(CxrError, ValueError):
     """Bad retrieval input: missing index files, wrong vector shapes, unknown index kind (message names it)."""
 
 

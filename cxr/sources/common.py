@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from cxr.errors import CxrError
 
 #: HIPAA safe harbour: ages above 89 are reported as 90. Kept here, not imported from cxr.dicom,
 #: so the stages that read sources (label, split, coco, localize) do not depend on the decoder.
@@ -50,7 +51,7 @@ DATASET_FOLDERS = {
     "scr": "jsrt",
 }
 
-class SourceError(ValueError):
+class SourceError(CxrError, ValueError):
     """A dataset file cannot be used at all (missing, wrong columns, unreadable)."""
 
 

@@ -1,0 +1,263 @@
+"""The import graph of the ``cxr`` package, and the DVC code deps that follow from it.
+
+Every stage script ``stages/<name>.py`` runs the ``cxr`` modules it imports, directly or through
+other ``cxr`` modules. Those files, and nothing else, are its code deps in ``dvc.yaml``, so a
+stage reruns when, and only when, code it runs changes. This module reads the imports from the
+source (``ast``; nothing is imported or run), and
+
+* ``python -m cxr.depgraph --check`` fails (exit 1) listing every stage whose code deps differ;
+* ``python -m cxr.depgraph --write`` rewrites only the code entries (``stages/...``, ``cxr/...``)
+  of each stage's ``deps:`` list in ``dvc.yaml``, keeping data deps, comments and everything else;
+* :func:`cycles` and :func:`function_imports` back the layering tests (no import cycle inside
+  ``cxr``; imports inside functions only for heavy optional libraries).
+
+Importing ``cxr.a.b`` also runs ``cxr/__init__.py`` and ``cxr/a/__init__.py``: package
+``__init__`` files are part of the closure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from cxr.io import write_text
+
+REPO = Path(__file__).resolve().parents[1]
+CODE_PREFIXES = ("stages/", "cxr/")
+
+
+def module_files(repo: Path = REPO) -> dict[str, Path]:
+    """Every module of the ``cxr`` package: dotted name -> file (packages map to their ``__init__.py``)."""
+    out: dict[str, Path] = {}
+    for path in sorted((repo / "cxr").rglob("*.py")):
+        rel = path.relative_to(repo).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _resolve(name: str, modules: Mapping[str, Path]) -> str | None:
+    """The longest module prefix of dotted ``name`` (``cxr.a.b.func`` -> ``cxr.a.b``)."""
+    parts = name.split(".")
+    while parts:
+        cand = ".".join(parts)
+        if cand in modules:
+            return cand
+        parts.pop()
+    return None
+
+
+def _with_parents(mod: str, modules: Mapping[str, Path]) -> set[str]:
+    parts = mod.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1) if ".".join(parts[:i]) in modules}
+
+
+def imports_of(path: Path, modules: Mapping[str, Path], *, module: str | None = None,
+               top_level_only: bool = False) -> set[str]:
+    """The ``cxr`` modules that file ``path`` imports (with their packages' ``__init__``).
+
+    ``from cxr.a import b`` counts ``cxr.a.b`` when ``b`` is a submodule, else ``cxr.a``.
+    ``top_level_only``: ignore imports inside functions and classes (used by :func:`function_imports`).
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    is_pkg = path.name == "__init__.py"
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found: set[str] = set()
+    for node in nodes:
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                if module is None:
+                    continue
+                pkg = module.split(".") if is_pkg else module.split(".")[:-1]
+                pkg = pkg[: len(pkg) - (node.level - 1)]
+                base = ".".join([*pkg, base] if base else pkg)
+            names = [f"{base}.{a.name}" for a in node.names] + [base]
+        for n in names:
+            if n == "cxr" or n.startswith("cxr."):
+                mod = _resolve(n, modules)
+                if mod is not None:
+                    found |= _with_parents(mod, modules)
+    if module is not None:
+        found.discard(module)
+    return found
+
+
+def graph(repo: Path = REPO) -> dict[str, set[str]]:
+    """Module -> the ``cxr`` modules it imports (anywhere in the file)."""
+    modules = module_files(repo)
+    return {m: imports_of(p, modules, module=m) for m, p in modules.items()}
+
+
+def closure(start: Iterable[str], g: Mapping[str, set[str]]) -> set[str]:
+    seen: set[str] = set()
+    todo = list(start)
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        todo.extend(g.get(m, ()))
+    return seen
+
+
+def stage_code_deps(script: Path, repo: Path = REPO) -> list[str]:
+    """The code deps of one stage script: itself and every ``cxr`` file it runs (repo-relative, sorted)."""
+    modules = module_files(repo)
+    g = graph(repo)
+    mods = closure(imports_of(script, modules), g)
+    files = {modules[m].relative_to(repo).as_posix() for m in mods}
+    return [script.relative_to(repo).as_posix(), *sorted(files)]
+
+
+def cycles(g: Mapping[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module, sorted (Tarjan).
+
+    An arrow from a module to a package that encloses it is left out (``cxr.a.b`` -> ``cxr.a``):
+    Python runs that ``__init__`` first, whatever the module imports.
+    """
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        # a module's own enclosing packages are not an arrow: Python runs them before the module itself
+        for w in sorted(x for x in g.get(v, ()) if not v.startswith(x + ".")):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return sorted(out)
+
+
+def function_imports(repo: Path = REPO) -> dict[str, list[str]]:
+    """``cxr`` imports that sit inside a function or class body: module -> the imported modules."""
+    modules = module_files(repo)
+    out: dict[str, list[str]] = {}
+    for m, p in modules.items():
+        inner = imports_of(p, modules, module=m) - imports_of(p, modules, module=m, top_level_only=True)
+        if inner:
+            out[m] = sorted(inner)
+    return out
+
+
+# ------------------------------------------------------------------------------ dvc.yaml
+
+_STAGE = re.compile(r"^  ([A-Za-z0-9_-]+):\s*$")
+_CMD = re.compile(r"python (stages/[A-Za-z0-9_]+\.py)")
+
+
+def _stage_blocks(lines: list[str]) -> list[tuple[str, int, int]]:
+    """``(name, first line, end line)`` of each stage under ``stages:`` (2-space indented keys)."""
+    starts = [(m.group(1), i) for i, line in enumerate(lines) if (m := _STAGE.match(line))]
+    return [(n, s, starts[k + 1][1] if k + 1 < len(starts) else len(lines)) for k, (n, s) in enumerate(starts)]
+
+
+def rewrite(text: str, repo: Path = REPO) -> tuple[str, dict[str, tuple[list[str], list[str]]]]:
+    """``dvc.yaml`` text with every stage's code deps replaced by its import closure.
+
+    Returns the new text and ``{stage: (old code deps, new code deps)}`` for the stages that changed.
+    """
+    lines = text.splitlines(keepends=True)
+    changed: dict[str, tuple[list[str], list[str]]] = {}
+    out: list[str] = []
+    pos = 0
+    for name, start, end in _stage_blocks(lines):
+        block = lines[start:end]
+        cmd = next((m.group(1) for line in block if (m := _CMD.search(line))), None)
+        try:
+            d = next(i for i, line in enumerate(block) if line.strip() == "deps:")
+        except StopIteration:
+            continue
+        if cmd is None:
+            continue
+        indent = None
+        i = d + 1
+        old, first_code = [], None
+        keep: list[tuple[int, str]] = []
+        while i < len(block) and (block[i].startswith("      ") or not block[i].strip()):
+            line = block[i]
+            item = line.strip()
+            if item.startswith("- "):
+                indent = indent or line[: len(line) - len(line.lstrip())]
+                value = item[2:].strip()
+                if value.startswith(CODE_PREFIXES):
+                    old.append(value)
+                    first_code = i if first_code is None else first_code
+                    i += 1
+                    continue
+            keep.append((i, line))
+            i += 1
+        new = stage_code_deps(repo / cmd, repo)
+        if old != new:
+            changed[name] = (old, new)
+        at = first_code if first_code is not None else d + 1
+        body = [line for j, line in keep if j < at]
+        body += [f"{indent or '      '}- {v}\n" for v in new]
+        body += [line for j, line in keep if j >= at]
+        out.extend(lines[pos:start])
+        out.extend(block[: d + 1] + body + block[i:])
+        pos = end
+    out.extend(lines[pos:])
+    return "".join(out), changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cxr.depgraph", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dvc-yaml", type=Path, default=REPO / "dvc.yaml")
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--check", action="store_true", help="exit 1 when a stage's code deps differ from its imports")
+    mode.add_argument("--write", action="store_true", help="rewrite the code deps of dvc.yaml from the imports")
+    mode.add_argument("--cycles", action="store_true", help="print import cycles and imports inside functions")
+    args = ap.parse_args(argv)
+    if args.cycles:
+        for c in cycles(graph()):
+            print("cycle:", " ".join(c))
+        for m, inner in function_imports().items():
+            print(f"inside a function in {m}:", " ".join(inner))
+        return 0
+    text = args.dvc_yaml.read_text(encoding="utf-8")
+    new, changed = rewrite(text)
+    for name, (old, want) in changed.items():
+        print(f"{name}: + {sorted(set(want) - set(old))}  - {sorted(set(old) - set(want))}")
+    if args.write:
+        if new != text:
+            write_text(args.dvc_yaml, new)
+        return 0
+    return 1 if changed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

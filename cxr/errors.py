@@ -1,0 +1,18 @@
+"""The one base of every error the package raises on bad input, bad params or bad data.
+
+Each layer keeps its own subclass (``ParamsError``, ``DataError``, ``AnatomyError``, ...), which
+also keeps the builtin base it always had (``ValueError``, ``RuntimeError``), so
+``except ValueError`` in old callers still works. A stage (:mod:`cxr.stage`) maps
+:class:`ParamsError`-type failures to exit status 2 and every other :class:`CxrError` (and
+``OSError``) to exit status 1 with the message logged, never a traceback.
+"""
+
+from __future__ import annotations
+
+
+class CxrError(Exception):
+    """Base of every cxr error; the message names the thing, the bad value and the fix."""
+
+
+class TrainError(CxrError, RuntimeError):
+    """Training cannot go on: non-finite loss, empty data, bad configuration (message names it)."""
