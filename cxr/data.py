@@ -34,17 +34,10 @@ from tqdm import tqdm
 
 from cxr.io import write_json, write_parquet
 from cxr.labels import apply_uncertainty
-from cxr.errors import CxrError
+from cxr.errors import DataError
+from cxr.intensity import NORMALISATION, normalise  # noqa: F401  (re-exported: the image models' input)
 
 log = logging.getLogger(__name__)
-
-#: intensity normalisation: x = (pixel / scale - mean) / std
-NORMALISATION = {"scale": 255.0, "mean": 0.5, "std": 0.25}
-
-
-class DataError(CxrError, ValueError):
-    """Bad dataset input: missing columns, files, splits or a wrong input range (message names it)."""
-
 
 def load_png_square(path: str | Path, size: int) -> np.ndarray:
     """Decode a grey PNG (8 or 16 bit), pad it centred to a square and resize to ``size``: uint8 ``[S, S]``."""
@@ -122,22 +115,6 @@ class ImageCache:
 
     def __getitem__(self, image_id: str) -> np.ndarray:
         return self.array[self.rows[image_id]]
-
-
-def normalise(x: torch.Tensor, norm: dict | None = None) -> torch.Tensor:
-    """uint8 (or float in [0, 255]) images -> model input ``(x / scale - mean) / std`` as float32.
-
-    Raises:
-        DataError: values outside ``[0, scale]`` (e.g. an already-normalised tensor).
-    """
-    norm = norm or NORMALISATION
-    xf = x.float()
-    if x.dtype != torch.uint8 and (xf.min() < 0 or xf.max() > norm["scale"]):
-        raise DataError(
-            f"expected raw pixel values in [0, {norm['scale']:g}] (uint8 images), got range "
-            f"[{xf.min().item():.3g}, {xf.max().item():.3g}]; pass images before normalisation"
-        )
-    return (xf / norm["scale"] - norm["mean"]) / norm["std"]
 
 
 def join_split(images: pd.DataFrame, labels: pd.DataFrame, splits: pd.DataFrame, names: Sequence[str],

@@ -16,3 +16,15 @@ class CxrError(Exception):
 
 class TrainError(CxrError, RuntimeError):
     """Training cannot go on: non-finite loss, empty data, bad configuration (message names it)."""
+
+
+class ModelDirError(CxrError, ValueError):
+    """Not a model dir, or a model dir of another architecture than the caller loads."""
+
+
+class AnatomyError(CxrError, ValueError):
+    """Bad anatomy input: missing files, empty splits, unknown names (the message names the value)."""
+
+
+class DataError(CxrError, ValueError):
+    """Bad dataset input: missing columns, files, splits or a wrong input range (message names it)."""

@@ -8,11 +8,13 @@ order, input size, normalisation, thresholds, params, data hashes). Both are wri
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from cxr.errors import ModelDirError
 from cxr.io import write_bytes, write_json
 
 WEIGHTS = "model.pt"
@@ -34,29 +36,18 @@ def is_model_dir(model_dir: str | Path) -> bool:
     return (d / WEIGHTS).is_file() and (d / CARD).is_file()
 
 
+def read_card(model_dir: str | Path) -> dict[str, Any]:
+    """The card of a model dir.
+
+    Raises:
+        ModelDirError: ``model_dir`` lacks the weights or the card.
+    """
+    model_dir = Path(model_dir)
+    if not is_model_dir(model_dir):
+        raise ModelDirError(f"{model_dir}: not a model dir (expected {WEIGHTS} and {CARD}; run the stage that trains it)")
+    return json.loads((model_dir / CARD).read_text(encoding="utf-8"))
+
+
 def load_state(model_dir: str | Path) -> dict[str, torch.Tensor]:
     """The state_dict of a model dir, loaded safely (``weights_only=True``) onto the CPU."""
     return torch.load(Path(model_dir) / WEIGHTS, map_location="cpu", weights_only=True)
-
-
-def load_classifier(model_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild a registered classifier from its card and load its weights (eval mode, CPU).
-
-    Lives here rather than in :mod:`cxr.train` so that inference (``cxr predict``) does not import
-    the training stack (Lightning); :func:`cxr.train.load_model_dir` is the checked entry point.
-    """
-    import json
-
-    import numpy as np
-
-    from cxr.models import create_model
-
-    d = Path(model_dir)
-    card = json.loads((d / CARD).read_text())
-    kwargs = dict(card["model_kwargs"])
-    for k in ("adjacency", "cooccurrence"):
-        if kwargs.get(k) is not None:
-            kwargs[k] = np.asarray(kwargs[k], dtype=np.float32)
-    model = create_model(card["architecture"], **kwargs)
-    model.load_state_dict(load_state(d))
-    return model.eval(), card

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from cxr.errors import CxrError
+from cxr.labels import LabelError, resolve_space
 
 LABEL_SPACES = ("chexpert14", "chestxray14", "anaxnet9", "padchest22", "binary")
 SYNTHETIC_PROFILES = ("default", "tiny")
@@ -47,8 +48,6 @@ class BaseParams(_Section):
     @classmethod
     def _check_label_list(cls, v):
         if isinstance(v, list):
-            from cxr.labels import LabelError, resolve_space  # lazy: keeps params import light
-
             try:
                 resolve_space(v)
             except LabelError as exc:

@@ -257,7 +257,7 @@ class Predictor:
 
     def _load_detector(self, detector_dir: str | Path | None) -> None:
         from cxr.anatomy.common import AnatomyError
-        from cxr.anatomy.detector import load_detector
+        from cxr.models.detector import load_detector
         from cxr.modeldir import CARD, WEIGHTS, is_model_dir
 
         d = Path(detector_dir) if detector_dir is not None else self.model_dir.parent / "detector"

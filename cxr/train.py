@@ -37,49 +37,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from cxr.data import NORMALISATION, normalise
-from cxr.evaluate.metrics import macro_auroc, youden_threshold
 from cxr import modeldir
-from cxr.modeldir import CARD, WEIGHTS
-from cxr.models import create_model
+from cxr.engine import TrainError, fit_module, make_logger
+from cxr.evaluate.metrics import macro_auroc, val_thresholds  # noqa: F401  (re-exported: cxr.train.val_thresholds)
+from cxr.inference import build_datasets, load_model_dir, model_inputs, predict  # noqa: F401  (re-exported)
+from cxr.intensity import NORMALISATION
+from cxr.models.losses import masked_bce, train_pos_weight  # noqa: F401  (re-exported: cxr.train.masked_bce)
+from cxr.models.registry import TrainStats
+from cxr.models.zoo import create_model, input_kind, model_kwargs
 from cxr.precision import cpu_has_bf16, precision_for  # noqa: F401  (re-exported: cxr.train.precision_for)
 
 log = logging.getLogger(__name__)
-
-IMAGE_MODELS_WITH_LABEL_GRAPH = ("mlgcn", "segfusion_van_gcn")
-REGION_MODELS = ("anaxnet", "graph_transformer")
-
-
-class TrainError(RuntimeError):
-    """Training cannot go on: non-finite loss, empty data, bad configuration (message names it)."""
-
-
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, pos_weight: torch.Tensor | None = None,
-               focal_gamma: float = 0.0) -> torch.Tensor:
-    """Mean binary cross-entropy over the entries where ``mask`` is True.
-
-    Args:
-        logits, targets: ``[..., C]``.
-        mask: bool ``[..., C]``; False entries contribute neither to the sum nor to the count.
-        pos_weight: ``[C]`` weight of positive terms (``BCEWithLogits`` semantics).
-        focal_gamma: > 0 multiplies each element by ``(1 - p_t) ** gamma`` (Lin et al. 2017).
-    """
-    loss = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=pos_weight, reduction="none")
-    if focal_gamma > 0:
-        p = torch.sigmoid(logits.float())
-        p_t = p * targets + (1 - p) * (1 - targets)
-        loss = loss * (1 - p_t).pow(focal_gamma)
-    m = mask.to(loss.dtype)
-    return (loss * m).sum() / m.sum().clamp_min(1.0)
-
-
-def train_pos_weight(targets: np.ndarray, mask: np.ndarray, cap: float = 50.0) -> torch.Tensor:
-    """Per-class negatives / positives over unmasked TRAIN entries (capped; 1 when undefined)."""
-    pos = ((targets == 1) & mask).sum(0)
-    neg = ((targets == 0) & mask).sum(0)
-    w = np.where(pos > 0, neg / np.maximum(pos, 1), 1.0)
-    return torch.as_tensor(np.clip(w, 1.0 / cap, cap), dtype=torch.float32)
-
 
 def augment(x: torch.Tensor, generator: torch.Generator, strength: float = 1.0) -> torch.Tensor:
     """Small random affine (rotation +-5 deg, scale +-5 %, shift +-4 %) and contrast (+-10 %) per image.
@@ -125,9 +93,9 @@ class Classifier(L.LightningModule):
         self.history: list[dict[str, float]] = []
 
     def inputs(self, batch: Mapping[str, torch.Tensor], train: bool = False) -> dict[str, torch.Tensor]:
-        out = {k: batch[k] for k in self.model.input_keys}
+        out = model_inputs(self.model, batch, self.norm)
         if "image" in out:
-            x = normalise(out["image"], self.norm)
+            x = out["image"]
             if train and self.augment_seed is not None:
                 g = torch.Generator().manual_seed(hash((self.augment_seed, self.current_epoch, self.global_step)) & 0x7FFFFFFF)
                 x = augment(x, g)
@@ -230,55 +198,23 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, seed: int, epoc
                         augment_seed=seed if augment_images else None)
     best = BestState()
     callbacks: list[L.Callback] = [best, L.pytorch.callbacks.EarlyStopping("val/macro_auroc", mode="max", patience=patience)]
-    loggers = []
-    if log_dir is not None:
-        from dvclive.lightning import DVCLiveLogger
-
-        # dvcyaml=None: plots are declared in the project's dvc.yaml, DVCLive must not edit it
-        lg = DVCLiveLogger(dir=str(log_dir), dvcyaml=None, save_dvc_exp=False, report=None)
-        if hparams:
-            lg.log_hyperparams(dict(hparams))
-        loggers.append(lg)
     accelerator = {"auto": "auto", "cpu": "cpu", "gpu": "gpu"}[device]
     run_precision = precision_for(precision, accelerator,
                                   convolutional="image" in model.input_keys and getattr(model, "cpu_bf16", True))
-    trainer = L.Trainer(
-        max_epochs=epochs, accelerator=accelerator, devices=devices, strategy=strategy,
-        precision=run_precision,
+    trainer, _ = fit_module(
+        module, _loader(train_ds, batch_size, True, seed, num_workers), _loader(val_ds, batch_size, False, seed, num_workers),
+        epochs=epochs, accelerator=accelerator, devices=devices, strategy=strategy, precision=run_precision,
         # CPU kernels are deterministic; some CUDA backward kernels (scatter, pooling) have no
         # deterministic version, so on a GPU ask for determinism but only warn where it is missing
         deterministic=True if accelerator == "cpu" or not torch.cuda.is_available() else "warn",
-        logger=loggers or False,
-        callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-        num_sanity_val_steps=0, log_every_n_steps=1,
+        logger=make_logger(log_dir, hparams, dvcyaml=None), callbacks=callbacks, progress=progress,
     )
-    trainer.fit(module, _loader(train_ds, batch_size, True, seed, num_workers),
-                _loader(val_ds, batch_size, False, seed, num_workers))
     if best.state is None:
         raise TrainError("no validation result was recorded; nothing to keep")
     model.load_state_dict(best.state)
     return {"precision": run_precision, "best_epoch": best.epoch, "best_val_macro_auroc": best.best,
             "epochs_run": trainer.current_epoch,
             "history": module.history}
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, ds: Dataset, batch_size: int = 32, norm: Mapping | None = None,
-            device: str | torch.device = "cpu") -> np.ndarray:
-    """Sigmoid probabilities ``[N, C]`` of ``model`` on ``ds`` (eval mode, inference mode)."""
-    model.eval().to(device)
-    out = []
-    for batch in DataLoader(ds, batch_size=batch_size, shuffle=False):
-        x = {k: batch[k].to(device) for k in model.input_keys}
-        if "image" in x:
-            x["image"] = normalise(x["image"], dict(norm or NORMALISATION))
-        out.append(torch.sigmoid(model(**x).float()).cpu())
-    return torch.cat(out).numpy()
-
-
-def val_thresholds(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, names: Sequence[str]) -> dict[str, float]:
-    """Per-class operating thresholds (Youden's J) from VALIDATION predictions."""
-    return {n: youden_threshold(probs[mask[:, c], c], targets[mask[:, c], c]) for c, n in enumerate(names)}
 
 
 def _jsonable(v: Any) -> Any:
@@ -294,77 +230,6 @@ def _jsonable(v: Any) -> Any:
 def save_model_dir(out_dir: str | Path, model: nn.Module, card: Mapping[str, Any]) -> None:
     """Write a model dir (:mod:`cxr.modeldir`); the card is made JSON-safe first."""
     modeldir.save_model_dir(out_dir, model, _jsonable(dict(card)))
-
-
-def load_model_dir(model_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from its card and load its weights (``weights_only=True``).
-
-    Raises:
-        TrainError: the dir lacks ``model.pt`` or ``card.json``.
-    """
-    d = Path(model_dir)
-    if not modeldir.is_model_dir(d):
-        raise TrainError(f"{d}: not a model dir (expected {WEIGHTS} and {CARD}; run the train stage)")
-    return modeldir.load_classifier(d)
-
-
-def model_kwargs(name: str, *, num_classes: int, params: Any, train_targets: np.ndarray | None = None,
-                 train_mask: np.ndarray | None = None, region_info: Mapping[str, Any] | None = None,
-                 unet_dir: str | None = None) -> dict[str, Any]:
-    """Constructor arguments of model ``name`` from the train params and TRAIN-split statistics only."""
-    from cxr.models.anaxnet import region_adjacency
-    from cxr.models.cnn import BACKBONES
-    from cxr.models.mlgcn import label_adjacency
-
-    kw: dict[str, Any] = {"num_classes": num_classes}
-    weights = params.pretrained.get(name)
-    if name in BACKBONES:
-        kw.update(image_size=params.image_size, pool=params.pool, weights=weights)
-    elif name == "mlgcn":
-        kw.update(image_size=params.image_size, backbone=params.mlgcn.backbone, weights=weights,
-                  adjacency=label_adjacency(train_targets, train_mask, params.mlgcn.t, params.mlgcn.p))
-    elif name == "segfusion_van_gcn":
-        kw.update(image_size=params.image_size, unet_dir=unet_dir, dims=list(params.segfusion.dims),
-                  depths=list(params.segfusion.depths),
-                  adjacency=label_adjacency(train_targets, train_mask, params.mlgcn.t, params.mlgcn.p))
-    elif name == "ath":
-        a = params.ath
-        kw.update(image_size=params.image_size, weights=weights, bits=a.bits, backbone=a.backbone, widths=list(a.widths),
-                  margin=a.margin, quantization=a.quantization, classification=a.classification)
-    elif name in REGION_MODELS:
-        if region_info is None:
-            raise TrainError(f"model {name!r} needs region features (--features, from the features stage)")
-        g = params.graph
-        kw.update(num_regions=region_info["num_regions"], feature_dim=region_info["feature_dim"],
-                  num_findings=region_info["num_findings"], hidden=g.hidden)
-        adj = region_adjacency(region_info["train_region_labels"], region_info["train_presence"], t=g.t, p=g.p)
-        if name == "anaxnet":
-            kw["adjacency"] = adj
-        else:
-            kw.update(layers=g.layers, edges=g.edges, cooccurrence=adj, positional=g.positional, learnable_edges=g.learnable_edges,
-                      residual=g.residual)
-    return kw
-
-
-def build_datasets(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.DataFrame, images_dir: str | Path,
-                   names: Sequence[str], uncertainty: Mapping[str, Any], which: Sequence[str], image_size: int,
-                   frontal_only: bool, cache_dir: str | Path, features_dir: str | Path | None = None,
-                   progress: bool = True, datasets: Sequence[str] | None = None) -> dict[str, Dataset]:
-    """The datasets of ``which`` splits for model ``name`` (image cache or region features);
-    ``datasets`` keeps only images of those datasets (``train.datasets``)."""
-    from cxr.data import ImageCache, ImageDataset, RegionDataset, RegionFeatures, join_split
-
-    metas = {s: join_split(images, labels, splits, names, s, frontal_only=frontal_only, datasets=datasets)
-             for s in which}
-    if name in REGION_MODELS:
-        if features_dir is None:
-            raise TrainError(f"model {name!r} needs region features (--features, from the features stage)")
-        feats = RegionFeatures(features_dir)
-        return {s: RegionDataset(m, names, feats, dict(uncertainty)) for s, m in metas.items()}
-    allm = pd.concat(metas.values()).drop_duplicates("image_id").sort_values("image_id")
-    cache = ImageCache.build(list(allm["image_id"]), [Path(images_dir) / p for p in allm["png_path"]], image_size,
-                             cache_dir, progress=progress)
-    return {s: ImageDataset(m, names, cache, dict(uncertainty)) for s, m in metas.items()}
 
 
 def train_model(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.DataFrame, images_dir: str | Path,
@@ -385,17 +250,18 @@ def train_model(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits
                         frontal_only=params.frontal_only, cache_dir=cache_dir, features_dir=features_dir,
                         progress=progress, datasets=params.datasets)
     tr, va = ds["train"], ds["val"]
+    regions = input_kind(name) == "region_features"
     region_info = None
-    if name in REGION_MODELS:
+    if regions:
         f = tr.feats
         region_info = {"num_regions": f.features.shape[1], "feature_dim": f.features.shape[2],
                        "num_findings": f.region_labels.shape[2], "train_region_labels": f.region_labels[tr._rows],
                        "train_presence": f.presence[tr._rows]}
-    kwargs = model_kwargs(name, num_classes=len(names), params=params, train_targets=tr.targets, train_mask=tr.mask,
-                          region_info=region_info, unet_dir=unet_dir)
+    kwargs = model_kwargs(name, params, TrainStats(num_classes=len(names), targets=tr.targets, mask=tr.mask,
+                                                   regions=region_info, unet_dir=unet_dir))
     L.seed_everything(seed, workers=True, verbose=False)
     model = create_model(name, **kwargs)
-    graph_importance = params.graph.graph_importance if name in REGION_MODELS else 1.0
+    graph_importance = params.graph.graph_importance if regions else 1.0
     hparams = {"model": name, **params.model_dump(exclude={"models"})}
     summary = fit(model, tr, va, seed=seed, epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
                   weight_decay=params.weight_decay, schedule=params.schedule,
@@ -412,7 +278,7 @@ def train_model(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits
         "model_kwargs": kwargs,
         "label_names": list(names),
         "input": ({"kind": "image", "size": params.image_size, "channels": 1, "dtype": "uint8", "normalisation": NORMALISATION}
-                  if name not in REGION_MODELS else {"kind": "region_features", "num_regions": kwargs["num_regions"],
+                  if not regions else {"kind": "region_features", "num_regions": kwargs["num_regions"],
                                                      "feature_dim": kwargs["feature_dim"]}),
         "thresholds": thresholds,
         "threshold_rule": "Youden J on the validation split",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,15 +11,12 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from cxr.modeldir import CARD, WEIGHTS, is_model_dir
-from cxr.errors import CxrError
+from cxr.modeldir import read_card  # noqa: F401  (re-exported for the anatomy modules)
+from cxr.models.weights import gray_first_conv, load_local_weights  # noqa: F401  (re-exported)
+from cxr.errors import AnatomyError  # noqa: F401  (re-exported: the anatomy layer's error)
 
 log = logging.getLogger(__name__)
 
-
-
-class AnatomyError(CxrError, ValueError):
-    """Bad anatomy input: missing files, empty splits, unknown names (the message names the value)."""
 
 
 def pick_device(device: str) -> torch.device:
@@ -79,43 +75,6 @@ def fit_size(rows: int, cols: int, size: int) -> tuple[int, int, float]:
     """Output shape and scale when the long side of ``rows x cols`` becomes ``size``."""
     s = size / max(rows, cols)
     return max(1, round(rows * s)), max(1, round(cols * s)), s
-
-
-def read_card(model_dir: str | Path) -> dict[str, Any]:
-    model_dir = Path(model_dir)
-    if not is_model_dir(model_dir):
-        raise AnatomyError(f"{model_dir}: not a model dir (expected {CARD} and {WEIGHTS})")
-    return json.loads((model_dir / CARD).read_text(encoding="utf-8"))
-
-
-def load_local_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A local pretrained weights file (state_dict, or a checkpoint with a ``state_dict`` / ``model`` key).
-
-    Raises:
-        AnatomyError: the file is missing or holds no state_dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise AnatomyError(f"pretrained weights file {path} not found (weights are never downloaded; "
-                           "put a local file there or set pretrained: null)")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise AnatomyError(f"{path}: not a state_dict of tensors")
-    return obj
-
-
-def gray_first_conv(state: dict[str, torch.Tensor], model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Adapt RGB pretrained weights to 1-channel input: sum the first conv's input channels."""
-    out = {}
-    for k, v in state.items():
-        target = model_state.get(k)
-        if target is not None and v.ndim == 4 and target.ndim == 4 and v.shape[1] == 3 and target.shape[1] == 1:
-            v = v.sum(dim=1, keepdim=True)
-        out[k] = v
-    return out
 
 
 def ok_images(images: pd.DataFrame) -> pd.DataFrame:

@@ -25,148 +25,32 @@ import io
 import json
 import logging
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN, mobilenet_backbone, resnet_fpn_backbone
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from tqdm import tqdm
 
-from cxr.anatomy.common import (
-    AnatomyError,
-    fit_size,
-    gray_first_conv,
-    lightning_accelerator,
-    load_local_weights,
-    pick_device,
-    read_card,
-    read_gray,
-    resize_float,
-)
+from cxr.anatomy.common import AnatomyError, fit_size, lightning_accelerator, pick_device, read_gray, resize_float
+from cxr.engine import adamw_onecycle, check_finite, fit_module, make_logger
 from cxr.io import sha256_file
-from cxr.modeldir import load_state, save_model_dir
+from cxr.modeldir import save_model_dir
+from cxr.models.detector import (  # noqa: F401  (re-exported: the network lives with the other models)
+    ARCHITECTURE,
+    BACKBONES,
+    MEAN,
+    STD,
+    build_detector,
+    load_detector,
+    tiny_fpn_backbone,
+)
 from cxr.params import DetectorParams
 
 log = logging.getLogger(__name__)
-
-ARCHITECTURE = "torchvision.FasterRCNN"
-MEAN, STD = (0.5,), (0.25,)
-BACKBONES = ("tiny_fpn", "mobilenet_v3_large_fpn", "mobilenet_v3_small_fpn", "resnet18_fpn", "resnet50_fpn")
-
-
-# ------------------------------------------------------------------------------------ model
-
-
-def _to_gray(backbone: nn.Module) -> None:
-    """Replace the first 3-channel conv of ``backbone`` with a 1-channel one (same geometry)."""
-    for name, mod in backbone.named_modules():
-        if isinstance(mod, nn.Conv2d) and mod.in_channels == 3:
-            new = nn.Conv2d(1, mod.out_channels, mod.kernel_size, mod.stride, mod.padding, mod.dilation,
-                            mod.groups, mod.bias is not None)
-            parent = backbone.get_submodule(name.rsplit(".", 1)[0]) if "." in name else backbone
-            setattr(parent, name.rsplit(".", 1)[-1], new)
-            return
-    raise AnatomyError("backbone has no 3-channel input convolution to convert to grayscale")
-
-
-def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-def tiny_fpn_backbone(out_channels: int = 96) -> BackboneWithFPN:
-    """A small plain-convolution backbone (strides 8 / 16 / 32 + max-pool level) with an FPN.
-
-    Dense 3x3 convolutions run several times faster on CPUs than the depthwise convolutions of
-    MobileNetV3 at the same accuracy on radiograph anatomy, so this is the CPU default.
-    """
-    chans = (24, 32, 64, 128, 192)
-    layers = [("stem", _conv_bn(1, chans[0], 2))]
-    for i in range(1, 5):
-        layers.append((f"layer{i}", nn.Sequential(_conv_bn(chans[i - 1], chans[i], 2), _conv_bn(chans[i], chans[i], 1))))
-    body = nn.Sequential(OrderedDict(layers))
-    return BackboneWithFPN(body, return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
-                           in_channels_list=list(chans[2:]), out_channels=out_channels,
-                           extra_blocks=LastLevelMaxPool())
-
-
-def build_detector(num_classes: int, params: DetectorParams, pretrained: str | None = None) -> FasterRCNN:
-    """Faster R-CNN for ``num_classes`` regions (+ background) on grayscale input.
-
-    Args:
-        num_classes: number of regions (the background class is added).
-        params: the ``detector`` params section (backbone, sizes, proposal counts).
-        pretrained: optional local backbone weights file (torchvision ImageNet state_dict of the
-            plain classifier, or of ``backbone.body``); never downloaded.
-
-    Raises:
-        AnatomyError: unknown backbone or unusable weights file.
-    """
-    if params.backbone not in BACKBONES:
-        raise AnatomyError(f"detector.backbone = {params.backbone!r}; choose one of {list(BACKBONES)}")
-    norm = nn.BatchNorm2d  # from scratch: trainable batch norm (torchvision freezes it for pretrained nets)
-    if params.backbone == "tiny_fpn":
-        backbone = tiny_fpn_backbone()
-        n_maps = 4
-    elif params.backbone.startswith("mobilenet"):
-        backbone = mobilenet_backbone(backbone_name=params.backbone.removesuffix("_fpn"), weights=None, fpn=True,
-                                      norm_layer=norm, trainable_layers=6)
-        n_maps = 3  # two returned stages + the max-pool level
-    else:
-        backbone = resnet_fpn_backbone(backbone_name=params.backbone.removesuffix("_fpn"), weights=None,
-                                       norm_layer=norm, trainable_layers=5)
-        n_maps = 5
-    if params.backbone != "tiny_fpn":
-        _to_gray(backbone.body)
-    if pretrained:
-        state = load_local_weights(pretrained)
-        body = backbone.body.state_dict()
-        state = {k.removeprefix("backbone.body.").removeprefix("features."): v for k, v in state.items()}
-        if params.backbone.startswith("mobilenet"):  # torchvision classifier keys: features.<i>.* -> <i>.*
-            state = {k: v for k, v in state.items() if k in body}
-        state = gray_first_conv(state, body)
-        missing, unexpected = backbone.body.load_state_dict(state, strict=False)
-        if len(missing) == len(body):
-            raise AnatomyError(f"{pretrained}: no key matches the {params.backbone} backbone")
-        log.info("loaded %s: %d keys missing, %d unexpected", pretrained, len(missing), len(unexpected))
-    sizes = tuple(int(a) for a in params.anchor_sizes)
-    anchors = AnchorGenerator(sizes=(sizes,) * n_maps, aspect_ratios=((0.5, 1.0, 2.0),) * n_maps)
-    return FasterRCNN(
-        backbone,
-        num_classes=num_classes + 1,
-        min_size=params.image_size,
-        max_size=params.image_size,
-        image_mean=list(MEAN),
-        image_std=list(STD),
-        rpn_anchor_generator=anchors,
-        rpn_pre_nms_top_n_train=params.rpn_pre_nms_top_n_train,
-        rpn_post_nms_top_n_train=params.rpn_post_nms_top_n_train,
-        rpn_pre_nms_top_n_test=params.rpn_pre_nms_top_n_test,
-        rpn_post_nms_top_n_test=params.rpn_post_nms_top_n_test,
-        rpn_batch_size_per_image=params.rpn_batch_size_per_image,
-        box_batch_size_per_image=params.box_batch_size_per_image,
-        box_score_thresh=params.box_score_thresh,
-        box_detections_per_img=params.box_detections_per_img,
-    )
-
-
-def load_detector(model_dir: str | Path) -> tuple[FasterRCNN, dict[str, Any]]:
-    """Rebuild the trained detector of a model dir (eval mode, CPU) and return it with its card."""
-    card = read_card(model_dir)
-    if card.get("architecture") != ARCHITECTURE:
-        raise AnatomyError(f"{model_dir}: architecture {card.get('architecture')!r} is not {ARCHITECTURE}")
-    params = DetectorParams(**card["params"])
-    model = build_detector(len(card["regions"]), params)
-    model.load_state_dict(load_state(model_dir))
-    return model.eval(), card
-
 
 # ------------------------------------------------------------------------------------- data
 
@@ -230,43 +114,15 @@ class DetectorModule(L.LightningModule):
         targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
         losses = self.model(images, targets)
         loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite detector loss {float(loss)} at step {self.global_step}: "
-                                     f"{ {k: float(v) for k, v in losses.items()} }; lower detector.lr")
+        check_finite(loss, "detector", self.global_step,
+                     f"parts { {k: float(v) for k, v in losses.items()} }; lower detector.lr")
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         for k, v in losses.items():
             self.log(f"train/{k}", v, batch_size=len(images))
         return loss
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=self.total_steps,
-                                                    pct_start=0.15)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def make_logger(live_dir: str | Path | None):
-    """DVCLive logger writing into ``live_dir`` (no git / DVC side effects), or False."""
-    if live_dir is None:
-        return False
-    from dvclive.lightning import DVCLiveLogger
-
-    return DVCLiveLogger(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False, report=None)
-
-
-def fit(module: L.LightningModule, loader: DataLoader, epochs: int, max_steps: int, device: torch.device,
-        live_dir: str | Path | None, seed: int, precision: str = "32-true") -> float:
-    """Train ``module`` with Lightning (``precision``: a Lightning precision); returns the wall time in seconds."""
-    trainer = L.Trainer(
-        max_epochs=epochs, max_steps=max_steps, accelerator=lightning_accelerator(device), devices=1,
-        precision=precision,
-        logger=make_logger(live_dir), enable_checkpointing=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=1, deterministic=False,
-        enable_progress_bar=True, default_root_dir=None,
-    )
-    t0 = time.perf_counter()
-    trainer.fit(module, loader)
-    return time.perf_counter() - t0
+        return adamw_onecycle(self.model.parameters(), self.lr, self.weight_decay, self.total_steps)
 
 
 def train_detector(
@@ -299,7 +155,8 @@ def train_detector(
     if params.max_steps > 0:
         steps = min(steps, params.max_steps)
     module = DetectorModule(model, params.lr, params.weight_decay, steps)
-    seconds = fit(module, loader, params.epochs, params.max_steps, device, live_dir, seed)
+    _, seconds = fit_module(module, loader, epochs=params.epochs, max_steps=params.max_steps,
+                            accelerator=lightning_accelerator(device), logger=make_logger(live_dir))
     model = module.model.cpu().eval()
     card = {
         "architecture": ARCHITECTURE,

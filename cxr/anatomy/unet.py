@@ -36,60 +36,17 @@ from cxr.anatomy.common import (
     load_local_weights,
     ok_images,
     pick_device,
-    read_card,
     read_gray,
     resize_float,
 )
-from cxr.anatomy.detector import fit
 from cxr.anatomy.masks import dice_iou, read_mask, resize_mask, to_png_grid
-from cxr.modeldir import load_state, save_model_dir
+from cxr.engine import adamw_onecycle, check_finite, fit_module, make_logger
+from cxr.modeldir import save_model_dir
+from cxr.models.unet import ARCHITECTURE, MEAN, STD, OrganUNet, load_unet  # noqa: F401  (re-exported)
 from cxr.params import UnetParams
 from cxr.precision import precision_for
 
 log = logging.getLogger(__name__)
-
-ARCHITECTURE = "segmentation_models_pytorch.Unet"
-MEAN, STD = 0.5, 0.25
-
-
-class OrganUNet(nn.Module):
-    """UNet on grayscale radiographs.
-
-    Input ``[B, 1, H, W]`` float in ``[0, 1]`` (H, W divisible by ``2 ** encoder_depth``); output
-    logits ``[B, C, H, W]``, one channel per structure in ``classes`` order.
-    """
-
-    def __init__(self, classes: Sequence[str], encoder: str = "resnet18", encoder_depth: int = 4,
-                 decoder_channels: Sequence[int] = (96, 48, 24, 12)):
-        super().__init__()
-        import segmentation_models_pytorch as smp
-
-        self.classes = list(classes)
-        self.net = smp.Unet(encoder_name=encoder, encoder_depth=encoder_depth, encoder_weights=None,
-                            decoder_channels=list(decoder_channels), in_channels=1, classes=len(self.classes))
-        # smp keeps the ResNet stages beyond encoder_depth: dead weights that would never train
-        for k in range(max(encoder_depth, 1), 5):
-            if isinstance(getattr(self.net.encoder, f"layer{k}", None), nn.Module):
-                delattr(self.net.encoder, f"layer{k}")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != 1:
-            raise AnatomyError(f"OrganUNet expects [B, 1, H, W], got {tuple(x.shape)}")
-        lo, hi = float(x.min()), float(x.max())
-        if lo < -1e-3 or hi > 1 + 1e-3:
-            raise AnatomyError(f"OrganUNet expects intensities in [0, 1], got [{lo:.3g}, {hi:.3g}]")
-        return self.net((x - MEAN) / STD)
-
-
-def load_unet(model_dir: str | Path) -> tuple[OrganUNet, list[str]]:
-    """The trained UNet of a model dir (eval mode, CPU) and its class names in channel order."""
-    card = read_card(model_dir)
-    if card.get("architecture") != ARCHITECTURE:
-        raise AnatomyError(f"{model_dir}: architecture {card.get('architecture')!r} is not {ARCHITECTURE}")
-    model = OrganUNet(card["classes"], card["encoder"], card["encoder_depth"], card["decoder_channels"])
-    model.load_state_dict(load_state(model_dir))
-    return model.eval(), list(card["classes"])
-
 
 def mask_table(images: pd.DataFrame, splits: pd.DataFrame, masks: pd.DataFrame,
                structures: Sequence[str]) -> pd.DataFrame:
@@ -189,16 +146,13 @@ class UNetModule(L.LightningModule):
         soft_dice = (2 * inter + 1) / (p.sum((2, 3)) + y.sum((2, 3)) + 1)
         bce = nn.functional.binary_cross_entropy_with_logits(logits, y)
         loss = bce + (1 - soft_dice).mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite UNet loss {float(loss)} at step {self.global_step}; lower unet.lr")
+        check_finite(loss, "UNet", self.global_step, "lower unet.lr")
         self.log("train/loss", loss, prog_bar=True, batch_size=len(x))
         self.log("train/soft_dice", soft_dice.mean(), batch_size=len(x))
         return loss
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=self.total_steps, pct_start=0.15)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_onecycle(self.model.parameters(), self.lr, self.weight_decay, self.total_steps)
 
 
 @torch.inference_mode()
@@ -271,7 +225,8 @@ def train_unet(
         steps = min(steps, params.max_steps)
     module = UNetModule(model, params.lr, params.weight_decay, steps, augment_seed=seed if params.augment else None)
     precision = precision_for(params.precision, lightning_accelerator(device))
-    seconds = fit(module, loader, params.epochs, params.max_steps, device, live_dir, seed, precision=precision)
+    _, seconds = fit_module(module, loader, epochs=params.epochs, max_steps=params.max_steps,
+                            accelerator=lightning_accelerator(device), precision=precision, logger=make_logger(live_dir))
     model = module.model.to(memory_format=torch.contiguous_format)
     metrics: dict[str, Any] = {"images": counts, "train_seconds": round(seconds, 1), "precision": precision}
     for split in ("val", "test"):

@@ -22,8 +22,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cxr.evaluate.classification import classification_metrics
-from cxr.evaluate.metrics import macro_auroc
+from cxr.evaluate.classification import DEFAULT_TRUTH, classification_metrics
+from cxr.evaluate.metrics import macro_auroc, val_thresholds
+from cxr.inference import build_datasets
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +78,13 @@ def run_baselines(*, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.Data
     ``uncertainty`` (the training policy, ``label.uncertainty``) makes the TRAIN / VAL targets, as for the
     models; the TEST targets are ``truth`` (``evaluate.truth``), the one test truth every model answers to.
     """
-    from cxr.evaluate.classification import DEFAULT_TRUTH
-    from cxr.train import build_datasets, val_thresholds
-
     common = dict(images=images, labels=labels, splits=splits, images_dir=images_dir, names=names,
                   image_size=PIXEL_SIDE, frontal_only=frontal_only, cache_dir=cache_dir, progress=progress,
                   datasets=datasets)
-    ds = build_datasets("baseline", uncertainty=uncertainty, which=("train", "val"), **common)
+    ds = build_datasets("baseline", uncertainty=uncertainty, which=("train", "val"), inputs="image", **common)
     t = {**DEFAULT_TRUTH, **dict(truth or {})}
     ds["test"] = build_datasets("baseline", uncertainty={"default": t["uncertain"], "blank": t["blank"]},
-                                which=("test",), **common)["test"]
+                                which=("test",), inputs="image", **common)["test"]
     tr, va, te = ds["train"], ds["val"], ds["test"]
     info = images.drop_duplicates("image_id").set_index("image_id")
     meta = {s: info.loc[d.meta["image_id"], ["view", "sex", "age"]].reset_index(drop=True) for s, d in ds.items()}

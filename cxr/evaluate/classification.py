@@ -12,10 +12,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from cxr.evaluate.bootstrap import bootstrap, patient_resamples, percentile_ci
 from cxr.evaluate.metrics import (
     auprc,
+    auroc,
     expected_calibration_error,
     macro_auroc,
     micro_auroc,
@@ -24,6 +26,8 @@ from cxr.evaluate.metrics import (
     pr_curve,
     roc_curve,
 )
+from cxr.inference import card_datasets, load_model_dir, predict
+from cxr.models.zoo import input_kind
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +119,6 @@ def curve_tables(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, names
 def region_auroc(node_probs: np.ndarray, region_targets: np.ndarray, region_mask: np.ndarray,
                  region_names: Sequence[str] | None = None) -> dict[str, float | None]:
     """AUROC per region (all findings of the region pooled) of an anatomy model's node predictions ``[N, R, F]``."""
-    from cxr.evaluate.metrics import auroc
-
     out = {}
     for r in range(node_probs.shape[1]):
         m = region_mask[:, r]
@@ -144,25 +146,19 @@ def evaluate_model(model_dir, *, images: pd.DataFrame, labels: pd.DataFrame, spl
         ``(metrics, roc, pr, predictions)``; predictions has image_id, patient_id, patient_key and, per class,
         ``p:<name>``, ``y:<name>``, ``m:<name>`` (probability, target, mask) for paired comparisons.
     """
-    import torch
-
-    from cxr.train import REGION_MODELS, build_datasets, load_model_dir, predict
-
     model, card = load_model_dir(model_dir)
     name, names = card["architecture"], card["label_names"]
     truth = {**DEFAULT_TRUTH, **dict(truth or {})}
     unc = {"default": truth["uncertain"], "blank": truth["blank"]}
-    ds = build_datasets(name, images=images, labels=labels, splits=splits, images_dir=images_dir, names=names,
-                        uncertainty=unc, which=("test",), image_size=card["input"].get("size", 0),
-                        frontal_only=card["params"].get("frontal_only", True), cache_dir=cache_dir,
-                        features_dir=features_dir, progress=progress, datasets=card["params"].get("datasets"))["test"]
+    ds = card_datasets(card, images=images, labels=labels, splits=splits, images_dir=images_dir, which=("test",),
+                       uncertainty=unc, cache_dir=cache_dir, features_dir=features_dir, progress=progress)["test"]
     probs = predict(model, ds, batch_size=batch_size, norm=card["input"].get("normalisation"))
     pids = ds.meta["patient_key"].astype(str).to_numpy()
     metrics = classification_metrics(probs, ds.targets, ds.mask, pids, names, card["thresholds"], n_boot, ci, ece_bins, seed,
                                      min_positives=min_positives)
     metrics["model"] = name
     metrics["truth"] = truth
-    if name in REGION_MODELS:
+    if input_kind(name) == "region_features":
         nodes, rt, rm = [], [], []
         with torch.inference_mode():
             for batch in torch.utils.data.DataLoader(ds, batch_size=batch_size):

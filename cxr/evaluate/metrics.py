@@ -8,6 +8,8 @@ of the macro average, which says how many classes it averaged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy.stats import rankdata
 
@@ -114,3 +116,8 @@ def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, mask: np.
         if sel.any():
             ece += sel.mean() * abs(y[sel].mean() - p[sel].mean())
     return float(ece)
+
+
+def val_thresholds(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+    """Per-class operating thresholds (Youden's J) from VALIDATION predictions."""
+    return {n: youden_threshold(probs[mask[:, c], c], targets[mask[:, c], c]) for c, n in enumerate(names)}

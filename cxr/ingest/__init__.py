@@ -50,7 +50,7 @@ def split_source(source: str) -> tuple[str, str]:
 def _load_handlers() -> None:
     # Imported lazily so that `cxr.ingest` stays cheap to import and optional clients
     # (google-cloud-storage) are only needed for the sources that use them.
-    from cxr.ingest import gcs, local, synthetic  # noqa: F401
+    from cxr.ingest import gcs, local, synthetic  # noqa: F401  (lazy: optional clients, and they import this module)
 
 
 def ingest(source: str, out_dir: str | Path, params: IngestParams, seed: int) -> dict:

@@ -6,10 +6,9 @@ from pathlib import Path
 
 from cxr.ingest import register_source
 from cxr.params import IngestParams
+from cxr.synth.generate import generate
 
 
 @register_source("synthetic")
 def ingest_synthetic(location: str, out_dir: Path, params: IngestParams, seed: int) -> dict:
-    from cxr.synth.generate import generate
-
     return generate(out_dir, profile=location, seed=seed, params=params.synthetic, source=f"synthetic://{location}")

@@ -17,14 +17,14 @@ the model registry (``cam_target_layers()`` of the model class), never here; reg
 
 from __future__ import annotations
 
-from cxr.errors import CxrError
-
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cxr.errors import CxrError
 
 #: heatmap methods accepted by :func:`heatmaps`
 METHODS = ("cam", "gradcam", "gradcam++")

@@ -25,8 +25,6 @@ Any other model gets ``{"supported": false, "reason": ...}``.
 
 from __future__ import annotations
 
-from cxr.errors import CxrError
-
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,8 +33,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 
-from cxr.data import NORMALISATION, DataError, load_png_square, normalise
+from cxr.data import NORMALISATION, DataError, RegionDataset, RegionFeatures, join_split, load_png_square, normalise
+from cxr.errors import CxrError
+from cxr.evaluate.metrics import auroc
+from cxr.inference import load_model_dir
 from cxr.labels import CHESTXRAY14, load_map, resolve_space
 from cxr.localize.boxes import BoxError, Geometry, heatmap_boxes, xywh_to_xyxy
 from cxr.localize.cam import image_heatmaps, supports_heatmaps
@@ -261,11 +263,6 @@ def localize_regions(model, card: Mapping, *, images: pd.DataFrame, labels: pd.D
                      images_dir: str | Path, features_dir: str | Path, bbox_csv: str | Path | None, params: Any,
                      seed: int) -> tuple[dict[str, Any], bytes]:
     """Region-level localisation of an anatomy model on the TEST split (module docstring; no pointing without boxes)."""
-    from torch.utils.data import DataLoader
-
-    from cxr.data import RegionDataset, RegionFeatures, join_split
-    from cxr.evaluate.metrics import auroc
-
     names = list(card["label_names"])
     feats = RegionFeatures(features_dir)
     frontal = bool(card.get("params", {}).get("frontal_only", True))
@@ -335,7 +332,7 @@ def localize_model(model_dir: str | Path, *, images: pd.DataFrame, labels: pd.Da
     """Localisation of the model in ``model_dir`` (heatmaps, regions, or an explained "unsupported").
 
     Args:
-        model_dir: a model dir (``cxr.train.load_model_dir``).
+        model_dir: a model dir (``cxr.inference.load_model_dir``).
         images, labels, splits: images.parquet, labels.parquet, splits.parquet.
         images_dir: converted PNG directory.
         bbox_csv: ``BBox_List_2017.csv`` (NIH format).
@@ -346,8 +343,6 @@ def localize_model(model_dir: str | Path, *, images: pd.DataFrame, labels: pd.Da
     Returns:
         The result JSON and the gallery PNG bytes (None when unsupported).
     """
-    from cxr.train import load_model_dir
-
     model, card = load_model_dir(model_dir)
     head = {"model": Path(model_dir).name, "architecture": card["architecture"], "label_names": card["label_names"]}
     has_boxes = Path(bbox_csv).is_file()

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxr.models.mlgcn import GraphConv
-from cxr.models.registry import ModelError, register_model
+from cxr.models.mlgcn import GraphConv, label_adjacency
+from cxr.models.registry import ModelError, TrainStats, needs_regions, register_model
 
 
 def region_adjacency(region_labels: np.ndarray, presence: np.ndarray | None = None, t: float = 0.0, p: float = 0.2) -> np.ndarray:
@@ -28,8 +28,6 @@ def region_adjacency(region_labels: np.ndarray, presence: np.ndarray | None = No
     Two regions co-occur in an image when both have at least one positive finding. Returns the
     normalised ``[R, R]`` matrix of :func:`~cxr.models.mlgcn.label_adjacency`.
     """
-    from cxr.models.mlgcn import label_adjacency
-
     y = (np.nan_to_num(np.asarray(region_labels, dtype=np.float64)) == 1).any(-1)
     mask = None if presence is None else np.asarray(presence, dtype=bool)
     return label_adjacency(y.astype(np.float32), mask, t=t, p=p)
@@ -82,7 +80,24 @@ class AnaXNet(nn.Module):
         return z.sum(1) / presence.float().sum(1, keepdim=True).clamp_min(1)
 
 
-@register_model
+def region_kwargs(name: str, params, stats: TrainStats) -> dict:
+    """The arguments every region-feature model shares, from the features' shapes and ``train.graph``."""
+    r = needs_regions(stats, name)
+    return {"num_classes": stats.num_classes, "num_regions": r["num_regions"], "feature_dim": r["feature_dim"],
+            "num_findings": r["num_findings"], "hidden": params.graph.hidden}
+
+
+def train_region_adjacency(params, stats: TrainStats) -> np.ndarray:
+    """The anatomy graph of the TRAIN region labels with ``train.graph.t`` / ``p``."""
+    r = stats.regions
+    return region_adjacency(r["train_region_labels"], r["train_presence"], t=params.graph.t, p=params.graph.p)
+
+
+def _kwargs(params, stats: TrainStats) -> dict:
+    return {**region_kwargs("anaxnet", params, stats), "adjacency": train_region_adjacency(params, stats)}
+
+
+@register_model(inputs="region_features", kwargs=_kwargs)
 def anaxnet(num_classes: int = 9, num_regions: int = 18, feature_dim: int = 1024, num_findings: int | None = None,
             hidden: int = 256, adjacency: np.ndarray | None = None, dropout: float = 0.1) -> AnaXNet:
     """AnaXNet: GCN over the anatomy graph + attention on region features."""

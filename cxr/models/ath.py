@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxr.models.cnn import BACKBONES, FeatureMap
-from cxr.models.registry import ModelError, register_model
+from cxr.models.losses import masked_bce
+from cxr.models.registry import ModelError, TrainStats, register_model
 
 
 class SmallConvNet(nn.Module):
@@ -143,8 +144,6 @@ class ATH(nn.Module):
 
     def training_loss(self, batch: Mapping[str, torch.Tensor], inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Engine hook: ``(triplet + quantization + classification loss, auxiliary logits [B, C])``."""
-        from cxr.train import masked_bce  # lazy: cxr.train imports the model registry
-
         u = self.codes(**inputs)
         logits = self.cls(u)
         trip = triplet_loss(u, similar_pairs(batch["targets"], batch["mask"]), self.margin)
@@ -153,7 +152,14 @@ class ATH(nn.Module):
         return trip + self.quantization * quant + self.classification * bce, logits
 
 
-@register_model
+def _kwargs(params, stats: TrainStats) -> dict:
+    a = params.ath
+    return {"num_classes": stats.num_classes, "image_size": params.image_size, "weights": params.pretrained.get("ath"),
+            "bits": a.bits, "backbone": a.backbone, "widths": list(a.widths), "margin": a.margin,
+            "quantization": a.quantization, "classification": a.classification}
+
+
+@register_model(kwargs=_kwargs)
 def ath(num_classes: int = 14, in_chans: int = 1, image_size: int = 224, bits: int = 32, backbone: str = "small",
         widths: Sequence[int] = (32, 64, 128, 256), weights: str | None = None, margin: float = 0.25,
         quantization: float = 0.1, classification: float = 1.0) -> ATH:

@@ -21,7 +21,7 @@ import timm
 import torch
 from torch import nn
 
-from cxr.models.registry import ModelError, register_model
+from cxr.models.registry import ModelError, TrainStats, register_model
 
 log = logging.getLogger(__name__)
 
@@ -182,5 +182,13 @@ def _factory(backbone: str):
     return build
 
 
+def _kwargs(name: str):
+    def kwargs(params, stats: TrainStats) -> dict:
+        return {"num_classes": stats.num_classes, "image_size": params.image_size, "pool": params.pool,
+                "weights": params.pretrained.get(name)}
+
+    return kwargs
+
+
 for _name in BACKBONES:
-    register_model(_factory(_name), name=_name)
+    register_model(_factory(_name), name=_name, kwargs=_kwargs(_name))

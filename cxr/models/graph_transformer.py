@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import TransformerConv
 
-from cxr.models.registry import ModelError, register_model
+from cxr.models.anaxnet import region_kwargs, train_region_adjacency
+from cxr.models.registry import ModelError, TrainStats, register_model
 
 EDGES = ("full", "cooccurrence")
 RESIDUALS = ("none", "add", "gated")
@@ -110,7 +111,14 @@ class AnatomyGraphTransformer(nn.Module):
         return self.forward_all(features, presence, boxes)[0]
 
 
-@register_model
+def _kwargs(params, stats: TrainStats) -> dict:
+    g = params.graph
+    return {**region_kwargs("graph_transformer", params, stats), "layers": g.layers, "edges": g.edges,
+            "cooccurrence": train_region_adjacency(params, stats), "positional": g.positional,
+            "learnable_edges": g.learnable_edges, "residual": g.residual}
+
+
+@register_model(inputs="region_features", kwargs=_kwargs)
 def graph_transformer(num_classes: int = 9, num_regions: int = 18, feature_dim: int = 1024, num_findings: int | None = None,
                       hidden: int = 256, heads: int = 4, layers: int = 2, edges: str = "full",
                       cooccurrence: np.ndarray | None = None, positional: bool = True, learnable_edges: bool = True,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxr.models.cnn import FeatureMap
-from cxr.models.registry import ModelError, register_model
+from cxr.models.registry import ModelError, TrainStats, register_model
 
 
 def label_adjacency(targets: np.ndarray, mask: np.ndarray | None = None, t: float = 0.4, p: float = 0.2) -> np.ndarray:
@@ -117,7 +117,17 @@ class MLGCN(nn.Module):
         return [self.features]
 
 
-@register_model
+def train_label_adjacency(params, stats: TrainStats) -> np.ndarray:
+    """The ML-GCN label graph of the TRAIN labels with ``train.mlgcn.t`` / ``p`` (also SegFusion's)."""
+    return label_adjacency(stats.targets, stats.mask, params.mlgcn.t, params.mlgcn.p)
+
+
+def _mlgcn_kwargs(params, stats: TrainStats) -> dict:
+    return {"num_classes": stats.num_classes, "image_size": params.image_size, "backbone": params.mlgcn.backbone,
+            "weights": params.pretrained.get("mlgcn"), "adjacency": train_label_adjacency(params, stats)}
+
+
+@register_model(kwargs=_mlgcn_kwargs)
 def mlgcn(num_classes: int = 14, backbone: str = "densenet121", in_chans: int = 1, image_size: int = 224,
           adjacency: np.ndarray | None = None, node_dim: int = 64, hidden: int = 256, weights: str | None = None) -> MLGCN:
     """ML-GCN: backbone + GCN label head (adjacency from TRAIN label co-occurrence)."""

@@ -1,7 +1,7 @@
 """SegFusion-VAN-GCN (seed 000): VAN backbone, frozen UNet organ masks fused into each of the
 four stages, and an ML-GCN label head.
 
-A pre-trained UNet (the ``unet`` stage, loaded with ``cxr.anatomy.unet.load_unet``) is kept frozen
+A pre-trained UNet (the ``unet`` stage, loaded with ``cxr.models.unet.load_unet``) is kept frozen
 (``requires_grad=False``, always in eval mode) and predicts K organ masks ``[B, K, H, W]`` from
 the input image. Before stage ``i`` of the VAN, the masks resized to that stage's resolution gate
 the features: ``f * (1 + tanh(conv1x1(masks)))`` plus a learned additive term, so a region of
@@ -15,20 +15,22 @@ the model dir is self-contained.
 from __future__ import annotations
 
 import numpy as np
+import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxr.models.mlgcn import LabelGCNHead
+from cxr.intensity import NORMALISATION
+from cxr.modeldir import read_card
+from cxr.models.mlgcn import LabelGCNHead, train_label_adjacency
 from cxr.precision import cpu_has_bf16
-from cxr.models.registry import register_model
+from cxr.models.registry import TrainStats, register_model
+from cxr.models.unet import load_unet
 from cxr.models.van import VAN
 
 
 def default_unet(in_chans: int = 1, classes: int = 3) -> nn.Module:
     """A small untrained UNet (segmentation-models-pytorch), used when no ``unet_dir`` is given."""
-    import segmentation_models_pytorch as smp
-
     return smp.Unet("resnet18", encoder_weights=None, encoder_depth=3, decoder_channels=(64, 32, 16),
                     in_channels=in_chans, classes=classes)
 
@@ -38,7 +40,7 @@ class FrozenUNet(nn.Module):
 
     Args:
         net: the segmentation network (logits ``[B, K, H, W]``).
-        unit_range: the net expects intensities in [0, 1] (``cxr.anatomy.unet.OrganUNet``): the
+        unit_range: the net expects intensities in [0, 1] (``cxr.models.unet.OrganUNet``): the
             classifier input, normalised as ``(x - 0.5) / 0.25`` (cxr.data.NORMALISATION), is mapped back.
         input_size: the side the net was trained at (the UNet card's ``input.size``): the (square)
             classifier input is resized to it and the masks back to the input's size, so the UNet
@@ -67,8 +69,6 @@ class FrozenUNet(nn.Module):
 
     def _masks(self, x: torch.Tensor) -> torch.Tensor:
         if self.unit_range:
-            from cxr.data import NORMALISATION
-
             x = (x * NORMALISATION["std"] + NORMALISATION["mean"]).clamp(0, 1)
         size = x.shape[-2:]
         if self.input_size and tuple(size) != (self.input_size, self.input_size):
@@ -135,16 +135,19 @@ class SegFusionVANGCN(nn.Module):
         return self.head.classifiers(), self.head.bias
 
 
-@register_model
+def _kwargs(params, stats: TrainStats) -> dict:
+    return {"num_classes": stats.num_classes, "image_size": params.image_size, "unet_dir": stats.unet_dir,
+            "dims": list(params.segfusion.dims), "depths": list(params.segfusion.depths),
+            "adjacency": train_label_adjacency(params, stats)}
+
+
+@register_model(kwargs=_kwargs)
 def segfusion_van_gcn(num_classes: int = 14, in_chans: int = 1, image_size: int = 224, unet_dir: str | None = None,
                       num_masks: int = 3, dims=(32, 64, 160, 256), depths=(2, 2, 2, 2),
                       adjacency: np.ndarray | None = None, node_dim: int = 64, hidden: int = 256) -> SegFusionVANGCN:
-    """SegFusion-VAN-GCN. ``unet_dir``: model dir of the ``unet`` stage (``cxr.anatomy.unet.load_unet``)."""
+    """SegFusion-VAN-GCN. ``unet_dir``: model dir of the ``unet`` stage (``cxr.models.unet.load_unet``)."""
     unet, unet_size = None, None
     if unet_dir:
-        from cxr.anatomy.common import read_card
-        from cxr.anatomy.unet import load_unet  # issue 5 contract: model dir -> (OrganUNet, class names)
-
         unet, _ = load_unet(unet_dir)
         unet_size = int(read_card(unet_dir)["input"]["size"])  # masks are predicted at the UNet's training scale
     return SegFusionVANGCN(num_classes, in_chans, image_size, unet, num_masks, dims, depths, adjacency, node_dim, hidden,

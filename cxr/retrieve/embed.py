@@ -18,12 +18,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from cxr.data import NORMALISATION, normalise
+from cxr.inference import model_inputs
+from cxr.retrieve.index import RetrievalError
 
 
 def _check_model(model: nn.Module) -> None:
-    from cxr.retrieve.index import RetrievalError
-
     if not callable(getattr(model, "embed", None)):
         raise RetrievalError(f"model {getattr(model, 'model_name', type(model).__name__)!r} has no embed() method; "
                              "every registered model must define embed(**inputs) -> [B, D]")
@@ -39,23 +38,19 @@ def embed(model: nn.Module, inputs: Mapping[str, torch.Tensor], norm: Mapping | 
         inputs: at least the keys of ``model.input_keys``; ``image`` holds raw pixel values
             (uint8, or float in ``[0, scale]``) as the datasets return them.
         norm: intensity normalisation of the model card (``card["input"]["normalisation"]``);
-            None = :data:`cxr.data.NORMALISATION`.
+            None = :data:`cxr.intensity.NORMALISATION`.
         device: where the forward pass runs.
 
     Raises:
         RetrievalError: the model has no ``embed`` or an input key is missing.
         cxr.data.DataError: images outside the raw pixel range (already normalised).
     """
-    from cxr.retrieve.index import RetrievalError
-
     _check_model(model)
     missing = [k for k in model.input_keys if k not in inputs]
     if missing:
         raise RetrievalError(f"embed: inputs lack key(s) {missing}; model expects {list(model.input_keys)}")
     model.eval().to(device)
-    x = {k: inputs[k].to(device) for k in model.input_keys}
-    if "image" in x:
-        x["image"] = normalise(x["image"], dict(norm or NORMALISATION))
+    x = model_inputs(model, inputs, norm, device)
     v = model.embed(**x).float()
     if v.ndim != 2 or v.shape[0] != next(iter(x.values())).shape[0]:
         raise RetrievalError(f"{type(model).__name__}.embed returned shape {tuple(v.shape)}, expected [B, D]")
@@ -64,7 +59,7 @@ def embed(model: nn.Module, inputs: Mapping[str, torch.Tensor], norm: Mapping | 
 
 def embed_dataset(model: nn.Module, ds: Dataset, batch_size: int = 32, norm: Mapping | None = None,
                   device: str | torch.device = "cpu", progress: bool = False) -> np.ndarray:
-    """Embeddings ``[N, D]`` float32 of every sample of ``ds`` (a dataset of ``cxr.train.build_datasets``), in order."""
+    """Embeddings ``[N, D]`` float32 of every sample of ``ds`` (a dataset of ``cxr.inference.build_datasets``), in order."""
     _check_model(model)
     out = [embed(model, batch, norm=norm, device=device).numpy()
            for batch in tqdm(DataLoader(ds, batch_size=batch_size, shuffle=False), desc="embed", unit="batch",

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxr.inference import card_datasets, load_model_dir
 from cxr.io import atomic_dir, write_bytes, write_json, write_parquet
 from cxr.retrieve.embed import embed_dataset
 from cxr.retrieve.index import ITEM_COLUMNS, IndexConfig, RetrievalError, SearchIndex
@@ -91,17 +92,14 @@ def retrieve_model(model_dir: str | Path, *, images: pd.DataFrame, labels: pd.Da
     Raises:
         RetrievalError: no test query or an empty database.
     """
-    from cxr.train import build_datasets, load_model_dir
-
     model, card = load_model_dir(model_dir)
     name, names = card["architecture"], list(card["label_names"])
     norm = card["input"].get("normalisation")
     db_splits = list(params.database)
     which = list(dict.fromkeys(["test", *db_splits]))
-    ds = build_datasets(name, images=images, labels=labels, splits=splits, images_dir=images_dir, names=names,
-                        uncertainty=card.get("uncertainty", {}), which=which, image_size=card["input"].get("size", 0),
-                        frontal_only=card["params"].get("frontal_only", True), cache_dir=cache_dir,
-                        features_dir=features_dir, progress=progress, datasets=card["params"].get("datasets"))
+    ds = card_datasets(card, images=images, labels=labels, splits=splits, images_dir=images_dir, which=which,
+                       uncertainty=card.get("uncertainty", {}), cache_dir=cache_dir, features_dir=features_dir,
+                       progress=progress)
     vecs = {s: embed_dataset(model, ds[s], batch_size=params.batch_size, norm=norm, progress=progress) for s in which}
     # patient_key (dataset:patient_id, the split's key) is the patient cluster: ids repeat across datasets
     tables = {s: ds[s].meta[[*ITEM_COLUMNS, "patient_key", *names]].reset_index(drop=True) for s in which}

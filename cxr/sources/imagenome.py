@@ -134,8 +134,6 @@ def read_scene_graphs(folder: str | Path, unknown: str = "error", progress: bool
     Raises:
         SourceError: ``folder`` missing, or unknown findings with ``unknown="error"``.
     """
-    from cxr.labels import load_map
-
     folder = Path(folder)
     if not folder.is_dir():
         raise SourceError(f"{folder}: scene-graph folder not found")

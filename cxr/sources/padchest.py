@@ -54,8 +54,6 @@ def read_table(path: str | Path, known_terms: set[str] | None = None, unknown: s
     if unknown not in ("error", "count"):
         raise ValueError(f"unknown must be 'error' or 'count', got {unknown!r}")
     if known_terms is None:
-        from cxr.labels import load_map
-
         known_terms = set(load_map("padchest")["term"])
     path = Path(path)
     df = read_csv(path, _COLUMNS)

@@ -1,0 +1,75 @@
+"""The one training engine (Lightning) behind every trained model: classifiers (:mod:`cxr.train`),
+the region detector (:mod:`cxr.anatomy.detector`) and the organ UNet (:mod:`cxr.anatomy.unet`).
+
+Each task keeps only its small ``LightningModule`` (its loss and what it logs); the trainer, the
+DVCLive logger, the AdamW + schedule recipes and the non-finite-loss check are here, once. After
+torchvision's ``references/detection/engine.py``: the architecture differs, the loop does not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from cxr.errors import TrainError
+
+__all__ = ["TrainError", "adamw_onecycle", "check_finite", "fit_module", "make_logger"]
+
+
+def make_logger(log_dir: str | Path | None, hparams: Mapping[str, Any] | None = None, dvcyaml: Any = False):
+    """A DVCLive logger writing into ``log_dir`` (no git / DVC side effects), or False for none.
+
+    ``dvcyaml`` False / None: plots are declared in the project's dvc.yaml, DVCLive must not edit it.
+    """
+    if log_dir is None:
+        return False
+    # dvclive is imported here, not at the top: only runs that log need it, and it pulls in git/DVC machinery
+    from dvclive.lightning import DVCLiveLogger
+
+    lg = DVCLiveLogger(dir=str(log_dir), dvcyaml=dvcyaml, save_dvc_exp=False, report=None)
+    if hparams:
+        lg.log_hyperparams(dict(hparams))
+    return lg
+
+
+def check_finite(loss: torch.Tensor, what: str, step: int, fix: str) -> None:
+    """Stop the run on a NaN / inf loss (the message names the step and the fix).
+
+    Raises:
+        TrainError: ``loss`` is not finite.
+    """
+    if not torch.isfinite(loss):
+        raise TrainError(f"non-finite {what} loss {float(loss)} at step {step}; {fix}")
+
+
+def adamw_onecycle(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, total_steps: int,
+                   pct_start: float = 0.15) -> dict[str, Any]:
+    """AdamW with a one-cycle LR stepped per batch (Lightning's ``configure_optimizers`` return value)."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, total_steps), pct_start=pct_start)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def fit_module(module: L.LightningModule, train: DataLoader, val: DataLoader | None = None, *, epochs: int,
+               max_steps: int = -1, accelerator: str = "auto", devices: str | int = 1, strategy: str = "auto",
+               precision: str = "32-true", deterministic: bool | str = False, logger: Any = False,
+               callbacks: list[L.Callback] | None = None, progress: bool = True) -> tuple[L.Trainer, float]:
+    """Run Lightning's fit loop on ``module``; returns the trainer and the wall time in seconds.
+
+    ``val`` None: no validation loop (the detector and the UNet are scored after training).
+    """
+    trainer = L.Trainer(
+        max_epochs=epochs, max_steps=max_steps, accelerator=accelerator, devices=devices, strategy=strategy,
+        precision=precision, deterministic=deterministic, logger=logger, callbacks=callbacks or [],
+        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+        num_sanity_val_steps=0, log_every_n_steps=1, limit_val_batches=0 if val is None else None,
+    )
+    t0 = time.perf_counter()
+    trainer.fit(module, train, val)
+    return trainer, time.perf_counter() - t0
