@@ -79,7 +79,7 @@ def _variant(kind: str, args: dict, queue) -> None:
     import lightning as L
 
     from cxr.data import ImageCache, ImageDataset, normalise
-    from cxr.models import create_model
+    from cxr.models.zoo import create_model
     from cxr.train import fit
 
     logging.getLogger("lightning").setLevel(logging.ERROR)

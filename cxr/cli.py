@@ -5,17 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from cxr.params import ParamsError, SyntheticParams, load_section
+from cxr.labeler.cli import add_label_parser
+from cxr.params import ParamsError, SyntheticParams, load_section, override_args
+from cxr.predict import add_predict_parser
+from cxr.segment import add_segment_parser
+from cxr.synth import generate
+from cxr.synth.preview import contact_sheet
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from cxr.synth import generate
-    from cxr.synth.preview import contact_sheet
-
     if args.params:
         params = load_section("ingest", args.params).synthetic
         seed = args.seed if args.seed is not None else load_section("base", args.params).seed
@@ -34,11 +38,6 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_exp_run(args: argparse.Namespace) -> int:
-    import shutil
-    import subprocess
-
-    from cxr.params import override_args
-
     beside = Path(sys.executable).parent / "dvc"  # the dvc of this environment first
     dvc = str(beside) if beside.is_file() else shutil.which("dvc")
     if dvc is None:
@@ -56,7 +55,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cxr", description="cxr-pipeline command line")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("synth", help="generate the synthetic cohort")
-    s.add_argument("--out", required=True, type=Path, help="output directory (replaced atomically)")
+    s.add_argument("-o", "--out", required=True, type=Path, help="output directory (replaced atomically)")
     s.add_argument("--profile", default="default", choices=["default", "tiny"])
     s.add_argument("--seed", type=int, default=None, help="seed (default: base.seed of --params, else 42)")
     s.add_argument("--signal", type=float, default=None, help="override ingest.synthetic.signal")
@@ -70,14 +69,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     e.add_argument("dvc_args", nargs=argparse.REMAINDER, help="more dvc exp run arguments (-S key=value, -n NAME, ...)")
     e.add_argument("--dry-run", action="store_true", help="print the dvc arguments, one per line, and stop")
     e.set_defaults(func=_cmd_exp_run)
-    from cxr.labeler.cli import add_label_parser
-
     add_label_parser(sub)
-    from cxr.predict import add_predict_parser
-
     add_predict_parser(sub)
-    from cxr.segment import add_segment_parser
-
     add_segment_parser(sub)
     return p
 

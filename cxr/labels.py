@@ -31,7 +31,6 @@ import math
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

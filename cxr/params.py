@@ -670,15 +670,19 @@ def load_section(name: str, path: str | Path = "params.yaml") -> _Section:
     return parse_section(name, raw.get(name), source=str(path))
 
 
-def load_sections(path: str | Path, *names: str, log: logging.Logger) -> tuple[_Section, ...] | None:
-    """The validated sections ``names`` of ``path`` (the file is read once), for a stage script.
+def load_sections(path: str | Path, *names: str, log: logging.Logger | None = None) -> tuple[_Section, ...] | None:
+    """The validated sections ``names`` of ``path`` (the file is read once).
 
-    A :class:`ParamsError` is logged on ``log`` and None is returned; the script then exits with status 2.
+    Raises:
+        ParamsError: unreadable file, unknown key or invalid value. With ``log`` given instead, the
+            error is logged there and None is returned (the caller then exits with status 2).
     """
     try:
         raw = read_params_file(path)
         return tuple(parse_section(name, raw.get(name), source=str(path)) for name in names)
     except ParamsError as exc:
+        if log is None:
+            raise
         log.error("%s", exc)
         return None
 

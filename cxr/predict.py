@@ -50,7 +50,9 @@ from cxr.io import write_bytes, write_json
 from cxr.params import ConvertParams, FeaturesParams, ParamsError, load_section
 from cxr.errors import CxrError
 
-if TYPE_CHECKING:  # torch is imported where it is used: `cxr --help` and `cxr synth` do not need it
+# "lazy: torch stack" below: torch and the cxr modules built on it are imported where they are used, so that
+# `cxr --help`, `cxr synth` and `cxr label` (which import this module for its parser) do not load them.
+if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger("cxr.predict")
@@ -171,7 +173,7 @@ def read_model_card(model_dir: str | Path) -> dict[str, Any]:
         PredictError: missing dir / card / weights, unreadable card, or a card without
             ``architecture``, ``label_names``, ``input`` or ``thresholds``.
     """
-    from cxr.modeldir import CARD, WEIGHTS
+    from cxr.modeldir import CARD, WEIGHTS  # lazy: torch stack
 
     d = Path(model_dir)
     if not d.is_dir():
@@ -218,9 +220,9 @@ class Predictor:
     def __init__(self, model_dir: str | Path, *, convert: ConvertParams | None = None,
                  features: FeaturesParams | None = None, detector_dir: str | Path | None = None,
                  device: str = "auto", method: str = "gradcam", params: str | Path | None = None):
-        from cxr.anatomy.common import AnatomyError, pick_device
-        from cxr.convert import Options, options_for_model
-        from cxr.modeldir import load_classifier  # not cxr.train: inference must not import Lightning
+        from cxr.anatomy.common import AnatomyError, pick_device  # lazy: torch stack
+        from cxr.convert import Options, options_for_model  # lazy: torch stack
+        from cxr.models.zoo import load_classifier  # lazy: torch stack
 
         self.model_dir = Path(model_dir)
         self.card = read_model_card(self.model_dir)
@@ -256,9 +258,9 @@ class Predictor:
     # ------------------------------------------------------------------ loading
 
     def _load_detector(self, detector_dir: str | Path | None) -> None:
-        from cxr.anatomy.common import AnatomyError
-        from cxr.models.detector import load_detector
-        from cxr.modeldir import CARD, WEIGHTS, is_model_dir
+        from cxr.anatomy.common import AnatomyError  # lazy: torch stack
+        from cxr.models.detector import load_detector  # lazy: torch stack
+        from cxr.modeldir import CARD, WEIGHTS, is_model_dir  # lazy: torch stack
 
         d = Path(detector_dir) if detector_dir is not None else self.model_dir.parent / "detector"
         arch = self.card["architecture"]
@@ -288,7 +290,7 @@ class Predictor:
         Raises:
             InputError: the file is missing, unreadable, corrupt, not an image or not a chest radiograph.
         """
-        from cxr.data import load_png_square
+        from cxr.data import load_png_square  # lazy: torch stack
 
         path = Path(path)
         arr, geo, meta = decode_input(path, self.options)
@@ -302,8 +304,8 @@ class Predictor:
         if self.kind == "image":
             prep.model_input = load_png_square(io.BytesIO(buf.getvalue()), int(self.card["input"]["size"]))
         else:
-            from cxr.anatomy.common import gray_float
-            from cxr.anatomy.features import image_region_features
+            from cxr.anatomy.common import gray_float  # lazy: torch stack
+            from cxr.anatomy.features import image_region_features  # lazy: torch stack
 
             prep.regions = image_region_features(self.detector, self.detector_card, gray_float(png),
                                                  self.features.score_thresh, self.device)
@@ -311,7 +313,7 @@ class Predictor:
 
     def raw_inputs(self, prep: Prepared) -> dict[str, torch.Tensor]:
         """One prepared file as a batch of one, as the datasets give it (uint8 image or region features; CPU)."""
-        import torch
+        import torch  # lazy: torch stack
 
         if self.kind == "image":
             return {"image": torch.from_numpy(np.array(prep.model_input, dtype=np.uint8)).unsqueeze(0).unsqueeze(0)}
@@ -324,16 +326,13 @@ class Predictor:
 
     def inputs(self, prep: Prepared) -> dict[str, torch.Tensor]:
         """The model's keyword inputs for one prepared file: :meth:`raw_inputs` normalised as the engine does, on the device."""
-        from cxr.data import normalise
+        from cxr.inference import model_inputs  # lazy: torch stack
 
-        x = {k: v.to(self.device) for k, v in self.raw_inputs(prep).items()}
-        if "image" in x:
-            x["image"] = normalise(x["image"], self.card["input"].get("normalisation"))
-        return x
+        return model_inputs(self.model, self.raw_inputs(prep), self.card["input"].get("normalisation"), self.device)
 
     def predict(self, prep: Prepared, heatmaps: bool = True) -> Prediction:
         """Probabilities, thresholds, positives (+ heatmaps or region scores) for one prepared file."""
-        import torch
+        import torch  # lazy: torch stack
 
         x = self.inputs(prep)
         node = None
@@ -366,7 +365,7 @@ class Predictor:
         return out
 
     def _heatmaps(self, image: torch.Tensor, classes: Sequence[str]) -> dict[str, np.ndarray]:
-        from cxr.localize.cam import CamError, heatmaps
+        from cxr.localize.cam import CamError, heatmaps  # lazy: torch stack
 
         idx = [self.names.index(c) for c in classes]
         try:
@@ -470,7 +469,7 @@ class Similar:
 
     def __init__(self, predictor: Predictor, index_dir: str | Path):
         try:
-            from cxr.retrieve import SearchIndex
+            from cxr.retrieve import SearchIndex  # lazy: torch stack
         except ImportError as exc:
             raise PredictError(f"--similar needs cxr.retrieve ({exc})") from None
         self.dir = Path(index_dir)
@@ -488,7 +487,7 @@ class Similar:
 
         Labels are the index's stored values (1 / 0 / -1 uncertain / None not mentioned).
         """
-        from cxr.retrieve import RetrievalError, embed
+        from cxr.retrieve import RetrievalError, embed  # lazy: torch stack
 
         p = self.predictor
         try:
@@ -526,8 +525,8 @@ def decode_input(path: Path, options: Any) -> tuple[np.ndarray, dict, dict]:
     Raises:
         InputError: a directory, or a file that is unreadable, corrupt, not an image or not a chest radiograph.
     """
-    from cxr.convert import convert_file
-    from cxr.dicom import DecodeError, NotRadiograph
+    from cxr.convert import convert_file  # lazy: torch stack
+    from cxr.dicom import DecodeError, NotRadiograph  # lazy: torch stack
 
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not an image file")
@@ -610,7 +609,7 @@ def run(paths: Sequence[str | Path], model_dir: str | Path, out_dir: str | Path,
     if similar < 0:
         raise PredictError(f"--similar must be >= 0, got {similar}")
     if heatmaps:
-        from cxr.localize.cam import METHODS
+        from cxr.localize.cam import METHODS  # lazy: torch stack
 
         if method not in METHODS:
             raise PredictError(f"--method {method!r} is not a heatmap method; choose one of {list(METHODS)}")
@@ -637,7 +636,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
                                    "clinically).")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="DICOM (.dcm), PNG or JPEG files")
     p.add_argument("--model", required=True, type=Path, help="model dir (model.pt + card.json), e.g. models/densenet121")
-    p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: ./predictions)")
+    p.add_argument("-o", "--out", type=Path, default=Path("predictions"), help="output folder (default: ./predictions)")
     p.add_argument("--params", type=Path, default=None,
                    help="params.yaml whose convert section overrides the decoding settings the model card records "
                         "(and whose features section is used for anatomy models)")

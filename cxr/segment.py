@@ -39,6 +39,8 @@ from cxr.io import write_bytes, write_json
 from cxr.predict import InputError, decode_input, png_bytes, run_each  # noqa: F401  (InputError: per-file errors)
 from cxr.errors import CxrError
 
+# "lazy: torch stack" below: as in cxr.predict, `cxr --help` must not load torch through this module's parser.
+
 log = logging.getLogger(__name__)
 
 #: Overlay colours (RGB) per structure; other structures cycle through the rest.
@@ -120,9 +122,9 @@ class Segmenter:
     """
 
     def __init__(self, model_dir: str | Path, params: str | Path | None = None, device: str = "auto"):
-        from cxr.anatomy.common import AnatomyError, pick_device, read_card
-        from cxr.anatomy.unet import ARCHITECTURE, load_unet
-        from cxr.convert import options_for_model
+        from cxr.anatomy.common import AnatomyError, pick_device, read_card  # lazy: torch stack
+        from cxr.models.unet import ARCHITECTURE, load_unet  # lazy: torch stack
+        from cxr.convert import options_for_model  # lazy: torch stack
 
         self.model_dir = Path(model_dir)
         try:
@@ -151,9 +153,9 @@ class Segmenter:
 
     def probabilities(self, png: np.ndarray) -> np.ndarray:
         """Per-structure probabilities ``[K, H, W]`` in the converted image's grid (``png``: uint8 / uint16)."""
-        import torch
+        import torch  # lazy: torch stack
 
-        from cxr.anatomy.common import fit_size, gray_float, resize_float
+        from cxr.anatomy.common import fit_size, gray_float, resize_float  # lazy: torch stack
 
         img = gray_float(png)
         h, w, _ = fit_size(*img.shape, self.size)
@@ -170,7 +172,7 @@ class Segmenter:
         Raises:
             InputError: missing, unreadable, corrupt or non-radiograph file.
         """
-        from cxr.convert import card_settings
+        from cxr.convert import card_settings  # lazy: torch stack
 
         path = Path(path)
         png, geo, meta = decode_input(path, self.options)

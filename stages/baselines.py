@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr.data import DataError
 from cxr.evaluate.baselines import run_baselines
 from cxr.io import write_json
 from cxr.labels import label_names
-from cxr.params import load_sections
+from cxr.stage import run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -34,28 +33,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("baselines")
-    loaded = load_sections(args.params, "base", "label", "train", "evaluate", log=log)
-    if loaded is None:
-        return 2
-    base, label, train, ev = loaded
+def _run(args: argparse.Namespace, base, label, train, ev, *, log: logging.Logger) -> int | None:
     u = label.uncertainty
-    try:
-        with tempfile.TemporaryDirectory(prefix="cxr-cache-") as tmp:
-            results = run_baselines(
-                images=pd.read_parquet(args.table), labels=pd.read_parquet(args.labels),
-                splits=pd.read_parquet(args.splits), images_dir=args.images, names=label_names(base.label_space),
-                uncertainty={"policy": dict(u.per_class), "default": u.default, "blank": u.blank},
-                frontal_only=train.frontal_only, datasets=train.datasets, cache_dir=tmp, n_boot=ev.bootstrap,
-                ci=ev.ci, ece_bins=ev.ece_bins, seed=base.seed, min_positives=ev.min_positives,
-                truth=ev.truth.model_dump(),
-            )
-    except (DataError, OSError, ValueError) as exc:
-        log.error("%s", exc)
-        return 1
+    with tempfile.TemporaryDirectory(prefix="cxr-cache-") as tmp:
+        results = run_baselines(
+            images=pd.read_parquet(args.table), labels=pd.read_parquet(args.labels),
+            splits=pd.read_parquet(args.splits), images_dir=args.images, names=label_names(base.label_space),
+            uncertainty={"policy": dict(u.per_class), "default": u.default, "blank": u.blank},
+            frontal_only=train.frontal_only, datasets=train.datasets, cache_dir=tmp, n_boot=ev.bootstrap,
+            ci=ev.ci, ece_bins=ev.ece_bins, seed=base.seed, min_positives=ev.min_positives,
+            truth=ev.truth.model_dump(),
+        )
     for name, met in results.items():
         write_json(Path(args.out_dir) / f"{name}.json", met)
     keys = ("macro_auroc", "macro_auroc_ci_low", "macro_auroc_ci_high", "macro_auroc_common", "macro_auroc_common_ci_low",
@@ -63,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     headline = {name: {k: met[k] for k in keys} for name, met in results.items()}
     write_json(args.metrics, headline)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("baselines", get_args_parser(), argv, ("base", "label", "train", "evaluate"), _run)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from cxr.anatomy.coco import SPLITS, build_coco, read_graphs
-from cxr.anatomy.common import AnatomyError
 from cxr.applicability import marker
 from cxr.io import write_json, write_text
-from cxr.params import load_sections
+from cxr.stage import run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -31,14 +30,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("coco")
-    loaded = load_sections(args.params, "coco", log=log)
-    if loaded is None:
-        return 2
-    params, = loaded
+def _run(args: argparse.Namespace, params, *, log: logging.Logger) -> int | None:
     sg = Path(args.scene_graphs)
     if not (sg.is_dir() and next(sg.rglob("*_SceneGraph.json"), None)):
         reason = (f"no Chest ImaGenome scene graphs (*_SceneGraph.json) under {args.scene_graphs}: the anatomy "
@@ -49,18 +41,14 @@ def main(argv: list[str] | None = None) -> int:
                 {"images": [], "annotations": [], "categories": [], **marker(reason)}) + "\n")
         write_json(args.metrics, marker(reason))
         return 0
-    try:
-        graphs, bad = read_graphs(args.scene_graphs, unknown=params.unknown_findings)
-        cocos, summary = build_coco(
-            graphs=graphs,
-            images=pd.read_parquet(args.images),
-            splits=pd.read_parquet(args.splits),
-            regions=params.regions,
-            findings=params.findings,
-        )
-    except AnatomyError as exc:
-        log.error("%s", exc)
-        return 1
+    graphs, bad = read_graphs(args.scene_graphs, unknown=params.unknown_findings)
+    cocos, summary = build_coco(
+        graphs=graphs,
+        images=pd.read_parquet(args.images),
+        splits=pd.read_parquet(args.splits),
+        regions=params.regions,
+        findings=params.findings,
+    )
     summary["malformed_graphs"] = len(bad)
     for msg in bad[:20]:
         log.warning("skipped: %s", msg)
@@ -69,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.metrics, summary)
     log.info("coco done: images %s, images missing regions %s", summary["images"], summary["images_missing_regions"])
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("coco", get_args_parser(), argv, ("coco",), _run)
 
 
 if __name__ == "__main__":

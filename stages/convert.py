@@ -6,9 +6,8 @@ import argparse
 import logging
 import sys
 
-from cxr.convert import ConvertError, convert
-from cxr.executor import ExecutorError
-from cxr.params import load_sections
+from cxr.convert import convert
+from cxr.stage import run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -20,24 +19,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("convert")
-    loaded = load_sections(args.params, "convert", log=log)
-    if loaded is None:
-        return 2
-    params, = loaded
-    try:
-        summary = convert(raw_dir=args.raw, images_dir=args.images, table_path=args.table, params=params)
-    except (ConvertError, ExecutorError) as exc:
-        log.error("%s", exc)
-        return 1
+def _run(args: argparse.Namespace, params, *, log: logging.Logger) -> int | None:
+    summary = convert(raw_dir=args.raw, images_dir=args.images, table_path=args.table, params=params)
     log.info(
         "convert done: %d ok, %d errors, %d skipped (%d converted, %d unchanged)",
         summary["ok"], summary["error"], summary["skipped"], summary["converted"], summary["reused"],
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("convert", get_args_parser(), argv, ("convert",), _run)
 
 
 if __name__ == "__main__":

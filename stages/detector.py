@@ -11,12 +11,11 @@ import logging
 import sys
 from pathlib import Path
 
-from cxr.anatomy.common import AnatomyError
 from cxr.anatomy.detector import evaluate_detector, train_detector
 from cxr.applicability import marker, reason_of
 from cxr.convert import card_settings
 from cxr.io import write_json
-from cxr.params import load_sections
+from cxr.stage import run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -30,14 +29,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("detector")
-    loaded = load_sections(args.params, "base", "detector", "convert", log=log)
-    if loaded is None:
-        return 2
-    base, params, convert = loaded
+def _run(args: argparse.Namespace, base, params, convert, *, log: logging.Logger) -> int | None:
     reason = reason_of(Path(args.coco) / "train.json")
     if reason:
         log.warning("not applicable: %s", reason)
@@ -46,19 +38,19 @@ def main(argv: list[str] | None = None) -> int:
             write_json(Path(args.live) / "plots" / "metrics" / "marker.json", marker(reason))
         write_json(args.metrics, marker(reason))
         return 0
-    try:
-        model, card = train_detector(coco_dir=args.coco, images_dir=args.images, out_dir=args.out, params=params,
-                                     seed=base.seed, live_dir=args.live, convert=card_settings(convert))
-        metrics = evaluate_detector(model, coco_dir=args.coco, images_dir=args.images,
-                                    image_size=params.image_size, device=params.device)
-    except (AnatomyError, FloatingPointError) as exc:
-        log.error("%s", exc)
-        return 1
+    model, card = train_detector(coco_dir=args.coco, images_dir=args.images, out_dir=args.out, params=params,
+                                 seed=base.seed, live_dir=args.live, convert=card_settings(convert))
+    metrics = evaluate_detector(model, coco_dir=args.coco, images_dir=args.images,
+                                image_size=params.image_size, device=params.device)
     metrics["train_seconds"] = card["train_seconds"]
     metrics["backbone"] = params.backbone
     write_json(args.metrics, metrics)
     log.info("detector done: test AP50 %.3f, mAP %.3f", metrics["test"]["AP50"], metrics["test"]["mAP"])
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("detector", get_args_parser(), argv, ("base", "detector", "convert"), _run)
 
 
 if __name__ == "__main__":

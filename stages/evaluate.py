@@ -14,12 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr.data import DataError
 from cxr.evaluate.classification import evaluate_model
 from cxr.io import scratch_dir, write_csv, write_json, write_parquet
-from cxr.models import ModelError
-from cxr.params import load_sections
-from cxr.train import TrainError
+from cxr.stage import run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -40,26 +37,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("evaluate")
-    loaded = load_sections(args.params, "base", "evaluate", log=log)
-    if loaded is None:
-        return 2
-    base, params = loaded
-    try:
-        with scratch_dir("cxr-cache") as tmp:
-            metrics, roc, pr, pred = evaluate_model(
-                args.model_dir, images=pd.read_parquet(args.table), labels=pd.read_parquet(args.labels),
-                splits=pd.read_parquet(args.splits), images_dir=args.images, cache_dir=tmp, features_dir=args.features,
-                n_boot=params.bootstrap, ci=params.ci, ece_bins=params.ece_bins, seed=base.seed,
-                min_positives=params.min_positives,
-                truth=params.truth.model_dump(),
-            )
-    except (TrainError, DataError, ModelError, OSError, ValueError) as exc:
-        log.error("%s", exc)
-        return 1
+def _run(args: argparse.Namespace, base, params, *, log: logging.Logger) -> int | None:
+    with scratch_dir("cxr-cache") as tmp:
+        metrics, roc, pr, pred = evaluate_model(
+            args.model_dir, images=pd.read_parquet(args.table), labels=pd.read_parquet(args.labels),
+            splits=pd.read_parquet(args.splits), images_dir=args.images, cache_dir=tmp, features_dir=args.features,
+            n_boot=params.bootstrap, ci=params.ci, ece_bins=params.ece_bins, seed=base.seed,
+            min_positives=params.min_positives,
+            truth=params.truth.model_dump(),
+        )
     out = Path(args.out_dir)
     # the declared outputs later stages depend on, and the DVC metrics/plots copies under reports/
     write_json(out / "metrics.json", metrics)
@@ -70,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(args.roc, roc)
     write_csv(args.pr, pr)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("evaluate", get_args_parser(), argv, ("base", "evaluate"), _run)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr.anatomy.common import AnatomyError
 from cxr.anatomy.features import extract_features
 from cxr.applicability import marker, reason_of
 from cxr.io import write_json
-from cxr.params import load_sections
+from cxr.stage import run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -33,34 +32,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("features")
-    loaded = load_sections(args.params, "features", log=log)
-    if loaded is None:
-        return 2
-    params, = loaded
+def _run(args: argparse.Namespace, params, *, log: logging.Logger) -> int | None:
     reason = reason_of(args.model)
     if reason:
         log.warning("not applicable: %s", reason)
         write_json(Path(args.out) / "marker.json", marker(reason))
         write_json(args.metrics, marker(reason))
         return 0
-    try:
-        meta = extract_features(
-            model_dir=args.model, coco_dir=args.coco, images=pd.read_parquet(args.images),
-            splits=pd.read_parquet(args.splits), images_dir=args.image_dir, out_dir=args.out,
-            boxes=params.boxes, score_thresh=params.score_thresh, views=params.views,
-            batch_size=params.batch_size, device=params.device,
-        )
-    except AnatomyError as exc:
-        log.error("%s", exc)
-        return 1
+    meta = extract_features(
+        model_dir=args.model, coco_dir=args.coco, images=pd.read_parquet(args.images),
+        splits=pd.read_parquet(args.splits), images_dir=args.image_dir, out_dir=args.out,
+        boxes=params.boxes, score_thresh=params.score_thresh, views=params.views,
+        batch_size=params.batch_size, device=params.device,
+    )
     write_json(args.metrics, meta)
     log.info("features done: %d images, box source %s, %d images missing regions",
              meta["images"], meta["box_source"], meta["images_missing_regions"])
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("features", get_args_parser(), argv, ("features",), _run)
 
 
 if __name__ == "__main__":

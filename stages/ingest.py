@@ -7,7 +7,7 @@ import logging
 import sys
 
 from cxr.ingest import ingest
-from cxr.params import load_sections
+from cxr.stage import run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -17,17 +17,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("ingest")
-    loaded = load_sections(args.params, "base", "ingest", log=log)
-    if loaded is None:
-        return 2
-    base, params = loaded
+def _run(args: argparse.Namespace, base, params, *, log: logging.Logger) -> int | None:
     summary = ingest(params.source, args.out, params, seed=base.seed)
     log.info("ingest done: %s", {k: v for k, v in summary.items() if k != "files"})
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("ingest", get_args_parser(), argv, ("base", "ingest"), _run)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Writes data/interim/labels.parquet (one row per image: dataset, image_id, patient_id,
 study_id, the labels of base.label_space as 1 / 0 / -1 / NaN, label_source) and
 reports/label.json (counts per source and label, disagreement rates, counted malformed
-input, labeller throughput). See cxr.labels.build_labels.
+input, labeller throughput). See cxr.label_build.build_labels.
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ import logging
 import sys
 
 from cxr.io import write_json, write_parquet
-from cxr.labels import LabelError, build_labels
-from cxr.labeler import VocabularyError
-from cxr.params import load_sections
-from cxr.sources import SourceError
+from cxr.label_build import build_labels
+from cxr.stage import run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -28,32 +26,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("label")
-    loaded = load_sections(args.params, "base", "label", log=log)
-    if loaded is None:
-        return 2
-    base, params = loaded
-    try:
-        labels, summary = build_labels(
-            raw_dir=args.raw,
-            space=base.label_space,
-            vocabulary=params.vocabulary,
-            sections=tuple(params.sections),
-            precedence=tuple(params.precedence),
-            unknown=params.unknown_labels,
-        )
-    except (LabelError, SourceError, VocabularyError) as exc:
-        log.error("%s", exc)
-        return 1
+def _run(args: argparse.Namespace, base, params, *, log: logging.Logger) -> int | None:
+    labels, summary = build_labels(
+        raw_dir=args.raw,
+        space=base.label_space,
+        vocabulary=params.vocabulary,
+        sections=tuple(params.sections),
+        precedence=tuple(params.precedence),
+        unknown=params.unknown_labels,
+    )
     write_parquet(args.out, labels)
     write_json(args.metrics, summary)
     issues = sum(v["count"] for v in summary["issues"].values())
     log.info("label done: %d images labelled (%s), %d malformed records counted",
              summary["merged"]["images"], summary["merged"]["per_source"], issues)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("label", get_args_parser(), argv, ("base", "label"), _run)
 
 
 if __name__ == "__main__":

@@ -15,15 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr.data import DataError
 from cxr.io import atomic_dir, write_json
-from cxr.localize.boxes import BoxError
-from cxr.localize.cam import CamError
-from cxr.localize.pipeline import LocalizeError, localize_model, metrics_view
-from cxr.models import ModelError
-from cxr.params import load_sections
-from cxr.sources.common import SourceError
-from cxr.train import TrainError
+from cxr.localize.pipeline import localize_model, metrics_view
+from cxr.stage import run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -42,23 +36,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("localize")
-    loaded = load_sections(args.params, "base", "localize", log=log)
-    if loaded is None:
-        return 2
-    base, params = loaded
-    try:
-        result, gallery = localize_model(
-            args.model_dir, images=pd.read_parquet(args.table), labels=pd.read_parquet(args.labels),
-            splits=pd.read_parquet(args.splits), images_dir=args.images, bbox_csv=args.boxes, params=params,
-            seed=base.seed, features_dir=args.features,
-        )
-    except (LocalizeError, CamError, BoxError, SourceError, TrainError, DataError, ModelError, OSError, ValueError) as exc:
-        log.error("%s", exc)
-        return 1
+def _run(args: argparse.Namespace, base, params, *, log: logging.Logger) -> int | None:
+    result, gallery = localize_model(
+        args.model_dir, images=pd.read_parquet(args.table), labels=pd.read_parquet(args.labels),
+        splits=pd.read_parquet(args.splits), images_dir=args.images, bbox_csv=args.boxes, params=params,
+        seed=base.seed, features_dir=args.features,
+    )
     if not result.get("supported", False):
         log.warning("%s", result.get("reason"))
     with atomic_dir(args.out_dir) as tmp:
@@ -67,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
             (Path(tmp) / "gallery.png").write_bytes(gallery)
     write_json(args.metrics, metrics_view(result))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("localize", get_args_parser(), argv, ("base", "localize"), _run)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import pandas as pd
 from cxr.evaluate.baselines import BASELINES
 from cxr.evaluate.report_table import models_table, retrieval_table
 from cxr.io import write_json, write_text
-from cxr.params import load_sections
+from cxr.stage import run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -33,14 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("models_table")
-    loaded = load_sections(args.params, "base", "train", "evaluate", "retrieve", log=log)
-    if loaded is None:
-        return 2
-    base, train, params, retrieve = loaded
+def _run(args: argparse.Namespace, base, train, params, retrieve, *, log: logging.Logger) -> int | None:
     metrics, preds = {}, {}
     for m in train.models:
         mpath, ppath = Path(args.evaluation) / m / "metrics.json", Path(args.evaluation) / m / "predictions.parquet"
@@ -65,17 +58,17 @@ def main(argv: list[str] | None = None) -> int:
                 log.error("baseline %s has no metrics (%s); run the baselines stage", b, bpath)
                 return 1
             baselines[b] = json.loads(bpath.read_text())
-    try:
-        text, data = models_table(metrics, preds, names, reference=params.reference, n_boot=params.bootstrap,
-                                  seed=base.seed, baselines=baselines)
-    except ValueError as exc:
-        log.error("%s", exc)
-        return 1
+    text, data = models_table(metrics, preds, names, reference=params.reference, n_boot=params.bootstrap,
+                              seed=base.seed, baselines=baselines)
     text += retrieval_table(retrieval)
     write_text(args.out, text)
     write_json(args.json, data)
     log.info("wrote %s (%d models)", args.out, len(metrics))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("models_table", get_args_parser(), argv, ("base", "train", "evaluate", "retrieve"), _run)
 
 
 if __name__ == "__main__":

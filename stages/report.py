@@ -12,7 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
-from cxr.report import ReportError, ReportInputs, write_report
+from cxr.report import ReportInputs, write_report
+from cxr.stage import run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -37,26 +38,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("report")
+def _run(args: argparse.Namespace, *, log: logging.Logger) -> int | None:
     inputs = ReportInputs(
         params=Path(args.params), dvc_yaml=Path(args.dvc_yaml), raw=Path(args.raw), images=Path(args.images),
         label=Path(args.label), split=Path(args.split), coco=Path(args.coco), features=Path(args.features),
         detector=Path(args.detector), unet=Path(args.unet), evaluation=Path(args.evaluation),
         models=Path(args.models), localization=Path(args.localization), retrieval=Path(args.retrieval),
     )
-    try:
-        sections = write_report(inputs, Path(args.html), Path(args.summary),
-                                image_dir=Path(args.image_dir) if args.image_dir else None)
-    except ReportError as exc:
-        log.error("%s", exc)
-        return 1
+    sections = write_report(inputs, Path(args.html), Path(args.summary),
+                            image_dir=Path(args.image_dir) if args.image_dir else None)
     absent = [s.title for s in sections if s.absent]
     log.info("wrote %s and %s (%d sections%s)", args.html, args.summary, len(sections),
              f"; not in this pipeline: {', '.join(absent)}" if absent else "")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("report", get_args_parser(), argv, (), _run)
 
 
 if __name__ == "__main__":

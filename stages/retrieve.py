@@ -15,13 +15,9 @@ import sys
 
 import pandas as pd
 
-from cxr.data import DataError
 from cxr.io import scratch_dir, write_json
-from cxr.models import ModelError
-from cxr.params import load_sections
-from cxr.retrieve import RetrievalError
 from cxr.retrieve.run import metrics_summary, retrieve_model, write_outputs
-from cxr.train import TrainError
+from cxr.stage import run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -38,27 +34,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("retrieve")
-    loaded = load_sections(args.params, "base", "retrieve", log=log)
-    if loaded is None:
-        return 2
-    base, params = loaded
-    try:
-        with scratch_dir("cxr-cache") as tmp:
-            result = retrieve_model(
-                args.model_dir, images=pd.read_parquet(args.table), labels=pd.read_parquet(args.labels),
-                splits=pd.read_parquet(args.splits), images_dir=args.images, cache_dir=tmp, params=params,
-                seed=base.seed, features_dir=args.features,
-            )
-    except (RetrievalError, TrainError, DataError, ModelError, OSError) as exc:
-        log.error("%s", exc)
-        return 1
+def _run(args: argparse.Namespace, base, params, *, log: logging.Logger) -> int | None:
+    with scratch_dir("cxr-cache") as tmp:
+        result = retrieve_model(
+            args.model_dir, images=pd.read_parquet(args.table), labels=pd.read_parquet(args.labels),
+            splits=pd.read_parquet(args.splits), images_dir=args.images, cache_dir=tmp, params=params,
+            seed=base.seed, features_dir=args.features,
+        )
     write_outputs(args.out_dir, result)
     write_json(args.metrics, metrics_summary(result["metrics"]))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("retrieve", get_args_parser(), argv, ("base", "retrieve"), _run)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,10 @@ from pathlib import Path
 import pandas as pd
 
 from cxr.io import write_json, write_parquet
-from cxr.params import load_sections
-from cxr.sources import SourceError
 from cxr.sources.mimic import read_split as read_mimic_split
 from cxr.sources.nih import read_split_list
 from cxr.split import SplitError, make_splits
+from cxr.stage import run
 
 
 def official_splits(raw_dir: Path, which: list[str]) -> dict[str, str]:
@@ -44,35 +43,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("split")
-    loaded = load_sections(args.params, "base", "split", log=log)
-    if loaded is None:
-        return 2
-    base, params = loaded
-    try:
-        official = None
-        if params.official:
-            if args.raw is None:
-                raise SplitError(f"split.official = {params.official} needs --raw (the raw data directory)")
-            official = official_splits(Path(args.raw), list(params.official))
-        splits, summary = make_splits(
-            images=pd.read_parquet(args.images),
-            labels=pd.read_parquet(args.labels),
-            fractions={"train": params.train, "val": params.val, "test": params.test},
-            seed=base.seed,
-            official=official,
-            order=params.order,
-        )
-    except (SplitError, SourceError, OSError) as exc:
-        log.error("%s", exc)
-        return 1
+def _run(args: argparse.Namespace, base, params, *, log: logging.Logger) -> int | None:
+    official = None
+    if params.official:
+        if args.raw is None:
+            raise SplitError(f"split.official = {params.official} needs --raw (the raw data directory)")
+        official = official_splits(Path(args.raw), list(params.official))
+    splits, summary = make_splits(
+        images=pd.read_parquet(args.images),
+        labels=pd.read_parquet(args.labels),
+        fractions={"train": params.train, "val": params.val, "test": params.test},
+        seed=base.seed,
+        official=official,
+        order=params.order,
+    )
     write_parquet(args.out, splits)
     write_json(args.metrics, summary)
     log.info("split done: %s", {k: (v["patients"], v["images"]) for k, v in summary["splits"].items()})
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("split", get_args_parser(), argv, ("base", "split"), _run)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,11 @@ import sys
 
 import pandas as pd
 
-from cxr.data import DataError
-from cxr.labels import LabelError, label_names
-from cxr.models import ModelError
+from cxr.labels import label_names
 from cxr.convert import card_settings
-from cxr.params import load_sections
 from cxr.io import scratch_dir, sha256_file
-from cxr.train import TrainError, train_model
+from cxr.train import train_model
+from cxr.stage import run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -37,29 +35,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("train")
-    loaded = load_sections(args.params, "base", "label", "train", "convert", log=log)
-    if loaded is None:
-        return 2
-    base, label, params, convert = loaded
+def _run(args: argparse.Namespace, base, label, params, convert, *, log: logging.Logger) -> int | None:
     hashes = {k: sha256_file(v) for k, v in (("images", args.table), ("labels", args.labels), ("splits", args.splits))}
-    try:
-        with scratch_dir("cxr-cache") as tmp:
-            train_model(
-                args.model, images=pd.read_parquet(args.table), labels=pd.read_parquet(args.labels),
-                splits=pd.read_parquet(args.splits), images_dir=args.images, names=label_names(base.label_space),
-                uncertainty={"policy": dict(label.uncertainty.per_class), "default": label.uncertainty.default,
-                             "blank": label.uncertainty.blank}, params=params, seed=base.seed, out_dir=args.out,
-                log_dir=args.log_dir, cache_dir=args.cache_dir or tmp, features_dir=args.features, unet_dir=args.unet,
-                data_hashes=hashes, convert=card_settings(convert),
-            )
-    except (TrainError, DataError, ModelError, LabelError, OSError) as exc:
-        log.error("%s", exc)
-        return 1
+    with scratch_dir("cxr-cache") as tmp:
+        train_model(
+            args.model, images=pd.read_parquet(args.table), labels=pd.read_parquet(args.labels),
+            splits=pd.read_parquet(args.splits), images_dir=args.images, names=label_names(base.label_space),
+            uncertainty={"policy": dict(label.uncertainty.per_class), "default": label.uncertainty.default,
+                         "blank": label.uncertainty.blank}, params=params, seed=base.seed, out_dir=args.out,
+            log_dir=args.log_dir, cache_dir=args.cache_dir or tmp, features_dir=args.features, unet_dir=args.unet,
+            data_hashes=hashes, convert=card_settings(convert),
+        )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("train", get_args_parser(), argv, ("base", "label", "train", "convert"), _run)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,11 @@ import sys
 
 import pandas as pd
 
-from cxr.anatomy.common import AnatomyError
 from cxr.anatomy.unet import train_unet
 from cxr.io import write_json
 from cxr.convert import card_settings
-from cxr.params import load_sections
-from cxr.sources.common import SourceError
 from cxr.sources.masks import find_masks
+from cxr.stage import run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -35,26 +33,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("unet")
-    loaded = load_sections(args.params, "base", "unet", "convert", log=log)
-    if loaded is None:
-        return 2
-    base, params, convert = loaded
-    try:
-        _, metrics = train_unet(
-            images=pd.read_parquet(args.images), splits=pd.read_parquet(args.splits), images_dir=args.image_dir,
-            masks=find_masks(args.raw), out_dir=args.out, params=params, seed=base.seed, live_dir=args.live,
-            convert=card_settings(convert),
-        )
-    except (AnatomyError, SourceError, FloatingPointError) as exc:
-        log.error("%s", exc)
-        return 1
+def _run(args: argparse.Namespace, base, params, convert, *, log: logging.Logger) -> int | None:
+    _, metrics = train_unet(
+        images=pd.read_parquet(args.images), splits=pd.read_parquet(args.splits), images_dir=args.image_dir,
+        masks=find_masks(args.raw), out_dir=args.out, params=params, seed=base.seed, live_dir=args.live,
+        convert=card_settings(convert),
+    )
     write_json(args.metrics, metrics)
     log.info("unet done: test mean Dice %s", metrics["test"].get("mean_dice"))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("unet", get_args_parser(), argv, ("base", "unet", "convert"), _run)
 
 
 if __name__ == "__main__":

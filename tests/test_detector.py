@@ -17,6 +17,7 @@ from cxr.anatomy.detector import (
     load_detector,
     train_detector,
 )
+from cxr.errors import ModelDirError
 from cxr.params import DetectorParams, ParamsError, parse_section
 from stages import detector as detector_stage
 
@@ -95,7 +96,7 @@ def test_errors_name_the_value(anatomy_data, tmp_path):
         parse_section("detector", {"anchor_sizes": [64, 32]})
     with pytest.raises(AnatomyError, match="never downloaded"):
         build_detector(18, DetectorParams(**FAST), pretrained=str(tmp_path / "none.pth"))
-    with pytest.raises(AnatomyError, match="not a model dir"):
+    with pytest.raises(ModelDirError, match="not a model dir"):
         load_detector(tmp_path)
     params = tmp_path / "p.yaml"
     params.write_text("detector: {epochs: 0}\n")

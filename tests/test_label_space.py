@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr.labels import LabelError, build_labels, label_names, resolve_space, to_space
+from cxr.label_build import build_labels
+from cxr.labels import LabelError, label_names, resolve_space, to_space
 from cxr.params import ParamsError, parse_section
 
 

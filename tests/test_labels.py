@@ -15,13 +15,13 @@ from cxr.labels import (
     SOURCE_VOCABS,
     LabelError,
     apply_uncertainty,
-    build_labels,
     disagreement,
     label_names,
     load_map,
     merge_sources,
     to_space,
 )
+from cxr.label_build import build_labels
 from cxr.params import ParamsError, parse_section
 from cxr.sources import padchest
 from cxr.sources.synthetic import read_truth

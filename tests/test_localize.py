@@ -21,7 +21,7 @@ from cxr.localize.boxes import BoxError, Geometry, heatmap_boxes, xywh_to_xyxy
 from cxr.localize.cam import METHODS, CamError, heatmaps, image_heatmaps, supports_heatmaps
 from cxr.localize.pipeline import LocalizeError, box_label_map
 from cxr.localize.score import iobb, iou, score_boxes
-from cxr.models import create_model, list_models
+from cxr.models.zoo import create_model, list_models
 
 REPO = Path(__file__).resolve().parents[1]
 

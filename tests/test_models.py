@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxr.models import ModelError, create_model, list_models
+from cxr.models.zoo import ModelError, create_model, list_models
 from cxr.models.anaxnet import region_adjacency
 from cxr.models.cnn import POOLS
 from cxr.models.mlgcn import label_adjacency

@@ -240,7 +240,7 @@ def test_similar_queries_a_small_index(tiny, tmp_path):
 def test_anatomy_model_needs_a_detector_and_runs_with_one(tiny, realdata, tmp_path, caplog):
     """AnaXNet on region features of an (untrained) tiny detector: regions in the JSON + an overlay."""
     from cxr.anatomy.detector import ARCHITECTURE, build_detector
-    from cxr.models import create_model
+    from cxr.models.zoo import create_model
     from cxr.modeldir import save_model_dir
     from cxr.params import DetectorParams
 

@@ -16,7 +16,7 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
-from cxr.models import create_model, list_models
+from cxr.models.zoo import create_model, list_models
 from cxr.models.ath import similar_pairs, triplet_loss
 from cxr.retrieve import IndexConfig, RetrievalError, SearchIndex, embed, embed_dataset
 from cxr.retrieve.index import pack_codes

@@ -44,7 +44,7 @@ def test_real_nih_split_has_no_patient_in_two_splits(nih_tables):
 
 
 def test_synthetic_cohort_split_has_no_leakage(tiny_cohort):
-    from cxr.labels import build_labels
+    from cxr.label_build import build_labels
     from cxr.sources import read_raw
 
     labels, _ = build_labels(tiny_cohort, progress=False)

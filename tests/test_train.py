@@ -16,6 +16,7 @@ import yaml
 from PIL import Image
 
 from cxr.data import DataError, ImageCache, RegionDataset, RegionFeatures, load_png_square, normalise
+from cxr.errors import ModelDirError
 from cxr.params import TrainParams
 from cxr.train import (
     TrainError,
@@ -130,7 +131,7 @@ def test_region_dataset_contract(tmp_path):
 
 
 def _fit_region(tmp_path, seed=3, lr=1e-2, **kw):
-    from cxr.models import create_model
+    from cxr.models.zoo import create_model
 
     feats = RegionFeatures(_region_dir(tmp_path / "f"))
     meta = _region_meta()
@@ -172,7 +173,7 @@ class _Images(torch.utils.data.Dataset):
 
 @pytest.mark.parametrize("precision", ["auto", "32"])
 def test_image_model_fit_is_seeded_in_channels_last(precision):
-    from cxr.models import create_model
+    from cxr.models.zoo import create_model
     from cxr.train import precision_for
 
     runs = []
@@ -196,7 +197,7 @@ def test_non_finite_loss_stops_training(tmp_path):
 
 
 def test_model_dir_roundtrip(tmp_path):
-    from cxr.models import create_model
+    from cxr.models.zoo import create_model
 
     adj = np.eye(18, dtype=np.float32)
     m = create_model("anaxnet", num_classes=2, feature_dim=8, hidden=16, adjacency=adj).eval()
@@ -205,7 +206,7 @@ def test_model_dir_roundtrip(tmp_path):
     m2, card = load_model_dir(tmp_path / "m")
     x = torch.randn(2, 18, 8), torch.ones(2, 18, dtype=torch.bool)
     assert torch.equal(m(*x), m2(*x)) and card["label_names"] == ["A", "B"]
-    with pytest.raises(TrainError, match="not a model dir"):
+    with pytest.raises(ModelDirError, match="not a model dir"):
         load_model_dir(tmp_path)
 
 

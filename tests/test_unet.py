@@ -13,6 +13,7 @@ from cxr.anatomy.common import WEIGHTS, AnatomyError
 from cxr.anatomy.masks import dice_iou, read_mask, to_png_grid
 from cxr.anatomy.unet import OrganUNet, load_unet, mask_table, train_unet
 from cxr.sources.masks import find_masks
+from cxr.errors import ModelDirError
 from cxr.params import ParamsError, UnetParams, parse_section
 from stages import unet as unet_stage
 
@@ -105,7 +106,7 @@ def test_errors_name_the_value(anatomy_data, tmp_path):
                    UnetParams(**FAST, structures=["spleen"]), progress=False)
     with pytest.raises(AnatomyError, match="mask not found"):
         read_mask(tmp_path / "none.png")
-    with pytest.raises(AnatomyError, match="not a model dir"):
+    with pytest.raises(ModelDirError, match="not a model dir"):
         load_unet(tmp_path)
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 
-from cxr.modeldir import read_card  # noqa: F401  (re-exported for the anatomy modules)
+from cxr.modeldir import CARD, WEIGHTS, read_card  # noqa: F401  (re-exported for the anatomy modules)
 from cxr.models.weights import gray_first_conv, load_local_weights  # noqa: F401  (re-exported)
 from cxr.errors import AnatomyError  # noqa: F401  (re-exported: the anatomy layer's error)
 
