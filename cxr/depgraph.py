@@ -12,7 +12,9 @@ source (``ast``; nothing is imported or run), and
   ``cxr``; imports inside functions only for heavy optional libraries).
 
 Importing ``cxr.a.b`` also runs ``cxr/__init__.py`` and ``cxr/a/__init__.py``: package
-``__init__`` files are part of the closure.
+``__init__`` files are part of the closure. ``importlib.resources.files("cxr.x")`` counts as an
+import of ``cxr.x`` (it is one), and the data files under that package (vocabularies, label
+maps, the synthetic cohort's pattern table) become deps too: they are code by another name.
 """
 
 from __future__ import annotations
@@ -59,11 +61,12 @@ def _with_parents(mod: str, modules: Mapping[str, Path]) -> set[str]:
 
 
 def imports_of(path: Path, modules: Mapping[str, Path], *, module: str | None = None,
-               top_level_only: bool = False) -> set[str]:
+               top_level_only: bool = False, resources: bool = True) -> set[str]:
     """The ``cxr`` modules that file ``path`` imports (with their packages' ``__init__``).
 
     ``from cxr.a import b`` counts ``cxr.a.b`` when ``b`` is a submodule, else ``cxr.a``.
-    ``top_level_only``: ignore imports inside functions and classes (used by :func:`function_imports`).
+    ``top_level_only``: ignore imports inside functions and classes (used by :func:`function_imports`);
+    ``resources``: count ``importlib.resources.files("cxr.x")`` as an import of ``cxr.x``.
     """
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     is_pkg = path.name == "__init__.py"
@@ -71,7 +74,9 @@ def imports_of(path: Path, modules: Mapping[str, Path], *, module: str | None = 
     found: set[str] = set()
     for node in nodes:
         names: list[str] = []
-        if isinstance(node, ast.Import):
+        if resources and (pkg := _resource_package(node)) is not None:
+            names = [pkg]
+        elif isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
@@ -90,6 +95,32 @@ def imports_of(path: Path, modules: Mapping[str, Path], *, module: str | None = 
     if module is not None:
         found.discard(module)
     return found
+
+
+def _resource_package(node: ast.AST) -> str | None:
+    """``"cxr.x"`` for a call ``resources.files("cxr.x")``, else None."""
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "files"
+            and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+            and node.args[0].value.startswith("cxr")):
+        return node.args[0].value
+    return None
+
+
+def resource_packages(path: Path) -> set[str]:
+    """Packages whose data files ``path`` reads through ``importlib.resources``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return {p for node in ast.walk(tree) if (p := _resource_package(node)) is not None}
+
+
+def data_paths(package: str, repo: Path = REPO) -> set[str]:
+    """The non-Python files of ``package`` as deps: each top-level entry (file or folder) that holds some."""
+    root = repo / Path(*package.split("."))
+    out = set()
+    for f in root.rglob("*"):
+        if f.is_file() and f.suffix not in (".py", ".pyc") and "__pycache__" not in f.parts:
+            parts = f.relative_to(root).parts
+            out.add((root / parts[0] if len(parts) > 1 else root).relative_to(repo).as_posix())
+    return out
 
 
 def graph(repo: Path = REPO) -> dict[str, set[str]]:
@@ -116,7 +147,32 @@ def stage_code_deps(script: Path, repo: Path = REPO) -> list[str]:
     g = graph(repo)
     mods = closure(imports_of(script, modules), g)
     files = {modules[m].relative_to(repo).as_posix() for m in mods}
-    return [script.relative_to(repo).as_posix(), *sorted(files)]
+    for m in mods:
+        for pkg in resource_packages(modules[m]):
+            files |= data_paths(pkg, repo)
+    return [script.relative_to(repo).as_posix(), *sorted(_collapse(files, repo))]
+
+
+def _dir_files(d: Path, repo: Path) -> set[str]:
+    return {f.relative_to(repo).as_posix() for f in d.rglob("*")
+            if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"}
+
+
+def _collapse(deps: set[str], repo: Path) -> set[str]:
+    """Write a folder instead of its files when every file in it is a dep (same deps, shorter dvc.yaml)."""
+    files: set[str] = set()
+    for d in deps:
+        files |= _dir_files(repo / d, repo) if (repo / d).is_dir() else {d}
+    out = set(files)
+    dirs = sorted({str(Path(f).parent) for f in files if Path(f).parent != Path(".")}, key=lambda x: -x.count("/"))
+    for d in dirs:
+        if d == "cxr":
+            continue
+        inside = _dir_files(repo / d, repo)
+        if inside and inside <= files:
+            out = {f for f in out if not f.startswith(d + "/")} | {d}
+    # folders already collapsed inside a collapsed parent
+    return {f for f in out if not any(f != o and f.startswith(o + "/") for o in out)}
 
 
 def cycles(g: Mapping[str, set[str]]) -> list[list[str]]:
@@ -167,7 +223,8 @@ def function_imports(repo: Path = REPO) -> dict[str, list[str]]:
     modules = module_files(repo)
     out: dict[str, list[str]] = {}
     for m, p in modules.items():
-        inner = imports_of(p, modules, module=m) - imports_of(p, modules, module=m, top_level_only=True)
+        inner = (imports_of(p, modules, module=m, resources=False)
+                 - imports_of(p, modules, module=m, top_level_only=True, resources=False))
         if inner:
             out[m] = sorted(inner)
     return out

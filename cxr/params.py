@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from cxr.errors import CxrError
-from cxr.labels import LabelError, resolve_space
+from cxr.labelspace import LabelError, resolve_space
 
 LABEL_SPACES = ("chexpert14", "chestxray14", "anaxnet9", "padchest22", "binary")
 SYNTHETIC_PROFILES = ("default", "tiny")

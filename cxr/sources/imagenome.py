@@ -103,7 +103,7 @@ def read_scene_graph(data: bytes | str, name: str, known: set[str] | None = None
             if known is not None and fname not in known:
                 if unknown == "error":
                     raise ValueError(f"{name}: unknown ImaGenome finding {fname!r} (in {s!r}); add it to "
-                                     "cxr/labeler/vocab/maps/imagenome.csv or set label.unknown_labels: count")
+                                     "cxr/labelmaps/imagenome.csv or set label.unknown_labels: count")
                 unknown_names.append(fname)
                 continue
             slot[fname] = max(slot.get(fname, 0.0), 1.0 if present else 0.0)

@@ -2,7 +2,7 @@
 ``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv`` plus 16-bit PNGs in ``images/<ImageDir>/``.
 
 ``Labels`` is a Python-list string (``"['pleural effusion', 'cardiomegaly']"``) of PadChest
-terms (about 190; see ``cxr/labeler/vocab/maps/padchest.csv``), exhaustive per image: a term
+terms (about 190; see ``cxr/labelmaps/padchest.csv``), exhaustive per image: a term
 not listed is absent. Real files contain quirks such as leading spaces (``' hemidiaphragm
 elevation'``), which are stripped.
 """
@@ -78,7 +78,7 @@ def read_table(path: str | Path, known_terms: set[str] | None = None, unknown: s
             if unknown == "error":
                 raise SourceError(
                     f"{path}: line {i}: unknown PadChest label(s) {bad}; add them to "
-                    "cxr/labeler/vocab/maps/padchest.csv or set label.unknown_labels: count"
+                    "cxr/labelmaps/padchest.csv or set label.unknown_labels: count"
                 )
             issues.append(Issue(path.name, f"line {i}", f"unknown PadChest label(s) {bad} (kept as 'other')"))
             terms = [t for t in terms if t in known_terms] + (["other"] if bad else [])

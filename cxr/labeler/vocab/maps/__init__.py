@@ -1,1 +1,0 @@
-"""Maps between label vocabularies (package data; see cxr.labels)."""
