@@ -42,7 +42,6 @@ class BaseParams(_Section):
     label_space: Literal["chexpert14", "chestxray14", "anaxnet9", "padchest22", "binary"] | list[str] = Field(
         "chexpert14", description="label space the models are trained on: a named space or a list of label names"
     )
-    image_size: int = Field(256, ge=32, le=4096, description="model input side in pixels")
 
     @field_validator("label_space")
     @classmethod
@@ -414,10 +413,11 @@ class ATHParams(_Section):
 class TrainParams(_Section):
     """The classifier zoo: one engine (cxr.train), DVC matrix `train@M` over `models`."""
 
-    models: list[str] = Field(default_factory=lambda: ["densenet121"], min_length=1,
-                              description="registered models trained by the train@M matrix (cxr.models.list_models)")
+    models: list[str] = Field(default_factory=lambda: ["densenet121", "segfusion_van_gcn", "anaxnet", "graph_transformer"],
+                              min_length=1,
+                              description="registered models trained by the train@M matrix (cxr.models.zoo.list_models)")
     image_size: int = Field(128, ge=32, le=2048, description="classifier input side in pixels (CPU default 128)")
-    epochs: int = Field(4, ge=1, le=1000, description="maximum training epochs")
+    epochs: int = Field(3, ge=1, le=1000, description="maximum training epochs")
     batch_size: int = Field(16, ge=1, le=1024, description="samples per batch")
     lr: float = Field(1e-3, gt=0, le=1, description="AdamW learning rate")
     weight_decay: float = Field(1e-4, ge=0, le=1, description="AdamW weight decay")
@@ -509,7 +509,8 @@ class RetrieveIndexParams(_Section):
 class RetrieveParams(_Section):
     """Image search per model (`retrieve@M`, cxr.retrieve) and the hashing models trained for it (`train_hash@M`)."""
 
-    models: list[str] = Field(default_factory=lambda: ["densenet121"], min_length=1,
+    models: list[str] = Field(default_factory=lambda: ["densenet121", "segfusion_van_gcn", "anaxnet", "graph_transformer",
+                                                       "ath"], min_length=1,
                               description="models searched by the retrieve@M matrix (from train.models or retrieve.hashing)")
     hashing: list[str] = Field(default_factory=lambda: ["ath"], min_length=0,
                                description="hashing models trained by train_hash@M (retrieval only, never evaluate@M)")

@@ -18,9 +18,9 @@ def test_repository_params_load(repo_root):
     [
         ("base", {"seed": "abc"}, ["base.seed", "'abc'", "integer"]),
         ("base", {"seed": -1}, ["base.seed", "-1", ">= 0"]),
-        ("base", {"sed": 1}, ["unknown key base.sed", "known keys: seed, label_space, image_size"]),
+        ("base", {"sed": 1}, ["unknown key base.sed", "known keys: seed, label_space"]),
         ("base", {"label_space": "foo"}, ["base.label_space", "'foo'", "chexpert14"]),
-        ("base", {"image_size": 8}, ["base.image_size", "8", ">= 32"]),
+        ("base", {"image_size": 256}, ["unknown key base.image_size"]),  # removed: no stage read it
         ("ingest", {"synthetic": {"signal": 0}}, ["ingest.synthetic.signal", "0", "> 0"]),
         ("ingest", {"synthetic": {"bogus": 1}}, ["unknown key ingest.synthetic.bogus", "known keys: signal"]),
         ("ingest", {"synthetic": {"broken_fraction": 0.9}}, ["ingest.synthetic.broken_fraction", "0.9", "<= 0.5"]),
@@ -77,7 +77,7 @@ def test_load_sections_for_stage_scripts(tmp_path, caplog):
 def test_duplicate_keys_are_refused(tmp_path):
     """Before: a second `base:` silently replaced the first (PyYAML keeps the last key)."""
     p = tmp_path / "params.yaml"
-    p.write_text("base:\n  seed: 1\nconvert:\n  size: 64\nbase:\n  image_size: 128\n")
+    p.write_text("base:\n  seed: 1\nconvert:\n  size: 64\nbase:\n  seed: 2\n")
     with pytest.raises(ParamsError, match=r"duplicate key 'base' \(first at line 1, again at line 5\)"):
         load_section("base", p)
     p.write_text("train:\n  epochs: 2\n  epochs: 3\n")  # also inside a section

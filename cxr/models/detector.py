@@ -10,6 +10,7 @@ reruns only the stages that run the detector.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from cxr.errors import AnatomyError
 from cxr.modeldir import load_state, read_card
 from cxr.models.weights import gray_first_conv, load_local_weights
 from cxr.params import DetectorParams
+
+log = logging.getLogger(__name__)
 
 ARCHITECTURE = "torchvision.FasterRCNN"
 MEAN, STD = (0.5,), (0.25,)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr.labels import load_map
 from cxr.sources.common import Issue, SourceError, SourceTables, clean, finish_images, image_id_from_name, read_csv
 
 log = logging.getLogger(__name__)
