@@ -38,6 +38,7 @@ resumes where it stopped instead of decoding the whole set again.
 from __future__ import annotations
 
 import hashlib
+from importlib import metadata
 import json
 import logging
 import os
@@ -50,6 +51,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+import cxr.dicom
+import cxr.sources.metadata
 from cxr.dicom import (
     DICOM_SUFFIXES,
     RASTER_SUFFIXES,
@@ -65,8 +68,8 @@ from cxr.dicom import (
 from cxr.executor import Executor, make_executor
 from cxr.io import sha256_file, write_bytes, write_json, write_parquet
 from cxr.params import ConvertParams
-from cxr.sources.common import DATASET_FOLDERS  # unknown folders fall back to their own name
-from cxr.sources.mimic import metadata_conflicts
+from cxr.sources.common import DATASET_FOLDERS, safe_id  # unknown folders fall back to their own name
+from cxr.sources.metadata import CHEXPERT_PATH, METADATA_TABLES, MIMIC_PATH, normalise_view  # noqa: F401 (re-export)
 from cxr.errors import CxrError
 
 log = logging.getLogger(__name__)
@@ -204,11 +207,9 @@ def options_for_model(card: dict[str, Any], params: str | Path | None = None, wh
 
 
 def _code_fingerprint() -> list[str]:
-    from importlib import metadata
-
-    import cxr.dicom
-
-    parts = [hashlib.sha256(Path(m).read_bytes()).hexdigest() for m in (__file__, cxr.dicom.__file__)]
+    # the code that decides a row: this module, the decoder and the per-dataset metadata readers
+    parts = [hashlib.sha256(Path(m).read_bytes()).hexdigest()
+             for m in (__file__, cxr.dicom.__file__, cxr.sources.metadata.__file__)]
     for dist in ("pydicom", "pillow", "numpy", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-libjpeg", "pylibjpeg-rle"):
         try:
             parts.append(f"{dist}=={metadata.version(dist)}")
@@ -235,117 +236,6 @@ class Source:
 
 
 # ---------------------------------------------------------------------------------- discovery
-
-_VIEWS = {
-    "POSTEROANTERIOR": "PA",
-    "ANTEROPOSTERIOR": "AP",
-    "AP_HORIZONTAL": "AP",
-    "AP SUPINE": "AP",
-    "L": "LATERAL",
-    "LL": "LATERAL",
-    "RL": "LATERAL",
-    "LAT": "LATERAL",
-    "LATERAL": "LATERAL",
-}
-
-
-def normalise_view(view: Any) -> str | None:
-    """Map the spellings of MIMIC, PadChest, NIH and DICOM ViewPosition to PA / AP / LATERAL / other (upper case)."""
-    v = _clean(view)
-    if v is None:
-        return None
-    v = v.upper()
-    return _VIEWS.get(v, v)
-
-
-
-def _safe_id(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", s).strip("._") or "image"
-
-
-def _read_table(path: Path, **kw: Any) -> pd.DataFrame | None:
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, **kw)
-    except Exception as exc:  # a broken metadata table should not stop conversion
-        log.warning("cannot read metadata table %s (%s: %s); falling back to headers", path, type(exc).__name__, exc)
-        return None
-
-
-def _clean(v: Any) -> str | None:
-    if v is None:
-        return None
-    v = str(v).strip()
-    return None if v in ("", "nan", "None", "NaN") else v
-
-
-def _mimic_table(folder: Path) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for path in sorted(folder.glob("mimic-cxr-2.0.0-metadata.csv*")):
-        df = _read_table(path)
-        if df is None or "dicom_id" not in df.columns:
-            continue
-        conflicts = metadata_conflicts(df.astype(str), path.name) if {"subject_id", "study_id"} <= set(df.columns) else {}
-        for r in df.to_dict("records"):
-            if str(r["dicom_id"]).strip() in conflicts:
-                out[str(r["dicom_id"]).strip()] = {"conflict": conflicts[str(r["dicom_id"]).strip()]}
-                continue
-            out[r["dicom_id"]] = {
-                "patient_id": _clean(r.get("subject_id")),
-                "study_id": _clean(r.get("study_id")),
-                "view": _clean(r.get("ViewPosition")),
-            }
-    return out
-
-
-def _padchest_table(folder: Path) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for path in sorted(folder.glob("PADCHEST*.csv*")):
-        df = _read_table(path)
-        if df is None or "ImageID" not in df.columns:
-            continue
-        for r in df.to_dict("records"):
-            age = None
-            birth, date = _clean(r.get("PatientBirth")), _clean(r.get("StudyDate_DICOM"))
-            if birth and date:
-                try:  # only the age leaves this function, never the birth year
-                    age = float(int(date[:4]) - int(float(birth)))
-                except ValueError:
-                    age = None
-            view = _clean(r.get("ViewPosition_DICOM")) or _clean(r.get("Projection"))
-            spacing = _clean(r.get("SpatialResolution_DICOM"))
-            out[r["ImageID"]] = {
-                "pixel_spacing": float(spacing) if spacing and re.fullmatch(r"[0-9.]+", spacing) else None,
-                "patient_id": _clean(r.get("PatientID")),
-                "study_id": _clean(r.get("StudyID")),
-                "view": view,
-                "sex": _clean(r.get("PatientSex_DICOM")),
-                "age": age,
-                "photometric": _clean(r.get("PhotometricInterpretation_DICOM")),
-            }
-    return out
-
-
-def _nih_table(folder: Path) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for path in sorted(folder.glob("Data_Entry_2017*.csv*")):
-        df = _read_table(path)
-        if df is None or "Image Index" not in df.columns:
-            continue
-        for r in df.to_dict("records"):
-            age = _clean(r.get("Patient Age"))
-            out[r["Image Index"]] = {
-                "patient_id": _clean(r.get("Patient ID")),
-                "view": _clean(r.get("View Position")),
-                "sex": _clean(r.get("Patient Gender")),
-                "age": float(re.sub(r"\D", "", age)) if age and re.sub(r"\D", "", age) else None,
-            }
-    return out
-
-
-_TABLES = {"mimic": _mimic_table, "padchest": _padchest_table, "nih": _nih_table}
-_MIMIC_PATH = re.compile(r"(?:^|/)p(\d+)/s(\d+)/[^/]+$")
-_CHEXPERT_PATH = re.compile(r"(?:^|/)(patient\d+)/(study\d+)/([^/]+)$")
-
 
 def discover(raw_dir: str | Path) -> list[Source]:
     """Find every source image below ``raw_dir`` and attach what the metadata tables know.
@@ -382,20 +272,20 @@ def discover(raw_dir: str | Path) -> list[Source]:
     for rel in found:
         parts = rel.split("/")
         folder = parts[0] if len(parts) > 1 else ""
-        dataset = DATASET_FOLDERS.get(folder.lower(), _safe_id(folder.lower())) if folder else "local"
-        if folder and dataset in _TABLES and folder not in tables:
-            tables[folder] = _TABLES[dataset](raw_dir / folder)
+        dataset = DATASET_FOLDERS.get(folder.lower(), safe_id(folder.lower())) if folder else "local"
+        if folder and dataset in METADATA_TABLES and folder not in tables:
+            tables[folder] = METADATA_TABLES[dataset](raw_dir / folder)
         table = tables.get(folder, {})
         name, stem = parts[-1], Path(parts[-1]).stem
         info = table.get(stem) or table.get(name) or {}
-        src = Source(source_path=rel, dataset=dataset, image_id=_safe_id(stem))
-        m = _MIMIC_PATH.search(rel) if dataset == "mimic" else None
+        src = Source(source_path=rel, dataset=dataset, image_id=safe_id(stem))
+        m = MIMIC_PATH.search(rel) if dataset == "mimic" else None
         if m:
             src.patient_id, src.study_id = m.group(1), m.group(2)
-        m = _CHEXPERT_PATH.search(rel) if dataset == "chexpert" else None
+        m = CHEXPERT_PATH.search(rel) if dataset == "chexpert" else None
         if m:
             src.patient_id, src.study_id = m.group(1), f"{m.group(1)}_{m.group(2)}"
-            src.image_id = _safe_id(f"{m.group(1)}_{m.group(2)}_{Path(m.group(3)).stem}")
+            src.image_id = safe_id(f"{m.group(1)}_{m.group(2)}_{Path(m.group(3)).stem}")
         for key, value in info.items():
             if value is not None:
                 setattr(src, key, value)

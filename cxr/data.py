@@ -212,6 +212,14 @@ class RegionFeatures:
         self.rows = dict(zip(self.index["image_id"], range(n)))
 
 
+def region_inputs(features: np.ndarray, presence: np.ndarray, boxes: np.ndarray) -> dict[str, torch.Tensor]:
+    """The model inputs of one image's region features ``[R, D]``, presence ``[R]`` and boxes ``[R, 4]``:
+    float16 features and float32 boxes with missing (NaN) regions zeroed; the presence mask carries the absence."""
+    feats = np.nan_to_num(np.array(features, dtype=np.float16), nan=0.0, posinf=0.0, neginf=0.0)
+    return {"features": torch.from_numpy(feats), "presence": torch.from_numpy(np.array(presence, dtype=bool)),
+            "boxes": torch.from_numpy(np.nan_to_num(np.array(boxes, dtype=np.float32)))}
+
+
 class RegionDataset(Dataset):
     """Region features + image targets (+ region targets) of one split; same contract as ImageDataset."""
 
@@ -230,13 +238,8 @@ class RegionDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         r = self._rows[i]
         rl = np.asarray(self.feats.region_labels[r], dtype=np.float32)
-        presence = np.array(self.feats.presence[r], dtype=bool)
-        # missing regions are NaN in the contract: zero them, the presence mask carries the information
-        feats = np.nan_to_num(np.array(self.feats.features[r], dtype=np.float16), nan=0.0, posinf=0.0, neginf=0.0)
         return {
-            "features": torch.from_numpy(feats),
-            "presence": torch.from_numpy(presence),
-            "boxes": torch.from_numpy(np.nan_to_num(np.array(self.feats.boxes[r], dtype=np.float32))),
+            **region_inputs(self.feats.features[r], self.feats.presence[r], self.feats.boxes[r]),
             "region_targets": torch.from_numpy((rl == 1).astype(np.float32)),
             "region_mask": torch.from_numpy(~np.isnan(rl)),
             "targets": torch.from_numpy(self.targets[i]),

@@ -317,12 +317,10 @@ class Predictor:
 
         if self.kind == "image":
             return {"image": torch.from_numpy(np.array(prep.model_input, dtype=np.uint8)).unsqueeze(0).unsqueeze(0)}
+        from cxr.data import region_inputs  # lazy: torch stack
+
         r = prep.regions
-        # as RegionDataset: float16 features with missing regions zeroed, the mask carries the absence
-        feats = np.nan_to_num(r["features"].astype(np.float16), nan=0.0, posinf=0.0, neginf=0.0)
-        return {"features": torch.from_numpy(feats).unsqueeze(0),
-                "presence": torch.from_numpy(r["mask"].astype(bool)).unsqueeze(0),
-                "boxes": torch.from_numpy(np.nan_to_num(r["boxes"]).astype(np.float32)).unsqueeze(0)}
+        return {k: v.unsqueeze(0) for k, v in region_inputs(r["features"], r["mask"], r["boxes"]).items()}
 
     def inputs(self, prep: Prepared) -> dict[str, torch.Tensor]:
         """The model's keyword inputs for one prepared file: :meth:`raw_inputs` normalised as the engine does, on the device."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
+from conftest import tiny_params, tiny_workdir
 from cxr.anatomy.coco import to_png
 from cxr.data import load_png_square
 from cxr.localize.boxes import BoxError, Geometry, heatmap_boxes, xywh_to_xyxy
@@ -213,29 +213,14 @@ def test_cam_errors_name_the_problem():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tiny_cohort, tmp_path_factory):
-    """convert -> label -> split of the tiny cohort, and a tiny efficientnet_b0 trained on it."""
-    sys.path.insert(0, str(REPO))
-    from stages import convert, label, split
-    from stages import train as train_stage
-
-    root = tmp_path_factory.mktemp("loc")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["convert"].update(size=128, workers=1)
-    params["train"].update(image_size=64, epochs=1, batch_size=8)
-    params["localize"].update(gallery_size=3, heatmap_thresholds=[0.4, 0.6, 0.8])
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    p = str(root / "params.yaml")
-    assert convert.main(["--params", p, "--raw", str(tiny_cohort), "--images", str(root / "images"),
-                         "--table", str(root / "images.parquet")]) == 0
-    assert label.main(["--params", p, "--raw", str(tiny_cohort), "--out", str(root / "labels.parquet"),
-                       "--metrics", str(root / "label.json")]) == 0
-    assert split.main(["--params", p, "--images", str(root / "images.parquet"), "--labels", str(root / "labels.parquet"),
-                       "--raw", str(tiny_cohort), "--out", str(root / "splits.parquet"), "--metrics", str(root / "split.json")]) == 0
+def tiny_run(tiny_processed, tiny_model, tmp_path_factory):
+    """The shared processed tiny cohort and trained efficientnet_b0 (conftest), with this module's localize params."""
+    root = tiny_workdir(tiny_processed, tmp_path_factory.mktemp("loc"))
+    (root / "m").symlink_to(tiny_model)
+    p = str(tiny_params(root / "params.yaml", localize={"gallery_size": 3, "heatmap_thresholds": [0.4, 0.6, 0.8]}))
     common = ["--images", str(root / "images"), "--table", str(root / "images.parquet"),
               "--labels", str(root / "labels.parquet"), "--splits", str(root / "splits.parquet")]
-    assert train_stage.main(["--params", p, "--model", "efficientnet_b0", "--out", str(root / "m"), *common]) == 0
-    return {"root": root, "params": p, "common": common, "boxes": tiny_cohort / "nih" / "BBox_List_2017.csv"}
+    return {"root": root, "params": p, "common": common, "boxes": tiny_processed["raw"] / "nih" / "BBox_List_2017.csv"}
 
 
 def _run_stage(run, model_dir, out, *extra):

@@ -61,8 +61,16 @@ def test_dvc_repro_runs_then_is_a_noop(pipeline_repo):
     assert (repo / "data/raw/truth/truth.parquet").is_file()
     assert (repo / "dvc.lock").is_file()
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    for name in stages:
-        assert name in (repo / "dvc.lock").read_text(), f"stage {name} did not run"
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    locked = set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"])
+    expected = set()
+    for name, st in stages.items():
+        if "matrix" in st:  # model: ${section.key} -> name@<model> for every listed model
+            section, key = st["matrix"]["model"].strip("${}").split(".")
+            expected |= {f"{name}@{m}" for m in params[section][key]}
+        else:
+            expected.add(name)
+    assert locked == expected, f"ran but not declared: {sorted(locked - expected)}; did not run: {sorted(expected - locked)}"
 
     second = _run(["dvc", "repro"], repo, env)
     assert second.returncode == 0, second.stdout + second.stderr

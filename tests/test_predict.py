@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 import yaml
 from PIL import Image
 
+from conftest import tiny_params, tiny_workdir
 from cxr.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,36 +35,18 @@ def _real_inputs(realdata: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_cohort, tmp_path_factory):
-    """convert (128 px) -> label -> split -> train efficientnet_b0 (64 px, 1 epoch) on the tiny cohort, in process."""
-    sys.path.insert(0, str(REPO))
-    from stages import convert, label, split, train
-
-    root = tmp_path_factory.mktemp("predict")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["convert"].update(size=128, workers=1)
-    params["train"].update(image_size=64, epochs=1, batch_size=8)
-    params["features"].update(score_thresh=0.0)
-    p = root / "params.yaml"
-    p.write_text(yaml.safe_dump(params))
-    a = ["--params", str(p)]
-    assert convert.main([*a, "--raw", str(tiny_cohort), "--images", str(root / "images"),
-                         "--table", str(root / "images.parquet")]) == 0
-    assert label.main([*a, "--raw", str(tiny_cohort), "--out", str(root / "labels.parquet"),
-                       "--metrics", str(root / "label.json")]) == 0
-    assert split.main([*a, "--images", str(root / "images.parquet"), "--labels", str(root / "labels.parquet"),
-                       "--raw", str(tiny_cohort), "--out", str(root / "splits.parquet"),
-                       "--metrics", str(root / "split.json")]) == 0
-    assert train.main([*a, "--model", "efficientnet_b0", "--out", str(root / "m"), "--images", str(root / "images"),
-                       "--table", str(root / "images.parquet"), "--labels", str(root / "labels.parquet"),
-                       "--splits", str(root / "splits.parquet")]) == 0
+def tiny(tiny_processed, tiny_model, tmp_path_factory):
+    """The shared processed tiny cohort and trained efficientnet_b0 (conftest), with this module's params."""
+    root = tiny_workdir(tiny_processed, tmp_path_factory.mktemp("predict"))
+    p = tiny_params(root / "params.yaml", features={"score_thresh": 0.0})
     # a copy whose thresholds make exactly one class positive, so the heatmap path always runs
-    card = json.loads((root / "m" / "card.json").read_text())
+    card = json.loads((tiny_model / "card.json").read_text())
     names = card["label_names"]
     card["thresholds"] = {n: (0.0 if n == names[2] else 1.01) for n in names}
-    shutil.copytree(root / "m", root / "m2")
+    shutil.copytree(tiny_model, root / "m2")
     (root / "m2" / "card.json").write_text(json.dumps(card))
-    return {"root": root, "params": p, "model": root / "m", "model2": root / "m2", "raw": tiny_cohort, "names": names}
+    return {"root": root, "params": p, "model": tiny_model, "model2": root / "m2", "raw": tiny_processed["raw"],
+            "names": names}
 
 
 def _predict(tiny, paths, out, *extra, model=None) -> int:

@@ -16,6 +16,7 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
+from conftest import tiny_params, tiny_workdir
 from cxr.models.zoo import create_model, list_models
 from cxr.models.ath import similar_pairs, triplet_loss
 from cxr.retrieve import IndexConfig, RetrievalError, SearchIndex, embed, embed_dataset
@@ -261,24 +262,15 @@ def test_ath_trains_through_the_engine_and_gives_codes():
 
 
 @pytest.fixture(scope="module")
-def tiny_ath(tiny_cohort, tmp_path_factory):
-    """convert -> label -> split of the tiny cohort, then ATH trained one epoch by the train stage."""
+def tiny_ath(tiny_processed, tmp_path_factory):
+    """The shared processed tiny cohort (conftest), then ATH trained one epoch by the train stage."""
     sys.path.insert(0, str(REPO))
-    from stages import convert, label, split
     from stages import train as train_stage
 
-    root = tmp_path_factory.mktemp("retrieve")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["convert"].update(size=96, workers=1)
-    params["train"].update(image_size=64, epochs=1, batch_size=8)
-    params["train"]["ath"].update(widths=[8, 16, 32], bits=16)
-    params["retrieve"].update(k=[1, 3], examples=2)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    p = ["--params", str(root / "params.yaml")]
-    assert convert.main([*p, "--raw", str(tiny_cohort), "--images", str(root / "images"), "--table", str(root / "images.parquet")]) == 0
-    assert label.main([*p, "--raw", str(tiny_cohort), "--out", str(root / "labels.parquet"), "--metrics", str(root / "l.json")]) == 0
-    assert split.main([*p, "--images", str(root / "images.parquet"), "--labels", str(root / "labels.parquet"),
-                       "--raw", str(tiny_cohort), "--out", str(root / "splits.parquet"), "--metrics", str(root / "s.json")]) == 0
+    root = tiny_workdir(tiny_processed, tmp_path_factory.mktemp("retrieve"))
+    params = tiny_params(root / "params.yaml", train={"ath": {"widths": [8, 16, 32], "bits": 16}},
+                         retrieve={"k": [1, 3], "examples": 2})
+    p = ["--params", str(params)]
     common = ["--images", str(root / "images"), "--table", str(root / "images.parquet"), "--labels",
               str(root / "labels.parquet"), "--splits", str(root / "splits.parquet")]
     assert train_stage.main([*p, "--model", "ath", "--out", str(root / "ath"), *common]) == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
+from conftest import tiny_params, tiny_workdir
 from cxr.data import DataError, ImageCache, RegionDataset, RegionFeatures, load_png_square, normalise
 from cxr.errors import ModelDirError
 from cxr.params import TrainParams
@@ -214,30 +214,18 @@ def test_model_dir_roundtrip(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_processed(tiny_cohort, tmp_path_factory):
-    """convert -> label -> split of the tiny cohort (the real stage functions, in process)."""
-    sys.path.insert(0, str(REPO))
-    from stages import convert, label, split
-
-    root = tmp_path_factory.mktemp("proc")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["convert"].update(size=128, workers=1)
-    params["train"].update(image_size=64, epochs=1, batch_size=8)
-    params["evaluate"].update(bootstrap=50)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    p = str(root / "params.yaml")
-    assert convert.main(["--params", p, "--raw", str(tiny_cohort), "--images", str(root / "images"), "--table", str(root / "images.parquet")]) == 0
-    assert label.main(["--params", p, "--raw", str(tiny_cohort), "--out", str(root / "labels.parquet"), "--metrics", str(root / "label.json")]) == 0
-    assert split.main(["--params", p, "--images", str(root / "images.parquet"), "--labels", str(root / "labels.parquet"),
-                       "--raw", str(tiny_cohort), "--out", str(root / "splits.parquet"), "--metrics", str(root / "split.json")]) == 0
+def tiny_proc(tiny_processed, tmp_path_factory):
+    """The shared processed tiny cohort (conftest) in a folder of this module's own, evaluate.bootstrap 50."""
+    root = tiny_workdir(tiny_processed, tmp_path_factory.mktemp("proc"))
+    tiny_params(root / "params.yaml", evaluate={"bootstrap": 50})
     return root
 
 
-def test_train_then_evaluate_stages_on_tiny_cohort(tiny_processed):
+def test_train_then_evaluate_stages_on_tiny_cohort(tiny_proc):
     from stages import evaluate as evaluate_stage
     from stages import train as train_stage
 
-    r = tiny_processed
+    r = tiny_proc
     common = ["--images", str(r / "images"), "--table", str(r / "images.parquet"), "--labels", str(r / "labels.parquet"),
               "--splits", str(r / "splits.parquet")]
     assert train_stage.main(["--params", str(r / "params.yaml"), "--model", "densenet121", "--out", str(r / "m"), *common]) == 0
@@ -262,10 +250,10 @@ def test_train_then_evaluate_stages_on_tiny_cohort(tiny_processed):
     assert not list(Path(tempfile.gettempdir()).glob(f"cxr-cache-{os.getpid()}-*"))
 
 
-def test_train_stage_errors_name_the_problem(tiny_processed, caplog):
+def test_train_stage_errors_name_the_problem(tiny_proc, caplog):
     from stages import train as train_stage
 
-    r = tiny_processed
+    r = tiny_proc
     rc = train_stage.main(["--params", str(r / "params.yaml"), "--model", "densenet12", "--out", str(r / "x"),
                            "--images", str(r / "images"), "--table", str(r / "images.parquet"),
                            "--labels", str(r / "labels.parquet"), "--splits", str(r / "splits.parquet")])
@@ -276,8 +264,8 @@ def test_train_stage_errors_name_the_problem(tiny_processed, caplog):
     assert rc == 1 and "needs region features" in caplog.text
 
 
-def test_train_model_uses_train_split_only_for_the_label_graph(tiny_processed, tmp_path):
-    r = tiny_processed
+def test_train_model_uses_train_split_only_for_the_label_graph(tiny_proc, tmp_path):
+    r = tiny_proc
     images, labels, splits = (pd.read_parquet(r / f) for f in ("images.parquet", "labels.parquet", "splits.parquet"))
     from cxr.labels import label_names
     from cxr.models.mlgcn import label_adjacency
@@ -298,12 +286,12 @@ def test_train_model_uses_train_split_only_for_the_label_graph(tiny_processed, t
 
 
 @pytest.mark.parametrize("name", ["anaxnet", "graph_transformer"])
-def test_region_models_train_and_evaluate_on_feature_folder(tiny_processed, tmp_path, name):
+def test_region_models_train_and_evaluate_on_feature_folder(tiny_proc, tmp_path, name):
     """The features-stage contract (random values) aligned with the tiny cohort's image ids."""
     from cxr.evaluate.classification import evaluate_model
     from cxr.labels import label_names
 
-    r = tiny_processed
+    r = tiny_proc
     images, labels, splits = (pd.read_parquet(r / f) for f in ("images.parquet", "labels.parquet", "splits.parquet"))
     ids = sorted(images.loc[images["status"] == "ok", "image_id"])
     fdir = _region_dir(tmp_path / "features", n=len(ids), d=8)
@@ -321,13 +309,13 @@ def test_region_models_train_and_evaluate_on_feature_folder(tiny_processed, tmp_
     assert set(pred["image_id"]) <= set(splits.loc[splits["split"] == "test", "image_id"])
 
 
-def test_evaluation_truth_does_not_depend_on_the_training_policy(tiny_processed, tmp_path):
+def test_evaluation_truth_does_not_depend_on_the_training_policy(tiny_proc, tmp_path):
     """U-Ones and U-Zeros models are scored on one truth (uncertain test labels masked), and compared on it."""
     from cxr.evaluate.classification import evaluate_model
     from cxr.evaluate.report_table import paired_comparison
     from cxr.labels import label_names
 
-    r = tiny_processed
+    r = tiny_proc
     images, labels, splits = (pd.read_parquet(r / f) for f in ("images.parquet", "labels.parquet", "splits.parquet"))
     names = label_names("chexpert14")
     test_ids = sorted(set(splits.loc[splits["split"] == "test", "image_id"]) & set(labels["image_id"]))
