@@ -67,7 +67,7 @@ from cxr.dicom import (
 )
 from cxr.executor import Executor, make_executor
 from cxr.io import sha256_file, write_bytes, write_json, write_parquet
-from cxr.params import ConvertParams
+from cxr.params import ConvertParams, load_section
 from cxr.sources.common import DATASET_FOLDERS, safe_id  # unknown folders fall back to their own name
 from cxr.sources.metadata import CHEXPERT_PATH, METADATA_TABLES, MIMIC_PATH, normalise_view  # noqa: F401 (re-export)
 from cxr.errors import CxrError
@@ -178,8 +178,6 @@ def options_for_model(card: dict[str, Any], params: str | Path | None = None, wh
         ParamsError: ``params`` is unreadable or its convert section is invalid.
         ValueError: the card's convert record is malformed.
     """
-    from cxr.params import load_section
-
     recorded = card.get("convert")
     if recorded is not None and not isinstance(recorded, dict):
         raise ValueError(f"{where}: model card field 'convert' must be a mapping of convert settings, got "

@@ -24,6 +24,7 @@ import ast
 import re
 import sys
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from pathlib import Path
 
 from cxr.io import write_text
@@ -42,6 +43,12 @@ def module_files(repo: Path = REPO) -> dict[str, Path]:
             parts = parts[:-1]
         out[".".join(parts)] = path
     return out
+
+
+@lru_cache(maxsize=None)
+def _tree(path: Path, mtime_ns: int) -> ast.Module:
+    """The parsed source of ``path`` (cached per modification time: each file is parsed once)."""
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
 def _resolve(name: str, modules: Mapping[str, Path]) -> str | None:
@@ -68,7 +75,7 @@ def imports_of(path: Path, modules: Mapping[str, Path], *, module: str | None = 
     ``top_level_only``: ignore imports inside functions and classes (used by :func:`function_imports`);
     ``resources``: count ``importlib.resources.files("cxr.x")`` as an import of ``cxr.x``.
     """
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    tree = _tree(path, path.stat().st_mtime_ns)
     is_pkg = path.name == "__init__.py"
     nodes = tree.body if top_level_only else list(ast.walk(tree))
     found: set[str] = set()
@@ -108,8 +115,12 @@ def _resource_package(node: ast.AST) -> str | None:
 
 def resource_packages(path: Path) -> set[str]:
     """Packages whose data files ``path`` reads through ``importlib.resources``."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    return {p for node in ast.walk(tree) if (p := _resource_package(node)) is not None}
+    return set(_resource_packages(path, path.stat().st_mtime_ns))
+
+
+@lru_cache(maxsize=None)
+def _resource_packages(path: Path, mtime_ns: int) -> frozenset[str]:
+    return frozenset(p for node in ast.walk(_tree(path, mtime_ns)) if (p := _resource_package(node)) is not None)
 
 
 def data_paths(package: str, repo: Path = REPO) -> set[str]:
@@ -141,10 +152,14 @@ def closure(start: Iterable[str], g: Mapping[str, set[str]]) -> set[str]:
     return seen
 
 
-def stage_code_deps(script: Path, repo: Path = REPO) -> list[str]:
-    """The code deps of one stage script: itself and every ``cxr`` file it runs (repo-relative, sorted)."""
-    modules = module_files(repo)
-    g = graph(repo)
+def stage_code_deps(script: Path, repo: Path = REPO, *, modules: Mapping[str, Path] | None = None,
+                    g: Mapping[str, set[str]] | None = None) -> list[str]:
+    """The code deps of one stage script: itself and every ``cxr`` file it runs (repo-relative, sorted).
+
+    ``modules`` / ``g``: :func:`module_files` and :func:`graph` of ``repo`` when the caller has them already.
+    """
+    modules = module_files(repo) if modules is None else modules
+    g = graph(repo) if g is None else g
     mods = closure(imports_of(script, modules), g)
     files = {modules[m].relative_to(repo).as_posix() for m in mods}
     for m in mods:
@@ -153,9 +168,10 @@ def stage_code_deps(script: Path, repo: Path = REPO) -> list[str]:
     return [script.relative_to(repo).as_posix(), *sorted(_collapse(files, repo))]
 
 
-def _dir_files(d: Path, repo: Path) -> set[str]:
-    return {f.relative_to(repo).as_posix() for f in d.rglob("*")
-            if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"}
+@lru_cache(maxsize=None)
+def _dir_files(d: Path, repo: Path) -> frozenset[str]:
+    return frozenset(f.relative_to(repo).as_posix() for f in d.rglob("*")
+                     if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc")
 
 
 def _collapse(deps: set[str], repo: Path) -> set[str]:
@@ -248,6 +264,7 @@ def rewrite(text: str, repo: Path = REPO) -> tuple[str, dict[str, tuple[list[str
     Returns the new text and ``{stage: (old code deps, new code deps)}`` for the stages that changed.
     """
     lines = text.splitlines(keepends=True)
+    modules, g = module_files(repo), graph(repo)
     changed: dict[str, tuple[list[str], list[str]]] = {}
     out: list[str] = []
     pos = 0
@@ -277,7 +294,7 @@ def rewrite(text: str, repo: Path = REPO) -> tuple[str, dict[str, tuple[list[str
                     continue
             keep.append((i, line))
             i += 1
-        new = stage_code_deps(repo / cmd, repo)
+        new = stage_code_deps(repo / cmd, repo, modules=modules, g=g)
         if old != new:
             changed[name] = (old, new)
         at = first_code if first_code is not None else d + 1
