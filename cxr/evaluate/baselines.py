@@ -77,7 +77,7 @@ def run_baselines(*, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.Data
     ``uncertainty`` (the training policy, ``label.uncertainty``) makes the TRAIN / VAL targets, as for the
     models; the TEST targets are ``truth`` (``evaluate.truth``), the one test truth every model answers to.
     """
-    from cxr.evaluate.classification import DEFAULT_TRUTH
+    from cxr.evaluate.classification import DEFAULT_TRUTH, by_view
     from cxr.train import build_datasets, val_thresholds
 
     common = dict(images=images, labels=labels, splits=splits, images_dir=images_dir, names=names,
@@ -92,13 +92,14 @@ def run_baselines(*, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.Data
     meta = {s: info.loc[d.meta["image_id"], ["view", "sex", "age"]].reset_index(drop=True) for s, d in ds.items()}
     pids = te.meta["patient_key"].astype(str).to_numpy()
     out: dict[str, dict] = {}
+    scored: dict[str, tuple[np.ndarray, dict[str, float]]] = {}  # name -> test probabilities, thresholds
 
     # prevalence: every test image gets each class's TRAIN rate
     rate = np.array([tr.targets[tr.mask[:, k], k].mean() if tr.mask[:, k].any() else 0.5 for k in range(len(names))])
     probs = np.tile(rate, (len(te), 1))
-    out["prevalence"] = classification_metrics(probs, te.targets, te.mask, pids, names,
-                                               {n: float(r) for n, r in zip(names, rate)}, n_boot, ci, ece_bins, seed,
-                                               min_positives=min_positives)
+    scored["prevalence"] = (probs, {n: float(r) for n, r in zip(names, rate)})
+    out["prevalence"] = classification_metrics(probs, te.targets, te.mask, pids, names, scored["prevalence"][1], n_boot,
+                                               ci, ece_bins, seed, min_positives=min_positives)
 
     def pixels(d):
         return np.asarray(d.cache.array[d._rows], np.float64).reshape(len(d), -1) / 255.0
@@ -122,6 +123,7 @@ def run_baselines(*, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.Data
         thresholds = val_thresholds(pva, va.targets, va.mask, names)
         met = classification_metrics(pte, te.targets, te.mask, pids, names, thresholds, n_boot, ci, ece_bins, seed,
                                      min_positives=min_positives)
+        scored[name] = (pte, thresholds)
         met["C"] = c
         met["val_macro_auroc"] = round(best[0], 4) if best[0] >= 0 else None
         out[name] = met
@@ -129,6 +131,8 @@ def run_baselines(*, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.Data
         met["model"] = name
         met["truth"] = t
         met["baseline"] = True
+        met["by_view"] = by_view(scored[name][0], te.targets, te.mask, pids, te.meta["view"].to_numpy(), names,
+                                 scored[name][1], n_boot, ci, seed, min_positives)
         log.info("baseline %s: test macro AUROC %s [%s, %s]", name, met["macro_auroc"], met["macro_auroc_ci_low"],
                  met["macro_auroc_ci_high"])
     return out

@@ -129,6 +129,35 @@ def region_auroc(node_probs: np.ndarray, region_targets: np.ndarray, region_mask
 DEFAULT_TRUTH = {"uncertain": "ignore", "blank": "zeros"}
 
 
+def by_view(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, patient_ids: np.ndarray, views: np.ndarray,
+            names: Sequence[str], thresholds: Mapping[str, float], n_boot: int, ci: float, seed: int,
+            min_positives: int) -> dict[str, dict]:
+    """Macro AUROC (all classes with an AUROC, and the common classes) with patient-bootstrap CIs per
+    frontal view (AP / PA): a model whose AUROC holds only across views may be reading the view, a
+    known shortcut (AP films are the sicker, portable patients)."""
+    out = {}
+    v = np.asarray([str(x).upper() for x in views])
+    for view in ("AP", "PA"):
+        keep = v == view
+        if not keep.any():
+            continue
+        m = classification_metrics(probs[keep], targets[keep], mask[keep], patient_ids[keep], names, thresholds,
+                                   n_boot, ci, 10, seed, min_positives=min_positives)
+        out[view] = {k: m.get(k) for k in ("test_images", "test_patients", "macro_auroc", "macro_auroc_ci_low",
+                                           "macro_auroc_ci_high", "macro_auroc_common", "macro_auroc_common_ci_low",
+                                           "macro_auroc_common_ci_high", "common_classes")}
+    return out
+
+
+def region_box_note(card: Mapping) -> dict[str, str]:
+    """Where a region model's boxes came from at test time (``features.boxes``): GT scene-graph boxes
+    are an oracle a deployed model does not have, so every table that shows the model says so."""
+    src = str(card.get("input", {}).get("box_source") or "unknown")
+    text = {"gt": "ground-truth scene-graph boxes at test time (features.boxes: gt): an oracle, not a deployable result",
+            "pred": "boxes predicted by the anatomy detector (features.boxes: pred)"}.get(src, f"box source {src!r}")
+    return {"source": src, "note": text}
+
+
 def evaluate_model(model_dir, *, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.DataFrame, images_dir,
                    cache_dir, features_dir=None, n_boot: int = 1000, ci: float = 0.95, ece_bins: int = 10, seed: int = 0,
                    batch_size: int = 32, progress: bool = True, min_positives: int = 10,
@@ -162,6 +191,10 @@ def evaluate_model(model_dir, *, images: pd.DataFrame, labels: pd.DataFrame, spl
                                      min_positives=min_positives)
     metrics["model"] = name
     metrics["truth"] = truth
+    metrics["by_view"] = by_view(probs, ds.targets, ds.mask, pids, ds.meta["view"].to_numpy(), names, card["thresholds"],
+                                 n_boot, ci, seed, min_positives)
+    if card["input"].get("kind") == "region_features":
+        metrics["region_boxes"] = region_box_note(card)
     if name in REGION_MODELS:
         nodes, rt, rm = [], [], []
         with torch.inference_mode():

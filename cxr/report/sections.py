@@ -278,7 +278,7 @@ def classifiers_section(dag: Dag, inputs: ReportInputs, evals: dict[str, tuple[d
         blocks.append(Text(absent))
     else:
         mj = read_json(inputs.models, dag)
-        rows = []
+        rows, notes = [], []
         for m in [m for m in evals if m in mj] + sorted(set(mj) - set(evals)):
             r = mj[m]
             if not isinstance(r, dict):
@@ -286,18 +286,27 @@ def classifiers_section(dag: Dag, inputs: ReportInputs, evals: dict[str, tuple[d
             vs = r.get("vs_reference")
             versus = ("baseline" if m.startswith("baseline:") else "reference" if vs is None else
                       f"{fmt(vs.get('difference'))} (p={fmt(vs.get('p_value'))}, n={fmt(vs.get('shared_images'))})")
-            rows.append((m, _ci(get(r, "macro_auroc", inputs.models, (int, float)), r.get("macro_auroc_ci_low"),
-                                r.get("macro_auroc_ci_high")),
+            views = r.get("by_view") or {}
+            label = m + (" (GT boxes at test)" if (r.get("region_boxes") or {}).get("source") == "gt" else "")
+            rows.append((label, _ci(get(r, "macro_auroc", inputs.models, (int, float)), r.get("macro_auroc_ci_low"),
+                                    r.get("macro_auroc_ci_high")),
                          _ci(r.get("macro_auroc_common"), r.get("macro_auroc_common_ci_low"),
                              r.get("macro_auroc_common_ci_high")),
                          r.get("micro_auroc"), r.get("macro_auprc"), r.get("macro_f1"), r.get("ece"),
-                         f"{fmt(r.get('test_images'))} / {fmt(r.get('test_patients'))}", versus))
+                         f"{fmt(r.get('test_images'))} / {fmt(r.get('test_patients'))}",
+                         *[(_ci(views[v].get("macro_auroc"), views[v].get("macro_auroc_ci_low"),
+                                views[v].get("macro_auroc_ci_high")) + f" (n={fmt(views[v].get('test_images'))})")
+                           if isinstance(views.get(v), dict) else "n/a" for v in ("AP", "PA")], versus))
+            if (r.get("region_boxes") or {}).get("source") == "gt":
+                notes.append(Text(f"{m}: {r['region_boxes'].get('note')}."))
         ci = next((e[0].get("ci") for e in evals.values()), None)
         blocks.append(table("models", f"Model comparison ({inputs.models.name}): macro AUROC with "
                                       f"{fmt(ci, 2) if ci else 'bootstrap'} CI over patients; F1 at validation thresholds",
                             ("model", "macro AUROC [CI]", "macro AUROC, common classes [CI]", "micro AUROC",
-                             "macro AUPRC", "macro F1", "ECE", "test images / patients", "vs reference: diff (p, n)"),
+                             "macro AUPRC", "macro F1", "ECE", "test images / patients", "AP views: macro AUROC [CI]",
+                             "PA views: macro AUROC [CI]", "vs reference: diff (p, n)"),
                             rows))
+        blocks.extend(notes)
         base = {m: r.get("per_class_auroc") or {} for m, r in mj.items() if m.startswith("baseline:") and
                 m != "baseline:prevalence"}
     models = list(evals)
