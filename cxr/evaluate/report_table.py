@@ -153,11 +153,13 @@ def retrieval_table(results: Mapping[str, dict]) -> str:
         qw = main["no_skip"]["query_weighted"] or {}
         sk = main["skip"]["class_average"] or {}
         ch = ((r.get("chance") or {}).get(str(km)) or {}).get("class_average") or {}
+        md = ((r.get("metadata") or {}).get(str(km)) or {}).get("class_average") or {}
         emb = r["embedding"]
         code = f"{emb['dim']} bits, Hamming" if emb["binary"] else f"{emb['dim']}-d float, inner product"
         rows.append(f"| {m} | {code}, {r['index']['kind']} | " + " | ".join(_fmt(avg[k].get("ap")) for k in ks)
                     + f" | {_fmt(avg[km].get('precision'))} | {_fmt(avg[km].get('hit'))} | {_fmt(avg[km].get('rr'))} | "
-                    f"{_fmt(qw.get('ap'))} | {_fmt(sk.get('ap'))} | {_fmt(ch.get('ap'))} | {main['no_relevant_in_top_k']} / "
+                    f"{_fmt(qw.get('ap'))} | {_fmt(sk.get('ap'))} | {_fmt(ch.get('ap'))} | {_fmt(md.get('ap'))} | "
+                    f"{main['no_relevant_in_top_k']} / "
                     f"{main['no_skip']['query_class_pairs']} | {r['queries']['images']} / {r['database']['images']} |")
     head = [
         "",
@@ -167,11 +169,12 @@ def retrieval_table(results: Mapping[str, dict]) -> str:
         "(CheXtriev). AP@k: mean precision at the ranks of the relevant results; precision@k: relevant / k (CheXtriev's "
         "\"HR\"); hit@k: any relevant in the top k; RR@k: reciprocal rank of the first relevant. Class averages, every "
         f"query counted (no-skip), unless marked: query-weighted averages over (query, class) pairs; skip leaves out the "
-        f"queries with no relevant result in the top {km}; chance: a random ranking of the same database.",
+        f"queries with no relevant result in the top {km}; chance: a random ranking of the same database; metadata: "
+        "a ranking by view and sex only (same view and sex first, random within).",
         "",
         "| model | code, index | " + " | ".join(f"AP@{k}" for k in ks)
-        + f" | precision@{km} | hit@{km} | RR@{km} | AP@{km} query-weighted | AP@{km} skip | AP@{km} chance | no relevant in top {km} "
+        + f" | precision@{km} | hit@{km} | RR@{km} | AP@{km} query-weighted | AP@{km} skip | AP@{km} chance | AP@{km} metadata | no relevant in top {km} "
           "(query-class pairs) | queries / database |",
-        "|---|---|" + "---|" * len(ks) + "---|---|---|---|---|---|---|---|",
+        "|---|---|" + "---|" * len(ks) + "---|---|---|---|---|---|---|---|---|",
     ]
     return "\n".join(head + rows) + "\n"

@@ -237,21 +237,24 @@ def retrieval_section(dag: Dag, inputs: ReportInputs, image_dir: Path | None = N
         "ranks of relevant results; precision@k: relevant / k (CheXtriev's HR); hit@k: any relevant in the top k; "
         "RR@k: reciprocal rank of the first relevant. Class average: mean over the classes with queries; "
         "query-weighted: mean over all (query, class) pairs. No-skip counts every query, skip leaves out queries "
-        f"without a relevant result in the top k. Chance: {chance_def}; it is the level a model must beat.")]
+        f"without a relevant result in the top k. Chance: {chance_def}; it is the level a model must beat. "
+        "Metadata: a ranking by view and sex only (same view and sex first); an embedding that does not beat it "
+        "has learnt no more than those.")]
     rows, failures = [], []
     for m, (stage, _, r, ks) in results.items():
         s = r["summary"]
         ch = _avg(r["chance"].get(str(km)), "class_average")
-        rows.append((m, _embedding(r), *[s.get(f"{x}@{km}") for x, _ in RET_METRICS], ch.get("ap"),
+        md = _avg((r.get("metadata") or {}).get(str(km)), "class_average")
+        rows.append((m, _embedding(r), *[s.get(f"{x}@{km}") for x, _ in RET_METRICS], ch.get("ap"), md.get("ap"),
                      f"{fmt((r.get('queries') or {}).get('images'))} / {fmt((r.get('database') or {}).get('images'))}"))
         main = r["metrics"].get(str(km)) or r["metrics"][str(ks[0])]
         if main.get("no_relevant_in_database"):
             failures.append((stage, "query-class pairs with no relevant image in the database",
                              main["no_relevant_in_database"], "counted as 0 in no-skip, left out in skip"))
     blocks.append(table("retrieval", f"Retrieval comparison at k = {km} (class averages, no-skip) and the chance "
-                                     "level of a random ranking",
+                                     "level of a random ranking and of a metadata-only (view, sex) ranking",
                         ("model", "embedding, index", *[f"{lab}@{km}" for _, lab in RET_METRICS], f"chance AP@{km}",
-                         "test queries / database images"), rows))
+                         f"metadata AP@{km}", "test queries / database images"), rows))
     for m, (stage, _, r, ks) in results.items():
         met, chance = r["metrics"], r["chance"]
         mrows = []
