@@ -191,3 +191,25 @@ def test_models_table_shows_auroc_per_view_and_flags_gt_boxes_at_test():
     assert "AP views" in text and data["anaxnet"]["by_view"]["PA"]["test_images"] == n // 2
     assert data["anaxnet"]["region_boxes"]["source"] == "gt"
     assert region_box_note({"input": {"box_source": "pred"}})["source"] == "pred"
+
+
+def test_reliability_bins_give_back_the_ece_and_counts_add_up():
+    rng = np.random.default_rng(1)
+    n = 200
+    probs = rng.random((n, 2))
+    targets = (rng.random((n, 2)) < probs ** 2).astype(float)  # over-confident: observed < predicted
+    mask = np.ones_like(targets, bool)
+    mask[:20, 1] = False
+    met = classification_metrics(probs, targets, mask, [str(k) for k in range(n)], ["A", "B"], {"A": 0.5, "B": 0.3},
+                                 n_boot=10, ece_bins=5)
+    bins = met["reliability"]
+    assert len(bins) == 5 and sum(b["n"] for b in bins) == int(mask.sum())
+    ece = sum(b["n"] / mask.sum() * abs(b["observed"] - b["confidence"]) for b in bins if b["n"])
+    assert ece == pytest.approx(met["ece"], abs=1e-5)
+    assert all(b["observed"] <= b["confidence"] + 0.1 for b in bins if b["n"] > 20)
+    for c, thr in (("A", 0.5), ("B", 0.3)):
+        v, k = met["per_class"][c], ["A", "B"].index(c)
+        assert v["tp"] + v["fn"] == v["positives"] and v["fp"] + v["tn"] == v["negatives"]
+        m = mask[:, k]
+        assert v["tp"] == int(((probs[m, k] >= thr) & (targets[m, k] == 1)).sum())
+        assert v["sensitivity"] == pytest.approx(v["tp"] / v["positives"], abs=1e-6)

@@ -33,6 +33,20 @@ def _f(x) -> float | None:
     return round(x, 6) if np.isfinite(x) else None
 
 
+def reliability(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, bins: int = 10) -> list[dict]:
+    """The reliability diagram behind the ECE: per equal-width probability bin (all classes pooled, unmasked
+    entries), its range, count, mean predicted probability and observed positive rate (None when empty)."""
+    p, y = np.asarray(probs)[mask], np.asarray(targets)[mask]
+    idx = np.minimum((p * bins).astype(int), bins - 1) if p.size else np.zeros(0, int)
+    out = []
+    for b in range(bins):
+        sel = idx == b
+        out.append({"low": round(b / bins, 6), "high": round((b + 1) / bins, 6), "n": int(sel.sum()),
+                    "confidence": _f(p[sel].mean()) if sel.any() else None,
+                    "observed": _f(y[sel].mean()) if sel.any() else None})
+    return out
+
+
 def classification_metrics(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, patient_ids: Sequence,
                            names: Sequence[str], thresholds: Mapping[str, float], n_boot: int = 1000, ci: float = 0.95,
                            ece_bins: int = 10, seed: int = 0, min_positives: int = 10) -> dict:
@@ -61,6 +75,9 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, mask: np.ndar
             "auroc": _f(per_auc[c]), "auroc_ci_low": _f(np.atleast_1d(lo)[c]), "auroc_ci_high": _f(np.atleast_1d(hi)[c]),
             "auprc": _f(auprc(s, y)), "threshold": _f(thresholds.get(n, 0.5)),
             **{k: _f(v) for k, v in op.items()}, "positives": int(y.sum()), "negatives": int((~y).sum()),
+            # counts at the validation threshold (what the sensitivity / specificity above rest on)
+            "tp": int((s >= thresholds.get(n, 0.5))[y].sum()), "fn": int((s < thresholds.get(n, 0.5))[y].sum()),
+            "fp": int((s >= thresholds.get(n, 0.5))[~y].sum()), "tn": int((s < thresholds.get(n, 0.5))[~y].sum()),
             "bootstrap_dropped": int(dropped[c]),
         }
     common = np.array([per_class[n]["positives"] >= min_positives and per_class[n]["auroc"] is not None
@@ -86,6 +103,7 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, mask: np.ndar
         "micro_auroc": _f(micro_auroc(probs, targets, mask)), "micro_auroc_ci_low": _f(ulo), "micro_auroc_ci_high": _f(uhi),
         "macro_auprc": _f(np.mean(auprcs)) if auprcs else None, "macro_f1": _f(np.mean(f1s)) if f1s else None,
         "ece": _f(expected_calibration_error(probs, targets, mask, ece_bins)),
+        "reliability": reliability(probs, targets, mask, ece_bins),
         "macro_auroc_common": _f(np.nanmean(per_auc[common])) if common.any() else None,
         "macro_auroc_common_ci_low": _f(clo) if common.any() else None,
         "macro_auroc_common_ci_high": _f(chi) if common.any() else None,
