@@ -82,7 +82,7 @@ def _ret_avg(base: float) -> dict:
 def retrieval_json(m: str, j: int, classes: list[str]) -> dict:
     """A full data/processed/retrieval/<M>/retrieval.json as cxr.retrieve.run writes it (small numbers that are
     easy to find in the page: class average no-skip AP@k = 0.4 + 0.01 * k + 0.1 * j, chance AP@k = 0.2 + 0.001 * k)."""
-    per_k, chance, summary = {}, {}, {}
+    per_k, chance, metadata, summary = {}, {}, {}, {}
     for k in RETRIEVAL_KS:
         ca = _ret_avg(0.4 + 0.01 * k + 0.1 * j)
         per_k[str(k)] = {
@@ -93,6 +93,7 @@ def retrieval_json(m: str, j: int, classes: list[str]) -> dict:
                      "query_class_pairs": 4 - j},
             "no_relevant_in_top_k": 10 + k + j, "no_relevant_in_database": j}
         chance[str(k)] = {"class_average": _ret_avg(0.2 + 0.001 * k), "query_weighted": _ret_avg(0.3)}
+        metadata[str(k)] = {"class_average": _ret_avg(0.25 + 0.001 * k), "query_weighted": _ret_avg(0.35)}
         summary.update({f"{x}@{k}": ca[x] for x in ("ap", "precision", "hit", "rr")})
     return {"model": m, "embedding": {"dim": 8, "binary": j == 1, "metric": "hamming" if j else "inner_product"},
             "index": {"kind": "flat", "config": {"kind": "auto"}},
@@ -100,7 +101,8 @@ def retrieval_json(m: str, j: int, classes: list[str]) -> dict:
             "queries": {"split": "test", "images": 1, "patients": 1}, "k": list(RETRIEVAL_KS),
             "summary": summary, "summary_definition": "class average over the classes with a query, no-skip",
             "definitions": {"ap": "AP@k"}, "exclusion": "own patient", "metrics": per_k, "chance": chance,
-            "chance_definition": "no-skip averages of a seeded random ranking of the same database"}
+            "chance_definition": "no-skip averages of a seeded random ranking of the same database",
+            "metadata": metadata}
 
 
 def make_pipeline(root: Path, stages: dict | None = None) -> tuple[ReportInputs, Path]:
@@ -177,6 +179,9 @@ def make_pipeline(root: Path, stages: dict | None = None) -> tuple[ReportInputs,
                       "png_path": ["i0.png", "i1.png", "i2.png", "i3.png"], "labels": ["Edema", "Edema", "", "x"],
                       "score": [np.nan, 0.9, 0.8, 0.7], "relevant": [True, True, False, False]}
                      ).to_parquet(rd / "examples.parquet")
+    models["baseline:metadata"] = {"macro_auroc": 0.65, "macro_auroc_ci_low": 0.55, "macro_auroc_ci_high": 0.75,
+                                   "test_images": 1, "test_patients": 1, "per_class_auroc": {c: 0.65 for c in classes}}
+    models["baseline:prevalence"] = {"macro_auroc": 0.5, "test_images": 1, "test_patients": 1}
     _write_json(root / "reports/models.json", models)
     inputs = ReportInputs(
         params=root / "params.yaml", dvc_yaml=root / "dvc.yaml", raw=root / "data/raw",
@@ -239,8 +244,9 @@ def test_dag_errors_name_the_problem(tmp_path):
 
 # -- rendering ------------------------------------------------------------------------------------
 
-SECTIONS = ("pipeline", "data", "failures", "classifiers", "roc", "anatomy", "localization", "retrieval", "labeller")
-TABLES = ("stages", "params_train", "ingest", "convert", "views", "label_sources", "label_counts", "splits",
+SECTIONS = ("summary", "classifiers", "roc", "anatomy", "localization", "retrieval", "labeller", "data", "failures",
+            "pipeline")
+TABLES = ("summary_best", "stages", "params_train", "ingest", "convert", "views", "label_sources", "label_counts", "splits",
           "prevalence", "coco", "features", "failures", "convert_failures", "models", "per_class_auroc",
           "per_class_f1", "detector", "detector_regions", "unet", "unet_structures", "labeller_f1",
           "localization", "localization_gt", "localization_densenet121", "localization_densenet121_threshold", "localization_anaxnet",
@@ -276,6 +282,22 @@ def test_report_has_every_section_and_is_deterministic(pipeline):
     assert build_report(inputs, image_dir=img_dir) == (html, md)
 
 
+def test_report_leads_with_the_summary_and_ends_with_the_dag(pipeline):
+    inputs, img_dir = pipeline
+    html, md = build_report(inputs, image_dir=img_dir)
+    order = [html.index(f'<section id="{k}"') for k in SECTIONS]
+    assert order == sorted(order)  # summary first, DAG and params last
+    best = _md_table(md, "Best model per task")
+    cls = next(r for r in best if r.startswith("| classification"))
+    # the best classifier with its CI, beside the strongest non-trivial baseline of the same run
+    assert "| densenet121 | 0.700 [0.600, 0.800] | metadata: 0.650 [0.550, 0.750]; prevalence: 0.500 |" in cls
+    assert any(r.startswith("| report labelling") and "keyword baseline" in r for r in best)
+    assert any(r.startswith("| region detection") for r in best)
+    # the params this run changed from the schema defaults are listed, with the default beside
+    rows = _md_table(md, "This run's params that differ")
+    assert any(r.startswith("| train.") or r.startswith("| convert.") for r in rows)
+
+
 def _md_table(md: str, caption_start: str) -> list[str]:
     """The rows of the markdown table whose caption starts with ``caption_start`` (header and separator dropped)."""
     lines = md.splitlines()
@@ -293,8 +315,8 @@ def test_retrieval_section_shows_summary_beside_chance(pipeline):
     html, md = build_report(inputs, image_dir=img_dir)
     # cross-model comparison: class average no-skip at k = 5 and chance AP@5, one row per model
     assert _md_table(md, "Retrieval comparison at k = 5") == [
-        "| densenet121 | 8-d, inner product, flat index | 0.450 | 0.350 | 0.650 | 0.550 | 0.205 | 1 / 3 |",
-        "| anaxnet | 8 bits, Hamming, flat index | 0.550 | 0.450 | 0.750 | 0.650 | 0.205 | 1 / 3 |"]
+        "| densenet121 | 8-d, inner product, flat index | 0.450 | 0.350 | 0.650 | 0.550 | 0.205 | 0.255 | 1 / 3 |",
+        "| anaxnet | 8 bits, Hamming, flat index | 0.550 | 0.450 | 0.750 | 0.650 | 0.205 | 0.255 | 1 / 3 |"]
     # per model: every metric at every k; class average / query-weighted, no-skip / skip, chance beside no-skip
     rows = _md_table(md, "densenet121: retrieval metrics beside chance")
     assert [r.split(" | ")[0] for r in rows] == [f"| {x}@{k}" for k in (3, 5, 10) for x in ("AP", "precision", "hit", "RR")]
