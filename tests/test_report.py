@@ -118,6 +118,7 @@ def make_pipeline(root: Path, stages: dict | None = None) -> tuple[ReportInputs,
         "image_id": ["i0", "i1", "i2", "i3", "bad"], "dataset": ["mimic"] * 4 + ["nih"],
         "source_path": [f"mimic/i{i}.dcm" for i in range(4)] + ["nih/bad.png"], "view": ["PA", "AP", "PA", "AP", None],
         "status": ["ok"] * 4 + ["error"], "error": [None] * 4 + [EVIL],
+        "png_path": [f"i{i}.png" for i in range(4)] + [None],
     }).to_parquet(root / "data/interim/images.parquet")
     classes = ["Edema", "Lung <Opacity>"]
     counts = {c: {"pos": 2, "neg": 1, "unc": 0, "blank": 1} for c in classes}
@@ -156,6 +157,19 @@ def make_pipeline(root: Path, stages: dict | None = None) -> tuple[ReportInputs,
         _write_json(d / "metrics.json", {"model": m, "ci": 0.95, "per_class": per})
         rows = [(c, f, min(1.0, f * (1.5 + j))) for c in classes for f in (0.0, 0.25, 0.5, 1.0)]
         pd.DataFrame(rows, columns=["class", "fpr", "tpr"]).to_csv(d / "roc.csv", index=False)
+        pd.DataFrame([(c, r, 1 - 0.5 * r) for c in classes for r in (0.0, 0.5, 1.0)],
+                     columns=["class", "recall", "precision"]).to_csv(d / "pr.csv", index=False)
+        for c in classes:
+            per[c].update(threshold=0.5, tp=1, fp=2, fn=0, tn=3, negatives=3, auprc=0.6)
+        _write_json(d / "metrics.json", {"model": m, "ci": 0.95, "per_class": per, "ece": 0.05,
+                                         "reliability": [{"low": 0.0, "high": 0.5, "n": 3, "confidence": 0.2,
+                                                          "observed": 0.1},
+                                                         {"low": 0.5, "high": 1.0, "n": 2, "confidence": 0.8,
+                                                          "observed": 0.9}]})
+        # test predictions: i1 is a confident false positive for Edema, i2 a confident false negative
+        pd.DataFrame({"image_id": ["i1", "i2", "i3"], "patient_id": ["1", "2", "3"],
+                      **{f"p:{c}": [0.9, 0.1, 0.6] for c in classes}, **{f"y:{c}": [0.0, 1.0, 1.0] for c in classes},
+                      **{f"m:{c}": [True, True, True] for c in classes}}).to_parquet(d / "predictions.parquet")
         models[m] = {"macro_auroc": 0.7, "macro_auroc_ci_low": 0.6, "macro_auroc_ci_high": 0.8, "micro_auroc": 0.8,
                      "macro_auprc": 0.5, "macro_f1": 0.4, "ece": 0.02, "test_images": 1, "test_patients": 1,
                      "vs_reference": None if j == 0 else {"difference": -0.1, "p_value": 0.2, "shared_images": 1}}
@@ -244,9 +258,9 @@ def test_dag_errors_name_the_problem(tmp_path):
 
 # -- rendering ------------------------------------------------------------------------------------
 
-SECTIONS = ("summary", "classifiers", "roc", "anatomy", "localization", "retrieval", "labeller", "data", "failures",
+SECTIONS = ("summary", "classifiers", "roc", "diagnostics", "anatomy", "localization", "retrieval", "labeller", "data", "failures",
             "pipeline")
-TABLES = ("summary_best", "stages", "params_train", "ingest", "convert", "views", "label_sources", "label_counts", "splits",
+TABLES = ("summary_best", "confusion_counts", "stages", "params_train", "ingest", "convert", "views", "label_sources", "label_counts", "splits",
           "prevalence", "coco", "features", "failures", "convert_failures", "models", "per_class_auroc",
           "per_class_f1", "detector", "detector_regions", "unet", "unet_structures", "labeller_f1",
           "localization", "localization_gt", "localization_densenet121", "localization_densenet121_threshold", "localization_anaxnet",
@@ -262,8 +276,8 @@ def test_report_has_every_section_and_is_deterministic(pipeline):
     for key in TABLES:
         assert f'data-table="{key}"' in html, key
     assert html.count("data-roc=") == 2 and 'data-stage="evaluate@anaxnet"' in html
-    # two localisation galleries + per model one query and its three results
-    assert html.count('src="data:image/png;base64,') == 2 + 2 * 4
+    # two localisation galleries + per model one query and its three results + per model 2 FP and 2 FN mistakes
+    assert html.count('src="data:image/png;base64,') == 2 + 2 * 4 + 2 * 4
     assert 'data-gallery="retrieval_examples_anaxnet"' in html and "#1 relevant, score 0.900\nEdema" in html
     # self-contained: nothing fetched from anywhere
     for bad in ("<script", "<link", 'src="http', "url(http", "@import"):
@@ -296,6 +310,19 @@ def test_report_leads_with_the_summary_and_ends_with_the_dag(pipeline):
     # the params this run changed from the schema defaults are listed, with the default beside
     rows = _md_table(md, "This run's params that differ")
     assert any(r.startswith("| train.") or r.startswith("| convert.") for r in rows)
+
+
+def test_diagnostics_show_pr_reliability_counts_and_confident_mistakes(pipeline):
+    inputs, img_dir = pipeline
+    html, md = build_report(inputs, image_dir=img_dir)
+    assert html.count("data-pr=") == 2 and html.count("data-reliability=") == 2
+    assert "ECE 0.050" in html
+    rows = _md_table(md, "TP / FP / FN / TN per class")
+    assert rows[0].startswith("| Edema | 1 / 2 / 0 / 3 |")
+    # i1 scored 0.9 for classes it does not have: the most confident false positives; i2 (0.1) the false negatives
+    assert "false positive: Edema p=0.90 (threshold 0.50)" in html and "false negative: Edema p=0.10" in html
+    assert 'data-gallery="mistakes_densenet121"' in html
+    assert "(2 false positive and 2 false negative (image, class) pairs in all)" in md
 
 
 def _md_table(md: str, caption_start: str) -> list[str]:

@@ -8,6 +8,7 @@ from cxr.io import write_text
 from cxr.params import ParamsError, load_all
 from cxr.report.blocks import Section
 from cxr.report.dag import load_dag
+from cxr.report.diagnostics import diagnostics_section
 from cxr.report.errors import ReportError
 from cxr.report.inputs import ReportInputs
 from cxr.report.render import to_html, to_markdown
@@ -51,6 +52,7 @@ def build_sections(inputs: ReportInputs, image_dir: Path | None = None, thumb_si
         summary_section(dag, params, inputs, evals),
         classifiers_section(dag, inputs, evals),
         roc_section(dag, inputs, evals),
+        diagnostics_section(dag, inputs, evals, image_dir=image_dir, thumb_size=thumb_size),
         anatomy_section(dag, inputs),
         loc,
         ret,
