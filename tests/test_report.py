@@ -145,9 +145,11 @@ def make_pipeline(root: Path, stages: dict | None = None) -> tuple[ReportInputs,
                                                 "box_source": "pred", "regions": ["a", "b"],
                                                 "images_missing_regions": 1, "missing_per_region": {"b": 1}})
     per_split = {"mAP": 0.5, "AP50": 0.9, "AP75": 0.4, "AP50_min_region": 0.3, "images": 2,
-                 "images_per_second": 9.9, "per_region": {"trachea": {"AP": 0.5, "AP50": 0.9}}}
+                 "images_per_second": 9.9, "per_region": {"trachea": {"AP": 0.5, "AP50": 0.9}},
+                 "baseline_prior_box": {"mAP": 0.1, "AP50": 0.35, "AP75": 0.05}}
     _write_json(root / "reports/detector/metrics.json", {"backbone": "tiny_fpn", "val": per_split, "test": per_split})
-    un = {"images": 2, "mean_dice": 0.9, "mean_iou": 0.8, "per_structure": {"heart": {"dice": 0.9, "iou": 0.8}}}
+    un = {"images": 2, "mean_dice": 0.9, "mean_iou": 0.8, "per_structure": {"heart": {"dice": 0.9, "iou": 0.8}},
+          "baseline_prior_mask": {"images": 2, "mean_dice": 0.55, "per_structure": {"heart": {"dice": 0.55}}}}
     _write_json(root / "reports/unet/metrics.json", {"val": un, "test": un, "train_seconds": 3.0})
     models = {}
     for j, m in enumerate(MODELS):
@@ -306,7 +308,8 @@ def test_report_leads_with_the_summary_and_ends_with_the_dag(pipeline):
     # the best classifier with its CI, beside the strongest non-trivial baseline of the same run
     assert "| densenet121 | 0.700 [0.600, 0.800] | metadata: 0.650 [0.550, 0.750]; prevalence: 0.500 |" in cls
     assert any(r.startswith("| report labelling") and "keyword baseline" in r for r in best)
-    assert any(r.startswith("| region detection") for r in best)
+    assert any(r.startswith("| region detection") and "prior box (mean train box): 0.350" in r for r in best)
+    assert any(r.startswith("| organ segmentation") and "prior mask (mean train mask): 0.550" in r for r in best)
     # the params this run changed from the schema defaults are listed, with the default beside
     rows = _md_table(md, "This run's params that differ")
     assert any(r.startswith("| train.") or r.startswith("| convert.") for r in rows)

@@ -375,9 +375,13 @@ def anatomy_section(dag: Dag, inputs: ReportInputs) -> Section:
         if not splits:
             raise ReportError(f"{inputs.detector}: no 'val' or 'test' metrics")
         keys = ("mAP", "AP50", "AP75", "AP50_min_region", "images")
+        drows = [(s, *[get(det, f"{s}.{k}", inputs.detector, (int, float)) for k in keys]) for s in splits]
+        drows += [(f"{s}: baseline prior box (mean train box per region)",
+                   *[det[s]["baseline_prior_box"].get(k) for k in keys[:3]], "-", det[s].get("images"))
+                  for s in splits if isinstance(det[s].get("baseline_prior_box"), dict)]
         blocks.append(table("detector", f"Region detector (Faster R-CNN, backbone {det.get('backbone', 'n/a')}): "
-                                        "COCO box AP", ("split", *keys),
-                            [(s, *[get(det, f"{s}.{k}", inputs.detector, (int, float)) for k in keys]) for s in splits]))
+                                        "COCO box AP, beside the prior-box baseline scored by the same COCOeval",
+                            ("split", *keys), drows))
         regions = list(get(det, f"{splits[-1]}.per_region", inputs.detector, dict))
         blocks.append(table("detector_regions", "Detector AP / AP50 per region",
                             ("region", *[f"{s} {k}" for s in splits for k in ("AP", "AP50")]),
@@ -390,9 +394,13 @@ def anatomy_section(dag: Dag, inputs: ReportInputs) -> Section:
         splits = [s for s in ("val", "test") if s in un]
         if not splits:
             raise ReportError(f"{inputs.unet}: no 'val' or 'test' metrics")
-        blocks.append(table("unet", "Organ UNet: mean Dice / IoU", ("split", "images", "mean Dice", "mean IoU"),
-                            [(s, get(un, f"{s}.images", inputs.unet, int), get(un, f"{s}.mean_dice", inputs.unet, float, None),
-                              get(un, f"{s}.mean_iou", inputs.unet, float, None)) for s in splits]))
+        urows = [(s, get(un, f"{s}.images", inputs.unet, int), get(un, f"{s}.mean_dice", inputs.unet, float, None),
+                  get(un, f"{s}.mean_iou", inputs.unet, float, None)) for s in splits]
+        urows += [(f"{s}: baseline prior mask (mean train mask)", un[s]["baseline_prior_mask"].get("images"),
+                   un[s]["baseline_prior_mask"].get("mean_dice"), "-")
+                  for s in splits if isinstance(un[s].get("baseline_prior_mask"), dict)]
+        blocks.append(table("unet", "Organ UNet: mean Dice / IoU, beside the prior-mask baseline",
+                            ("split", "images", "mean Dice", "mean IoU"), urows))
         structs = list(get(un, f"{splits[-1]}.per_structure", inputs.unet, dict))
         blocks.append(table("unet_structures", "UNet Dice / IoU per structure",
                             ("structure", *[f"{s} {k}" for s in splits for k in ("Dice", "IoU")]),

@@ -122,13 +122,17 @@ def _anatomy(dag: Dag, inputs: ReportInputs) -> tuple[list, list[str]]:
             na.append(f"region detector: {why}")
         elif "test" in det:
             t = det["test"]
+            b = t.get("baseline_prior_box") or {}
             rows.append(("region detection: AP50 (COCO)", "Faster R-CNN", fmt(t.get("AP50")),
-                         "no baseline computed", f"{t.get('images')} test images; mAP {fmt(t.get('mAP'))}"))
+                         f"prior box (mean train box): {fmt(b.get('AP50'))}" if b else "no baseline recorded",
+                         f"{t.get('images')} test images; mAP {fmt(t.get('mAP'))}"))
     if not absent_note(dag, inputs.unet, "segmentation metrics"):
         un = read_json(inputs.unet, dag)
         if "test" in un and un["test"].get("images"):
+            b = un["test"].get("baseline_prior_mask") or {}
             rows.append(("organ segmentation: mean Dice", "UNet", fmt(un["test"].get("mean_dice")),
-                         "no baseline computed", f"{un['test'].get('images')} test images"))
+                         f"prior mask (mean train mask): {fmt(b.get('mean_dice'))}" if b else "no baseline recorded",
+                         f"{un['test'].get('images')} test images"))
     return rows, na
 
 
