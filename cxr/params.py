@@ -3,7 +3,7 @@
 One frozen pydantic model per section. Unknown keys and ill-typed values fail at load time with
 a message naming the dotted key, the offending value and what is allowed, e.g.::
 
-    params.yaml: ingest.synthetic.signal = -1.0: Input should be greater than 0 (allowed: a number > 0)
+    params.yaml: ingest.synthetic.signal = -1.0: Input should be greater than or equal to 0 (allowed: a number >= 0)
 
 Stages load their own section once (``load_section("ingest")``) and pass plain values on.
 """
@@ -57,7 +57,11 @@ class BaseParams(_Section):
 class SyntheticParams(_Section):
     """Knobs of the built-in synthetic cohort (used when ``ingest.source`` is ``synthetic://...``)."""
 
-    signal: float = Field(1.0, gt=0, le=5, description="visibility of findings (contrast multiplier)")
+    signal: float = Field(1.0, ge=0, le=5, description="visibility of findings (contrast multiplier); 0 = a true null: "
+                          "the pixels do not depend on the findings at all")
+    view_confound: bool = Field(True, description="draw the view (AP / PA) jointly with the label pattern, as in "
+                                "CheXpert (AP films carry more Edema, Support Devices, ...); false = view independent "
+                                "of the findings (same AP share)")
     noise: float = Field(1.0, ge=0, le=5, description="quantum/electronic noise multiplier")
     broken_fraction: float = Field(0.02, ge=0, le=0.5, description="fraction of deliberately broken files")
     uncertain_positive_rate: float = Field(

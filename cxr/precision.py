@@ -7,11 +7,21 @@ emulated and slower than fp32), bf16 or fp16 mixed on a GPU.
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+#: ``CXR_CPU_BF16=0`` makes a bf16 CPU behave as one without it (fp32 everywhere ``auto`` decides), e.g. to
+#: measure what an AVX2-only machine gets (bench/dag.py --isa avx2); ``1`` forces bf16 on (emulated if absent).
+ENV_BF16 = "CXR_CPU_BF16"
 
 
 def cpu_has_bf16() -> bool:
-    """True when the CPU computes bfloat16 natively (AVX512-BF16 / AMX), so bf16 autocast is faster, not emulated."""
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 / AMX), so bf16 autocast is faster, not emulated
+    (``$CXR_CPU_BF16`` = 0 / 1 overrides the detection)."""
+    forced = os.environ.get(ENV_BF16, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN

@@ -153,18 +153,9 @@ class Segmenter:
 
     def probabilities(self, png: np.ndarray) -> np.ndarray:
         """Per-structure probabilities ``[K, H, W]`` in the converted image's grid (``png``: uint8 / uint16)."""
-        import torch  # lazy: torch stack
+        from cxr.anatomy.common import unet_probabilities  # lazy: torch stack
 
-        from cxr.anatomy.common import fit_size, gray_float, resize_float  # lazy: torch stack
-
-        img = gray_float(png)
-        h, w, _ = fit_size(*img.shape, self.size)
-        x = np.zeros((1, 1, self.size, self.size), np.float32)
-        x[0, 0, :h, :w] = np.round(resize_float(img, h, w) * 255) / 255  # as MaskImages: uint8 levels
-        with torch.inference_mode():
-            p = torch.sigmoid(self.model(torch.from_numpy(x).to(self.device))).float().cpu().numpy()[0, :, :h, :w]
-        return np.stack([np.asarray(Image.fromarray(c).resize((img.shape[1], img.shape[0]), Image.Resampling.BILINEAR),
-                                    np.float32) for c in p])
+        return unet_probabilities(self.model, self.size, png, self.device)
 
     def segment(self, path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any], np.ndarray, dict[str, np.ndarray]]:
         """Masks of one file in its own pixel grid, the JSON record, the converted image and its masks.

@@ -279,7 +279,9 @@ def train_model(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits
         "label_names": list(names),
         "input": ({"kind": "image", "size": params.image_size, "channels": 1, "dtype": "uint8", "normalisation": NORMALISATION}
                   if not regions else {"kind": "region_features", "num_regions": kwargs["num_regions"],
-                                                     "feature_dim": kwargs["feature_dim"]}),
+                                       "feature_dim": kwargs["feature_dim"],
+                                       # GT scene-graph boxes at test time are an oracle: say so everywhere
+                                       "box_source": tr.feats.meta.get("box_source")}),
         "thresholds": thresholds,
         "threshold_rule": "Youden J on the validation split",
         "uncertainty": dict(uncertainty),

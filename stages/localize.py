@@ -30,6 +30,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", required=True, help="splits table (data/processed/splits.parquet)")
     p.add_argument("--boxes", required=True, help="ground-truth finding boxes (data/raw/nih/BBox_List_2017.csv)")
     p.add_argument("--features", default=None, help="region feature dir (anatomy models)")
+    p.add_argument("--unet", default=None, help="organ UNet model dir (models/unet) of the whole-lung-box baseline")
     p.add_argument("--out-dir", required=True,
                    help="localisation dir read by later stages (data/processed/localization/<M>): localization.json, gallery.png")
     p.add_argument("--metrics", required=True, help="metrics JSON copy (reports/<M>/localization.json)")
@@ -40,7 +41,7 @@ def _run(args: argparse.Namespace, base, params, *, log: logging.Logger) -> int 
     result, gallery = localize_model(
         args.model_dir, images=pd.read_parquet(args.table), labels=pd.read_parquet(args.labels),
         splits=pd.read_parquet(args.splits), images_dir=args.images, bbox_csv=args.boxes, params=params,
-        seed=base.seed, features_dir=args.features,
+        seed=base.seed, features_dir=args.features, unet_dir=args.unet,
     )
     if not result.get("supported", False):
         log.warning("%s", result.get("reason"))

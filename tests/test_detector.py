@@ -67,6 +67,7 @@ def test_evaluation_reports_coco_metrics(trained, anatomy_data):
     m = evaluate_detector(model, anatomy_data["coco"], anatomy_data["image_dir"], 128, splits=("test",),
                           progress=False)["test"]
     assert 0.0 <= m["AP50"] <= 1.0 and 0.0 <= m["mAP"] <= m["AP50"] + 1e-9
+    assert set(m["baseline_prior_box"]) == {"mAP", "AP50", "AP75"}  # scored by the same COCOeval, same split
     assert set(m["per_region"]) <= set(json.loads((anatomy_data["coco"] / "test.json").read_text())["info"]["regions"])
 
 
@@ -77,6 +78,26 @@ def test_perfect_detections_score_one(anatomy_data):
     m = coco_metrics(anatomy_data["coco"] / "val.json", results)
     assert m["AP50"] == pytest.approx(1.0) and m["mAP"] == pytest.approx(1.0)
     assert all(v["AP50"] == pytest.approx(1.0) for v in m["per_region"].values())
+
+
+def test_prior_box_baseline_is_the_mean_train_box(anatomy_data, tmp_path):
+    from cxr.anatomy.detector import prior_box_results
+
+    coco = anatomy_data["coco"]
+    res = prior_box_results(coco / "train.json", coco / "test.json")
+    test = json.loads((coco / "test.json").read_text())
+    cats = {a["category_id"] for a in json.loads((coco / "train.json").read_text())["annotations"]}
+    assert len(res) == len(test["images"]) * len(cats) and all(r["score"] == 1.0 for r in res)
+    m = coco_metrics(coco / "test.json", res)
+    assert 0.0 <= m["AP50"] <= 1.0
+    # a train set holding one image, evaluated on itself: its own boxes are the prior, AP50 = 1
+    one = json.loads((coco / "train.json").read_text())
+    first = one["images"][0]["id"]
+    one["images"] = one["images"][:1]
+    one["annotations"] = [a for a in one["annotations"] if a["image_id"] == first]
+    (tmp_path / "one.json").write_text(json.dumps(one))
+    m = coco_metrics(tmp_path / "one.json", prior_box_results(tmp_path / "one.json", tmp_path / "one.json"))
+    assert m["AP50"] == pytest.approx(1.0)
 
 
 def test_backbones_build_on_grayscale(anatomy_data):

@@ -164,3 +164,52 @@ def test_models_table_names_classes_left_out_of_the_macro_average():
     text, data = models_table({"densenet121": met}, {"densenet121": pred}, ["A", "No Finding"], n_boot=20)
     assert "left out" in text and "No Finding (20 positive / 0 negative test labels)" in text
     assert data["densenet121"]["classes_not_evaluated"] == {"No Finding": "20 positive / 0 negative test labels"}
+
+
+def test_models_table_shows_auroc_per_view_and_flags_gt_boxes_at_test():
+    from cxr.evaluate.classification import by_view, region_box_note
+
+    n = 40
+    rng = np.random.default_rng(0)
+    views = np.array(["AP", "PA"] * (n // 2))
+    y = (np.arange(n) % 4 < 2).astype(float)[:, None]
+    # the score reads the view only: AP images score high, PA low; within a view it is noise
+    p = np.where(views == "AP", 0.8, 0.2)[:, None] + rng.normal(0, 0.01, (n, 1))
+    y[views == "AP"] = (rng.random((n // 2, 1)) < 0.8)
+    y[views == "PA"] = (rng.random((n // 2, 1)) < 0.2)
+    pids = np.array([str(k) for k in range(n)])
+    met = classification_metrics(p, y, np.ones_like(y, bool), pids, ["A"], {}, n_boot=20)
+    met["by_view"] = by_view(p, y, np.ones_like(y, bool), pids, views, ["A"], {}, 20, 0.95, 0, 1)
+    met["region_boxes"] = region_box_note({"input": {"kind": "region_features", "box_source": "gt"}})
+    # overall the view shortcut looks good; within each view it is at chance
+    assert met["macro_auroc"] > 0.7
+    assert met["by_view"]["AP"]["test_images"] == n // 2 and abs(met["by_view"]["AP"]["macro_auroc"] - 0.5) < 0.3
+    pred = pd.DataFrame({"image_id": [f"i{k}" for k in range(n)], "patient_id": pids, "p:A": p[:, 0], "y:A": y[:, 0],
+                         "m:A": True})
+    text, data = models_table({"anaxnet": met}, {"anaxnet": pred}, ["A"], n_boot=20)
+    assert "anaxnet (GT boxes at test)" in text and "oracle" in text
+    assert "AP views" in text and data["anaxnet"]["by_view"]["PA"]["test_images"] == n // 2
+    assert data["anaxnet"]["region_boxes"]["source"] == "gt"
+    assert region_box_note({"input": {"box_source": "pred"}})["source"] == "pred"
+
+
+def test_reliability_bins_give_back_the_ece_and_counts_add_up():
+    rng = np.random.default_rng(1)
+    n = 200
+    probs = rng.random((n, 2))
+    targets = (rng.random((n, 2)) < probs ** 2).astype(float)  # over-confident: observed < predicted
+    mask = np.ones_like(targets, bool)
+    mask[:20, 1] = False
+    met = classification_metrics(probs, targets, mask, [str(k) for k in range(n)], ["A", "B"], {"A": 0.5, "B": 0.3},
+                                 n_boot=10, ece_bins=5)
+    bins = met["reliability"]
+    assert len(bins) == 5 and sum(b["n"] for b in bins) == int(mask.sum())
+    ece = sum(b["n"] / mask.sum() * abs(b["observed"] - b["confidence"]) for b in bins if b["n"])
+    assert ece == pytest.approx(met["ece"], abs=1e-5)
+    assert all(b["observed"] <= b["confidence"] + 0.1 for b in bins if b["n"] > 20)
+    for c, thr in (("A", 0.5), ("B", 0.3)):
+        v, k = met["per_class"][c], ["A", "B"].index(c)
+        assert v["tp"] + v["fn"] == v["positives"] and v["fp"] + v["tn"] == v["negatives"]
+        m = mask[:, k]
+        assert v["tp"] == int(((probs[m, k] >= thr) & (targets[m, k] == 1)).sum())
+        assert v["sensitivity"] == pytest.approx(v["tp"] / v["positives"], abs=1e-6)

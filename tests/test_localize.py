@@ -43,11 +43,13 @@ def test_iou_and_iobb_by_hand():
     assert iou(gt, [[20, 20, 30, 30]])[0, 0] == 0 and iobb(gt, [[3, 3, 3, 8]])[0, 0] == 0  # disjoint, empty
 
 
-def test_score_counts_every_gt_box_and_takes_the_best_prediction():
+def test_score_counts_every_gt_box_and_matches_one_detection():
     pairs = [
         # image 1, class A: two GT boxes, one predicted box matching only the first exactly
         ("A", np.array([[0, 0, 10, 10], [50, 50, 60, 60]]), np.array([[0, 0, 10, 10, 0.9]])),
-        # image 2, class A: one GT box; best IoU 1/3 (second box), best IoBB 1 (first box): maxima taken separately
+        # image 2, class A: one GT box; a small spurious box inside it (IoU 0.16, IoBB 1) and a
+        # half-overlapping one (IoU 1/3, IoBB 0.5): the GT box is matched to the second (best IoU),
+        # whose IoBB is 0.5; the small box may not lend it its IoBB of 1
         ("A", np.array([[0, 0, 10, 10]]), np.array([[2, 2, 6, 6], [5, 0, 15, 10]])),
         # image 2, class B: no predicted box at all
         ("B", np.array([[0, 0, 4, 4]]), np.zeros((0, 4))),
@@ -57,12 +59,34 @@ def test_score_counts_every_gt_box_and_takes_the_best_prediction():
     assert a["n_boxes"] == 3 and a["n_images"] == 2
     assert a["iou"] == {"0.1": pytest.approx(2 / 3), "0.25": pytest.approx(2 / 3), "0.5": pytest.approx(1 / 3)}
     assert a["iobb"] == {"0.1": pytest.approx(2 / 3), "0.25": pytest.approx(2 / 3), "0.5": pytest.approx(2 / 3)}
-    assert a["mean_iou"] == pytest.approx((1 + 0 + 1 / 3) / 3) and a["mean_iobb"] == pytest.approx((1 + 0 + 1) / 3)
+    assert a["mean_iou"] == pytest.approx((1 + 0 + 1 / 3) / 3) and a["mean_iobb"] == pytest.approx((1 + 0 + 0.5) / 3)
+    # false positives per (image, class) pair: image 2's boxes miss at T(IoU) 0.25 (the small one) and
+    # 0.5 (both); by IoBB both reach 0.5 with the GT box, so none is a false positive
+    assert a["afp"]["iou"] == {"0.1": 0, "0.25": pytest.approx(0.5), "0.5": pytest.approx(1.0)}
+    assert a["afp"]["iobb"] == {"0.1": 0, "0.25": 0, "0.5": 0}
     assert s["per_class"]["B"]["iou"]["0.1"] == 0 and s["per_class"]["B"]["mean_iou"] == 0
+    assert s["per_class"]["B"]["afp"]["iou"]["0.5"] == 0
     assert s["per_class"]["C"]["n_boxes"] == 0 and s["per_class"]["C"]["iou"]["0.1"] is None
     assert s["macro"]["n_classes"] == 2 and s["macro"]["iou"]["0.1"] == pytest.approx((2 / 3 + 0) / 2)
+    assert s["macro"]["afp"]["iou"]["0.5"] == pytest.approx((1.0 + 0) / 2)
     assert s["micro"]["n_boxes"] == 4 and s["micro"]["n_pairs"] == 3
     assert s["micro"]["iou"]["0.25"] == pytest.approx(2 / 4)
+    assert s["micro"]["afp"]["iou"] == {"0.1": 0, "0.25": pytest.approx(1 / 3), "0.5": pytest.approx(2 / 3)}
+
+
+def test_match_ties_take_the_higher_iobb_then_the_first_box():
+    from cxr.localize.score import matched_overlaps
+
+    gt = [[0, 0, 10, 10]]
+    # two predictions with the same IoU 0.25 against the GT: a box holding the GT (IoBB 0.25) and a
+    # 5 x 5 box inside it (IoU 0.25, IoBB 1): the tie goes to the higher IoBB
+    u, b = matched_overlaps(gt, [[0, 0, 20, 20], [0, 0, 5, 5]])
+    assert u.tolist() == [pytest.approx(0.25)] and b.tolist() == [pytest.approx(1.0)]
+    u, b = matched_overlaps(gt, np.zeros((0, 4)))
+    assert u.tolist() == [0.0] and b.tolist() == [0.0]
+
+
+def test_score_refuses_an_unknown_class():
     with pytest.raises(ValueError, match="not one of"):
         score_boxes([("Z", np.zeros((1, 4)), np.zeros((0, 4)))], ["A"])
 
@@ -365,3 +389,55 @@ def test_localize_params_are_validated(repo_root):
                         ({"thresholds": [0.5, 0.5]}, "distinct"), ({"gallery": 3}, "unknown key localize.gallery")):
         with pytest.raises(ParamsError, match=re.escape(needle)):
             parse_section("localize", raw)
+
+
+# ---------------------------------------------------------------- baselines without a finding model
+
+
+def test_prior_box_is_the_mean_relative_train_box_placed_on_each_test_image():
+    from cxr.localize.baselines import prior_box_predictions
+
+    # two images of different sizes and scales; the train boxes of class A are the same relative box
+    # (the left upper quarter), so the prior box on a third image is its own left upper quarter
+    geos = {"a": Geometry(0.5, 0, 0, 100, 100, 64), "b": Geometry(1.0, 0, 0, 50, 80, 64),
+            "c": Geometry(0.25, 10, 0, 120, 60, 64)}
+    gt = pd.DataFrame([
+        {"image_id": "a", "split": "train", "label": "A", "x1": 0, "y1": 0, "x2": 100, "y2": 100},   # png 0..50
+        {"image_id": "b", "split": "train", "label": "A", "x1": 0, "y1": 0, "x2": 25, "y2": 40},
+        {"image_id": "a", "split": "train", "label": "B", "x1": 100, "y1": 100, "x2": 200, "y2": 200},
+    ])
+    test = [("c", "A", np.array([[-40, 0, 200, 120]])), ("c", "C", np.array([[0, 0, 1, 1]]))]
+    preds, rule = prior_box_predictions(gt, test, ["A", "C"], lambda ids: {i: geos[i] for i in ids})
+    # c: png = src * 0.25 + (10, 0); its left upper quarter in png is (0, 0, 60, 30) -> source (-40, 0, 200, 120)
+    np.testing.assert_allclose(preds[("c", "A")], [[-40, 0, 200, 120]])
+    # C has no train box: the mean of all three train boxes (relative (1/3*0.5, ..)) and the rule says so
+    assert "no train box for C" in rule and "A: 2" in rule
+    s = score_boxes([(lab, g, preds[(i, lab)]) for i, lab, g in test], ["A", "C"], [0.5])
+    assert s["per_class"]["A"]["iou"]["0.5"] == 1.0
+
+
+def test_localize_stage_reports_baselines_on_the_same_test_boxes(tiny_run, tmp_path):
+    from cxr.anatomy.unet import train_unet
+    from cxr.params import UnetParams
+    from cxr.sources.masks import find_masks
+
+    r = tiny_run["root"]
+    fast = dict(image_size=64, epochs=1, max_steps=1, batch_size=4, encoder_depth=3, decoder_channels=[16, 8, 4])
+    raw = Path(tiny_run["boxes"]).parents[1]
+    train_unet(pd.read_parquet(r / "images.parquet"), pd.read_parquet(r / "splits.parquet"), r / "images",
+               find_masks(raw), tmp_path / "unet", UnetParams(**fast), seed=1, progress=False)
+    assert _run_stage(tiny_run, r / "m", tmp_path / "a", "--unet", str(tmp_path / "unet")) == 0
+    res = json.loads((tmp_path / "a" / "loc" / "localization.json").read_text())
+    micro = res["test"]["micro"]
+    prior, lung = res["baselines"]["prior_box"], res["baselines"]["lung_box"]
+    for b in (prior, lung):
+        assert b["test"]["micro"]["n_boxes"] == micro["n_boxes"] and b["test"]["micro"]["n_pairs"] == micro["n_pairs"]
+        assert set(b["test"]["micro"]["iobb"]) == set(micro["iobb"])
+        assert 0 <= b["test"]["micro"]["mean_iou"] <= 1
+    assert "train-split GT boxes" in prior["rule"] and "UNet" in lung["rule"]
+    # one box per (image, class) pair at most, so its false positives per pair are at most 1
+    assert all(0 <= v <= 1 for v in prior["test"]["micro"]["afp"]["iou"].values())
+    # without a UNet the lung box is not applicable, said so; the prior box is still there
+    assert _run_stage(tiny_run, r / "m", tmp_path / "b") == 0
+    res = json.loads((tmp_path / "b" / "loc" / "localization.json").read_text())
+    assert "not_applicable" in res["baselines"]["lung_box"] and res["baselines"]["prior_box"]["test"]

@@ -21,7 +21,7 @@ def test_repository_params_load(repo_root):
         ("base", {"sed": 1}, ["unknown key base.sed", "known keys: seed, label_space"]),
         ("base", {"label_space": "foo"}, ["base.label_space", "'foo'", "chexpert14"]),
         ("base", {"image_size": 256}, ["unknown key base.image_size"]),  # removed: no stage read it
-        ("ingest", {"synthetic": {"signal": 0}}, ["ingest.synthetic.signal", "0", "> 0"]),
+        ("ingest", {"synthetic": {"signal": -0.5}}, ["ingest.synthetic.signal", "-0.5", ">= 0"]),
         ("ingest", {"synthetic": {"bogus": 1}}, ["unknown key ingest.synthetic.bogus", "known keys: signal"]),
         ("ingest", {"synthetic": {"broken_fraction": 0.9}}, ["ingest.synthetic.broken_fraction", "0.9", "<= 0.5"]),
         ("ingest", {"source": "ftp://host/x"}, ["ingest.source", "unsupported source scheme 'ftp'", "gs://"]),

@@ -82,7 +82,7 @@ def _ret_avg(base: float) -> dict:
 def retrieval_json(m: str, j: int, classes: list[str]) -> dict:
     """A full data/processed/retrieval/<M>/retrieval.json as cxr.retrieve.run writes it (small numbers that are
     easy to find in the page: class average no-skip AP@k = 0.4 + 0.01 * k + 0.1 * j, chance AP@k = 0.2 + 0.001 * k)."""
-    per_k, chance, summary = {}, {}, {}
+    per_k, chance, metadata, summary = {}, {}, {}, {}
     for k in RETRIEVAL_KS:
         ca = _ret_avg(0.4 + 0.01 * k + 0.1 * j)
         per_k[str(k)] = {
@@ -93,6 +93,7 @@ def retrieval_json(m: str, j: int, classes: list[str]) -> dict:
                      "query_class_pairs": 4 - j},
             "no_relevant_in_top_k": 10 + k + j, "no_relevant_in_database": j}
         chance[str(k)] = {"class_average": _ret_avg(0.2 + 0.001 * k), "query_weighted": _ret_avg(0.3)}
+        metadata[str(k)] = {"class_average": _ret_avg(0.25 + 0.001 * k), "query_weighted": _ret_avg(0.35)}
         summary.update({f"{x}@{k}": ca[x] for x in ("ap", "precision", "hit", "rr")})
     return {"model": m, "embedding": {"dim": 8, "binary": j == 1, "metric": "hamming" if j else "inner_product"},
             "index": {"kind": "flat", "config": {"kind": "auto"}},
@@ -100,7 +101,8 @@ def retrieval_json(m: str, j: int, classes: list[str]) -> dict:
             "queries": {"split": "test", "images": 1, "patients": 1}, "k": list(RETRIEVAL_KS),
             "summary": summary, "summary_definition": "class average over the classes with a query, no-skip",
             "definitions": {"ap": "AP@k"}, "exclusion": "own patient", "metrics": per_k, "chance": chance,
-            "chance_definition": "no-skip averages of a seeded random ranking of the same database"}
+            "chance_definition": "no-skip averages of a seeded random ranking of the same database",
+            "metadata": metadata}
 
 
 def make_pipeline(root: Path, stages: dict | None = None) -> tuple[ReportInputs, Path]:
@@ -116,6 +118,7 @@ def make_pipeline(root: Path, stages: dict | None = None) -> tuple[ReportInputs,
         "image_id": ["i0", "i1", "i2", "i3", "bad"], "dataset": ["mimic"] * 4 + ["nih"],
         "source_path": [f"mimic/i{i}.dcm" for i in range(4)] + ["nih/bad.png"], "view": ["PA", "AP", "PA", "AP", None],
         "status": ["ok"] * 4 + ["error"], "error": [None] * 4 + [EVIL],
+        "png_path": [f"i{i}.png" for i in range(4)] + [None],
     }).to_parquet(root / "data/interim/images.parquet")
     classes = ["Edema", "Lung <Opacity>"]
     counts = {c: {"pos": 2, "neg": 1, "unc": 0, "blank": 1} for c in classes}
@@ -142,9 +145,11 @@ def make_pipeline(root: Path, stages: dict | None = None) -> tuple[ReportInputs,
                                                 "box_source": "pred", "regions": ["a", "b"],
                                                 "images_missing_regions": 1, "missing_per_region": {"b": 1}})
     per_split = {"mAP": 0.5, "AP50": 0.9, "AP75": 0.4, "AP50_min_region": 0.3, "images": 2,
-                 "images_per_second": 9.9, "per_region": {"trachea": {"AP": 0.5, "AP50": 0.9}}}
+                 "images_per_second": 9.9, "per_region": {"trachea": {"AP": 0.5, "AP50": 0.9}},
+                 "baseline_prior_box": {"mAP": 0.1, "AP50": 0.35, "AP75": 0.05}}
     _write_json(root / "reports/detector/metrics.json", {"backbone": "tiny_fpn", "val": per_split, "test": per_split})
-    un = {"images": 2, "mean_dice": 0.9, "mean_iou": 0.8, "per_structure": {"heart": {"dice": 0.9, "iou": 0.8}}}
+    un = {"images": 2, "mean_dice": 0.9, "mean_iou": 0.8, "per_structure": {"heart": {"dice": 0.9, "iou": 0.8}},
+          "baseline_prior_mask": {"images": 2, "mean_dice": 0.55, "per_structure": {"heart": {"dice": 0.55}}}}
     _write_json(root / "reports/unet/metrics.json", {"val": un, "test": un, "train_seconds": 3.0})
     models = {}
     for j, m in enumerate(MODELS):
@@ -154,6 +159,19 @@ def make_pipeline(root: Path, stages: dict | None = None) -> tuple[ReportInputs,
         _write_json(d / "metrics.json", {"model": m, "ci": 0.95, "per_class": per})
         rows = [(c, f, min(1.0, f * (1.5 + j))) for c in classes for f in (0.0, 0.25, 0.5, 1.0)]
         pd.DataFrame(rows, columns=["class", "fpr", "tpr"]).to_csv(d / "roc.csv", index=False)
+        pd.DataFrame([(c, r, 1 - 0.5 * r) for c in classes for r in (0.0, 0.5, 1.0)],
+                     columns=["class", "recall", "precision"]).to_csv(d / "pr.csv", index=False)
+        for c in classes:
+            per[c].update(threshold=0.5, tp=1, fp=2, fn=0, tn=3, negatives=3, auprc=0.6)
+        _write_json(d / "metrics.json", {"model": m, "ci": 0.95, "per_class": per, "ece": 0.05,
+                                         "reliability": [{"low": 0.0, "high": 0.5, "n": 3, "confidence": 0.2,
+                                                          "observed": 0.1},
+                                                         {"low": 0.5, "high": 1.0, "n": 2, "confidence": 0.8,
+                                                          "observed": 0.9}]})
+        # test predictions: i1 is a confident false positive for Edema, i2 a confident false negative
+        pd.DataFrame({"image_id": ["i1", "i2", "i3"], "patient_id": ["1", "2", "3"],
+                      **{f"p:{c}": [0.9, 0.1, 0.6] for c in classes}, **{f"y:{c}": [0.0, 1.0, 1.0] for c in classes},
+                      **{f"m:{c}": [True, True, True] for c in classes}}).to_parquet(d / "predictions.parquet")
         models[m] = {"macro_auroc": 0.7, "macro_auroc_ci_low": 0.6, "macro_auroc_ci_high": 0.8, "micro_auroc": 0.8,
                      "macro_auprc": 0.5, "macro_f1": 0.4, "ece": 0.02, "test_images": 1, "test_patients": 1,
                      "vs_reference": None if j == 0 else {"difference": -0.1, "p_value": 0.2, "shared_images": 1}}
@@ -177,6 +195,9 @@ def make_pipeline(root: Path, stages: dict | None = None) -> tuple[ReportInputs,
                       "png_path": ["i0.png", "i1.png", "i2.png", "i3.png"], "labels": ["Edema", "Edema", "", "x"],
                       "score": [np.nan, 0.9, 0.8, 0.7], "relevant": [True, True, False, False]}
                      ).to_parquet(rd / "examples.parquet")
+    models["baseline:metadata"] = {"macro_auroc": 0.65, "macro_auroc_ci_low": 0.55, "macro_auroc_ci_high": 0.75,
+                                   "test_images": 1, "test_patients": 1, "per_class_auroc": {c: 0.65 for c in classes}}
+    models["baseline:prevalence"] = {"macro_auroc": 0.5, "test_images": 1, "test_patients": 1}
     _write_json(root / "reports/models.json", models)
     inputs = ReportInputs(
         params=root / "params.yaml", dvc_yaml=root / "dvc.yaml", raw=root / "data/raw",
@@ -239,8 +260,9 @@ def test_dag_errors_name_the_problem(tmp_path):
 
 # -- rendering ------------------------------------------------------------------------------------
 
-SECTIONS = ("pipeline", "data", "failures", "classifiers", "roc", "anatomy", "localization", "retrieval", "labeller")
-TABLES = ("stages", "params_train", "ingest", "convert", "views", "label_sources", "label_counts", "splits",
+SECTIONS = ("summary", "classifiers", "roc", "diagnostics", "anatomy", "localization", "retrieval", "labeller", "data", "failures",
+            "pipeline")
+TABLES = ("summary_best", "confusion_counts", "stages", "params_train", "ingest", "convert", "views", "label_sources", "label_counts", "splits",
           "prevalence", "coco", "features", "failures", "convert_failures", "models", "per_class_auroc",
           "per_class_f1", "detector", "detector_regions", "unet", "unet_structures", "labeller_f1",
           "localization", "localization_gt", "localization_densenet121", "localization_densenet121_threshold", "localization_anaxnet",
@@ -256,8 +278,8 @@ def test_report_has_every_section_and_is_deterministic(pipeline):
     for key in TABLES:
         assert f'data-table="{key}"' in html, key
     assert html.count("data-roc=") == 2 and 'data-stage="evaluate@anaxnet"' in html
-    # two localisation galleries + per model one query and its three results
-    assert html.count('src="data:image/png;base64,') == 2 + 2 * 4
+    # two localisation galleries + per model one query and its three results + per model 2 FP and 2 FN mistakes
+    assert html.count('src="data:image/png;base64,') == 2 + 2 * 4 + 2 * 4
     assert 'data-gallery="retrieval_examples_anaxnet"' in html and "#1 relevant, score 0.900\nEdema" in html
     # self-contained: nothing fetched from anywhere
     for bad in ("<script", "<link", 'src="http', "url(http", "@import"):
@@ -274,6 +296,36 @@ def test_report_has_every_section_and_is_deterministic(pipeline):
     assert "```mermaid" in md and "| densenet121 | 0.700 [0.600, 0.800] |" in md
     assert "data:image" not in md and not re.search(r"(?<!\\)<", md)  # every "<" escaped
     assert build_report(inputs, image_dir=img_dir) == (html, md)
+
+
+def test_report_leads_with_the_summary_and_ends_with_the_dag(pipeline):
+    inputs, img_dir = pipeline
+    html, md = build_report(inputs, image_dir=img_dir)
+    order = [html.index(f'<section id="{k}"') for k in SECTIONS]
+    assert order == sorted(order)  # summary first, DAG and params last
+    best = _md_table(md, "Best model per task")
+    cls = next(r for r in best if r.startswith("| classification"))
+    # the best classifier with its CI, beside the strongest non-trivial baseline of the same run
+    assert "| densenet121 | 0.700 [0.600, 0.800] | metadata: 0.650 [0.550, 0.750]; prevalence: 0.500 |" in cls
+    assert any(r.startswith("| report labelling") and "keyword baseline" in r for r in best)
+    assert any(r.startswith("| region detection") and "prior box (mean train box): 0.350" in r for r in best)
+    assert any(r.startswith("| organ segmentation") and "prior mask (mean train mask): 0.550" in r for r in best)
+    # the params this run changed from the schema defaults are listed, with the default beside
+    rows = _md_table(md, "This run's params that differ")
+    assert any(r.startswith("| train.") or r.startswith("| convert.") for r in rows)
+
+
+def test_diagnostics_show_pr_reliability_counts_and_confident_mistakes(pipeline):
+    inputs, img_dir = pipeline
+    html, md = build_report(inputs, image_dir=img_dir)
+    assert html.count("data-pr=") == 2 and html.count("data-reliability=") == 2
+    assert "ECE 0.050" in html
+    rows = _md_table(md, "TP / FP / FN / TN per class")
+    assert rows[0].startswith("| Edema | 1 / 2 / 0 / 3 |")
+    # i1 scored 0.9 for classes it does not have: the most confident false positives; i2 (0.1) the false negatives
+    assert "false positive: Edema p=0.90 (threshold 0.50)" in html and "false negative: Edema p=0.10" in html
+    assert 'data-gallery="mistakes_densenet121"' in html
+    assert "(2 false positive and 2 false negative (image, class) pairs in all)" in md
 
 
 def _md_table(md: str, caption_start: str) -> list[str]:
@@ -293,8 +345,8 @@ def test_retrieval_section_shows_summary_beside_chance(pipeline):
     html, md = build_report(inputs, image_dir=img_dir)
     # cross-model comparison: class average no-skip at k = 5 and chance AP@5, one row per model
     assert _md_table(md, "Retrieval comparison at k = 5") == [
-        "| densenet121 | 8-d, inner product, flat index | 0.450 | 0.350 | 0.650 | 0.550 | 0.205 | 1 / 3 |",
-        "| anaxnet | 8 bits, Hamming, flat index | 0.550 | 0.450 | 0.750 | 0.650 | 0.205 | 1 / 3 |"]
+        "| densenet121 | 8-d, inner product, flat index | 0.450 | 0.350 | 0.650 | 0.550 | 0.205 | 0.255 | 1 / 3 |",
+        "| anaxnet | 8 bits, Hamming, flat index | 0.550 | 0.450 | 0.750 | 0.650 | 0.205 | 0.255 | 1 / 3 |"]
     # per model: every metric at every k; class average / query-weighted, no-skip / skip, chance beside no-skip
     rows = _md_table(md, "densenet121: retrieval metrics beside chance")
     assert [r.split(" | ")[0] for r in rows] == [f"| {x}@{k}" for k in (3, 5, 10) for x in ("AP", "precision", "hit", "RR")]

@@ -97,6 +97,29 @@ def test_chance_level_of_a_random_ranking():
         assert c["precision"] == pytest.approx(db.mean(), abs=0.03) and c["hit"] == pytest.approx(1 - 0.7 ** 10, abs=0.03)
 
 
+def test_metadata_ranking_puts_same_view_and_sex_first():
+    from cxr.retrieve.metrics import metadata_metrics
+
+    # database: positives are exactly the AP women; the query is an AP woman of another patient
+    views = ["AP"] * 4 + ["AP"] * 4 + ["PA"] * 4 + ["PA"] * 4
+    sexes = ["F"] * 4 + ["M"] * 4 + ["F"] * 4 + ["M"] * 4
+    db = np.array([[1.0]] * 4 + [[0.0]] * 12)
+    pids = [f"d{i}" for i in range(16)]
+    q = np.array([[1.0]])
+    m = metadata_metrics(q, db, ["q"], pids, {"view": ["ap"], "sex": ["F"]}, {"view": views, "sex": sexes}, ["A"],
+                         ks=(4, 8), repeats=3)
+    assert m["4"]["class_average"]["precision"] == 1.0  # the whole first tier is relevant
+    assert m["8"]["class_average"]["precision"] == 0.5  # the second tier (AP men) is not
+    # a PA man query gets the AP women last: nothing relevant in its top 8
+    m = metadata_metrics(q, db, ["q"], pids, {"view": ["PA"], "sex": ["M"]}, {"view": views, "sex": sexes}, ["A"],
+                         ks=(8,), repeats=3)
+    assert m["8"]["class_average"]["hit"] == 0.0
+    # without metadata agreement it is the chance ranking, draw for draw
+    same = {"view": ["X"] * 16, "sex": ["X"] * 16}
+    assert (metadata_metrics(q, db, ["q"], pids, {"view": ["Y"], "sex": ["Y"]}, same, ["A"], ks=(4,), seed=3)
+            == chance_metrics(q, db, ["q"], pids, ["A"], ks=(4,), seed=3))
+
+
 # ---------------------------------------------------------------- index
 
 

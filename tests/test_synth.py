@@ -250,6 +250,36 @@ def test_signal_knob_scales_finding_contrast():
     assert weak_diff > 0 and strong_diff > 1.6 * weak_diff
 
 
+def test_signal_zero_is_a_true_null_and_the_view_confound_is_declared():
+    """signal 0: the pixels of an image do not depend on its findings at all, whatever they are. What
+    is left is the view (AP / PA), drawn with the label pattern as in CheXpert (a declared confound,
+    measured by the metadata baseline); view_confound false draws it independently of the findings."""
+    anatomy = Anatomy.sample(11, "M")
+    every = [Finding("Cardiomegaly", severity="severe", seed=1), Finding("Pleural Effusion", side="bilateral", seed=2),
+             Finding("Pneumothorax", side="left", seed=3), Finding("Edema", seed=4), Finding("Atelectasis", side="right", seed=5),
+             Finding("Lung Lesion", side="right", zone="upper", kind="mass", size=0.07, seed=6),
+             Finding("Support Devices", kind="ett,central_line,pacemaker", seed=7),
+             Finding("Enlarged Cardiomediastinum", seed=8), Finding("Fracture", side="left", kind="rib5", seed=9)]
+    for view in ("PA", "AP", "LATERAL"):
+        kw = dict(view=view, rows=192, cols=160, seed=4, signal=0.0)
+        np.testing.assert_array_equal(render(anatomy, every, **kw).image, render(anatomy, [], **kw).image)
+    # the confound as CheXpert has it (default) and switched off
+    def ap_rate(patients, name, positive):
+        v = [s.view == "AP" for p in patients for s in p.studies if bool(s.truth[name]) == positive]
+        return float(np.mean(v)), len(v)
+
+    on = plan_cohort("default", 42, SyntheticParams())
+    off = plan_cohort("default", 42, SyntheticParams(view_confound=False))
+    (a1, n1), (a0, n0) = ap_rate(on, "Edema", True), ap_rate(on, "Edema", False)
+    assert a1 - a0 > 0.1  # Edema is mostly an AP-film finding in CheXpert (0.98 vs 0.81 AP here)
+    (b1, m1), (b0, m0) = ap_rate(off, "Edema", True), ap_rate(off, "Edema", False)
+    se = np.sqrt(0.25 / m1 + 0.25 / m0)
+    assert abs(b1 - b0) < 3 * se, (b1, b0, se)
+    # the AP share itself is kept, and so are the label patterns of the studies
+    assert abs(np.mean([s.view == "AP" for p in off for s in p.studies]) -
+               np.mean([s.view == "AP" for p in on for s in p.studies])) < 0.08
+
+
 def test_shipped_pattern_table_is_the_real_chexpert_statistics(realdata):
     rebuilt = build_pattern_table(realdata / "chexpert/chexpert_train.csv.gz")
     shipped = load_pattern_table()

@@ -296,16 +296,20 @@ def test_region_models_train_and_evaluate_on_feature_folder(tiny_proc, tmp_path,
     ids = sorted(images.loc[images["status"] == "ok", "image_id"])
     fdir = _region_dir(tmp_path / "features", n=len(ids), d=8)
     pd.DataFrame({"row": range(len(ids)), "image_id": ids}).to_parquet(fdir / "index.parquet")
-    (fdir / "meta.json").write_text(json.dumps({"regions": [f"region{k}" for k in range(18)], "findings": ["a", "b", "c"]}))
+    (fdir / "meta.json").write_text(json.dumps({"regions": [f"region{k}" for k in range(18)], "findings": ["a", "b", "c"],
+                                                "box_source": "gt"}))
     params = TrainParams(epochs=1, batch_size=8, graph={"hidden": 16, "edges": "cooccurrence"})
     card = train_model(name, images=images, labels=labels, splits=splits, images_dir=r / "images",
                        names=label_names("chexpert14"), uncertainty={}, params=params, seed=0, out_dir=tmp_path / "m",
                        log_dir=None, cache_dir=tmp_path / "c", features_dir=fdir, progress=False)
-    assert card["input"] == {"kind": "region_features", "num_regions": 18, "feature_dim": 8}
+    assert card["input"] == {"kind": "region_features", "num_regions": 18, "feature_dim": 8, "box_source": "gt"}
     metrics, roc, pr, pred = evaluate_model(tmp_path / "m", images=images, labels=labels, splits=splits,
                                             images_dir=r / "images", cache_dir=tmp_path / "c2", features_dir=fdir,
                                             n_boot=20, progress=False)
     assert list(metrics["region_auroc"])[:2] == ["region0", "region1"] and metrics["model"] == name
+    # GT scene-graph boxes at test time are declared in the metrics (and so in models.md and the report)
+    assert metrics["region_boxes"]["source"] == "gt" and "oracle" in metrics["region_boxes"]["note"]
+    assert set(metrics["by_view"]) <= {"AP", "PA"}
     assert set(pred["image_id"]) <= set(splits.loc[splits["split"] == "test", "image_id"])
 
 
@@ -324,7 +328,8 @@ def test_evaluation_truth_does_not_depend_on_the_training_policy(tiny_proc, tmp_
     ids = sorted(images.loc[images["status"] == "ok", "image_id"])
     fdir = _region_dir(tmp_path / "features", n=len(ids), d=8)
     pd.DataFrame({"row": range(len(ids)), "image_id": ids}).to_parquet(fdir / "index.parquet")
-    (fdir / "meta.json").write_text(json.dumps({"regions": [f"region{k}" for k in range(18)], "findings": ["a", "b", "c"]}))
+    (fdir / "meta.json").write_text(json.dumps({"regions": [f"region{k}" for k in range(18)], "findings": ["a", "b", "c"],
+                                                "box_source": "gt"}))
     params = TrainParams(epochs=1, batch_size=8, graph={"hidden": 16, "edges": "cooccurrence"})
     preds = {}
     for policy in ("ones", "zeros"):

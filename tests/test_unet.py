@@ -72,6 +72,9 @@ def test_one_step_model_dir_round_trip(anatomy_data, tmp_path):
                                 find_masks(d["raw"]), tmp_path / "unet", UnetParams(**FAST), seed=1, progress=False)
     assert metrics["images"]["train"] > 0
     assert set(metrics["test"]["per_structure"]) == set(UnetParams().structures) or metrics["test"]["images"] == 0
+    base = metrics["test"]["baseline_prior_mask"]  # the mean train mask, scored like the UNet
+    assert base["images"] == metrics["test"]["images"] and "train masks averaged" in base["rule"]
+    assert base["images"] == 0 or 0.0 <= base["mean_dice"] <= 1.0
     card = json.loads((tmp_path / "unet" / "card.json").read_text())
     assert card["classes"] == list(UnetParams().structures) and card["input"]["size"] == 64
     torch.load(tmp_path / "unet" / WEIGHTS, weights_only=True)
@@ -121,3 +124,21 @@ def test_stage_writes_metrics(anatomy_data, tmp_path):
     assert rc == 0
     m = json.loads((tmp_path / "unet.json").read_text())
     assert {"val", "test", "images", "train_seconds"} <= set(m)
+
+
+def test_prior_mask_baseline_by_hand():
+    from cxr.anatomy.unet import MaskImages, prior_mask_baseline
+
+    def data(masks):
+        d = object.__new__(MaskImages)
+        d.items = [(np.zeros((1, 4, 4), np.uint8), m) for m in masks]
+        return d
+
+    a = np.zeros((1, 4, 4), bool)
+    a[0, :2, :2] = True
+    b = np.zeros((1, 4, 4), bool)
+    b[0, :2, :] = True
+    # two of three train masks cover the left upper quarter: that is the prior; b covers it only half
+    res = prior_mask_baseline(data([a, a, b]), data([a, b]), ["heart"])
+    assert res["per_structure"]["heart"]["dice"] == pytest.approx((1.0 + 2 * 4 / (4 + 8)) / 2, abs=1e-4)
+    assert res["images"] == 2

@@ -83,3 +83,20 @@ def ok_images(images: pd.DataFrame) -> pd.DataFrame:
         dup = df.loc[df["image_id"].duplicated(), "image_id"].iloc[0]
         raise AnatomyError(f"images table: image_id {dup!r} appears twice")
     return df.set_index("image_id", drop=False)
+
+
+def unet_probabilities(model: torch.nn.Module, size: int, png: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
+    """Per-structure probabilities ``[K, H, W]`` of an organ UNet in the converted image's own grid.
+
+    ``png`` (uint8 / uint16, as the convert stage writes it) is fed as the UNet was trained: long side
+    resized to ``size``, uint8 levels, padded bottom / right; the probabilities are cropped back and
+    resized to the PNG. Used by ``cxr segment`` and the localisation's whole-lung-box baseline.
+    """
+    img = gray_float(png)
+    h, w, _ = fit_size(*img.shape, size)
+    x = np.zeros((1, 1, size, size), np.float32)
+    x[0, 0, :h, :w] = np.round(resize_float(img, h, w) * 255) / 255  # as MaskImages: uint8 levels
+    with torch.inference_mode():
+        p = torch.sigmoid(model(torch.from_numpy(x).to(device))).float().cpu().numpy()[0, :, :h, :w]
+    return np.stack([np.asarray(Image.fromarray(c).resize((img.shape[1], img.shape[0]), Image.Resampling.BILINEAR),
+                                np.float32) for c in p])

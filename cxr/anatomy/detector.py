@@ -228,6 +228,28 @@ def coco_metrics(coco_json: str | Path, results: list[dict]) -> dict[str, Any]:
             "AP75": round(float(ev.stats[2]), 4), "images": len(gt.getImgIds()), "per_region": per_region}
 
 
+def prior_box_results(train_json: str | Path, split_json: str | Path) -> list[dict]:
+    """The no-model baseline as COCO results: per region, the mean TRAIN box relative to its image
+    (x / width, y / height), placed on every image of ``split_json`` with score 1. A detector that does
+    not beat it at AP50 has learnt no more than where each region usually is."""
+    train = json.loads(Path(train_json).read_text(encoding="utf-8"))
+    split = json.loads(Path(split_json).read_text(encoding="utf-8"))
+    size = {im["id"]: (float(im["width"]), float(im["height"])) for im in train.get("images", [])}
+    rel: dict[int, list[list[float]]] = {}
+    for a in train.get("annotations", []):
+        w, h = size[a["image_id"]]
+        x, y, bw, bh = a["bbox"]
+        rel.setdefault(int(a["category_id"]), []).append([x / w, y / h, bw / w, bh / h])
+    mean = {c: np.mean(v, axis=0) for c, v in rel.items()}
+    out = []
+    for im in split.get("images", []):
+        w, h = float(im["width"]), float(im["height"])
+        for c, (x, y, bw, bh) in sorted(mean.items()):
+            out.append({"image_id": int(im["id"]), "category_id": c, "score": 1.0,
+                        "bbox": [round(x * w, 2), round(y * h, 2), round(bw * w, 2), round(bh * h, 2)]})
+    return out
+
+
 def evaluate_detector(model: FasterRCNN, coco_dir: str | Path, images_dir: str | Path, image_size: int,
                       splits: Sequence[str] = ("val", "test"), device: str = "auto",
                       progress: bool = True) -> dict[str, Any]:
@@ -243,6 +265,10 @@ def evaluate_detector(model: FasterRCNN, coco_dir: str | Path, images_dir: str |
         m["images_per_second"] = round(len(data) / max(time.perf_counter() - t0, 1e-9), 2)
         aps = [v["AP50"] for v in m["per_region"].values() if v["AP50"] is not None]
         m["AP50_min_region"] = min(aps) if aps else None
+        train_json = Path(coco_dir) / "train.json"
+        if train_json.is_file():
+            b = coco_metrics(path, prior_box_results(train_json, path))
+            m["baseline_prior_box"] = {k: b[k] for k in ("mAP", "AP50", "AP75")}
         metrics[split] = m
         log.info("%s: mAP %.3f, AP50 %.3f over %d images", split, m["mAP"], m["AP50"], m["images"])
     model.cpu()

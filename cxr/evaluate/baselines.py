@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cxr.evaluate.classification import DEFAULT_TRUTH, classification_metrics
+from cxr.evaluate.classification import DEFAULT_TRUTH, by_view, classification_metrics
 from cxr.evaluate.metrics import macro_auroc, val_thresholds
 from cxr.inference import build_datasets
 
@@ -90,13 +90,14 @@ def run_baselines(*, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.Data
     meta = {s: info.loc[d.meta["image_id"], ["view", "sex", "age"]].reset_index(drop=True) for s, d in ds.items()}
     pids = te.meta["patient_key"].astype(str).to_numpy()
     out: dict[str, dict] = {}
+    scored: dict[str, tuple[np.ndarray, dict[str, float]]] = {}  # name -> test probabilities, thresholds
 
     # prevalence: every test image gets each class's TRAIN rate
     rate = np.array([tr.targets[tr.mask[:, k], k].mean() if tr.mask[:, k].any() else 0.5 for k in range(len(names))])
     probs = np.tile(rate, (len(te), 1))
-    out["prevalence"] = classification_metrics(probs, te.targets, te.mask, pids, names,
-                                               {n: float(r) for n, r in zip(names, rate)}, n_boot, ci, ece_bins, seed,
-                                               min_positives=min_positives)
+    scored["prevalence"] = (probs, {n: float(r) for n, r in zip(names, rate)})
+    out["prevalence"] = classification_metrics(probs, te.targets, te.mask, pids, names, scored["prevalence"][1], n_boot,
+                                               ci, ece_bins, seed, min_positives=min_positives)
 
     def pixels(d):
         return np.asarray(d.cache.array[d._rows], np.float64).reshape(len(d), -1) / 255.0
@@ -120,6 +121,7 @@ def run_baselines(*, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.Data
         thresholds = val_thresholds(pva, va.targets, va.mask, names)
         met = classification_metrics(pte, te.targets, te.mask, pids, names, thresholds, n_boot, ci, ece_bins, seed,
                                      min_positives=min_positives)
+        scored[name] = (pte, thresholds)
         met["C"] = c
         met["val_macro_auroc"] = round(best[0], 4) if best[0] >= 0 else None
         out[name] = met
@@ -127,6 +129,8 @@ def run_baselines(*, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.Data
         met["model"] = name
         met["truth"] = t
         met["baseline"] = True
+        met["by_view"] = by_view(scored[name][0], te.targets, te.mask, pids, te.meta["view"].to_numpy(), names,
+                                 scored[name][1], n_boot, ci, seed, min_positives)
         log.info("baseline %s: test macro AUROC %s [%s, %s]", name, met["macro_auroc"], met["macro_auroc_ci_low"],
                  met["macro_auroc_ci_high"])
     return out

@@ -37,6 +37,20 @@ def _f(x) -> float | None:
     return round(x, 6) if np.isfinite(x) else None
 
 
+def reliability(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, bins: int = 10) -> list[dict]:
+    """The reliability diagram behind the ECE: per equal-width probability bin (all classes pooled, unmasked
+    entries), its range, count, mean predicted probability and observed positive rate (None when empty)."""
+    p, y = np.asarray(probs)[mask], np.asarray(targets)[mask]
+    idx = np.minimum((p * bins).astype(int), bins - 1) if p.size else np.zeros(0, int)
+    out = []
+    for b in range(bins):
+        sel = idx == b
+        out.append({"low": round(b / bins, 6), "high": round((b + 1) / bins, 6), "n": int(sel.sum()),
+                    "confidence": _f(p[sel].mean()) if sel.any() else None,
+                    "observed": _f(y[sel].mean()) if sel.any() else None})
+    return out
+
+
 def classification_metrics(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, patient_ids: Sequence,
                            names: Sequence[str], thresholds: Mapping[str, float], n_boot: int = 1000, ci: float = 0.95,
                            ece_bins: int = 10, seed: int = 0, min_positives: int = 10) -> dict:
@@ -65,6 +79,9 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, mask: np.ndar
             "auroc": _f(per_auc[c]), "auroc_ci_low": _f(np.atleast_1d(lo)[c]), "auroc_ci_high": _f(np.atleast_1d(hi)[c]),
             "auprc": _f(auprc(s, y)), "threshold": _f(thresholds.get(n, 0.5)),
             **{k: _f(v) for k, v in op.items()}, "positives": int(y.sum()), "negatives": int((~y).sum()),
+            # counts at the validation threshold (what the sensitivity / specificity above rest on)
+            "tp": int((s >= thresholds.get(n, 0.5))[y].sum()), "fn": int((s < thresholds.get(n, 0.5))[y].sum()),
+            "fp": int((s >= thresholds.get(n, 0.5))[~y].sum()), "tn": int((s < thresholds.get(n, 0.5))[~y].sum()),
             "bootstrap_dropped": int(dropped[c]),
         }
     common = np.array([per_class[n]["positives"] >= min_positives and per_class[n]["auroc"] is not None
@@ -90,6 +107,7 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, mask: np.ndar
         "micro_auroc": _f(micro_auroc(probs, targets, mask)), "micro_auroc_ci_low": _f(ulo), "micro_auroc_ci_high": _f(uhi),
         "macro_auprc": _f(np.mean(auprcs)) if auprcs else None, "macro_f1": _f(np.mean(f1s)) if f1s else None,
         "ece": _f(expected_calibration_error(probs, targets, mask, ece_bins)),
+        "reliability": reliability(probs, targets, mask, ece_bins),
         "macro_auroc_common": _f(np.nanmean(per_auc[common])) if common.any() else None,
         "macro_auroc_common_ci_low": _f(clo) if common.any() else None,
         "macro_auroc_common_ci_high": _f(chi) if common.any() else None,
@@ -131,6 +149,35 @@ def region_auroc(node_probs: np.ndarray, region_targets: np.ndarray, region_mask
 DEFAULT_TRUTH = {"uncertain": "ignore", "blank": "zeros"}
 
 
+def by_view(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, patient_ids: np.ndarray, views: np.ndarray,
+            names: Sequence[str], thresholds: Mapping[str, float], n_boot: int, ci: float, seed: int,
+            min_positives: int) -> dict[str, dict]:
+    """Macro AUROC (all classes with an AUROC, and the common classes) with patient-bootstrap CIs per
+    frontal view (AP / PA): a model whose AUROC holds only across views may be reading the view, a
+    known shortcut (AP films are the sicker, portable patients)."""
+    out = {}
+    v = np.asarray([str(x).upper() for x in views])
+    for view in ("AP", "PA"):
+        keep = v == view
+        if not keep.any():
+            continue
+        m = classification_metrics(probs[keep], targets[keep], mask[keep], patient_ids[keep], names, thresholds,
+                                   n_boot, ci, 10, seed, min_positives=min_positives)
+        out[view] = {k: m.get(k) for k in ("test_images", "test_patients", "macro_auroc", "macro_auroc_ci_low",
+                                           "macro_auroc_ci_high", "macro_auroc_common", "macro_auroc_common_ci_low",
+                                           "macro_auroc_common_ci_high", "common_classes")}
+    return out
+
+
+def region_box_note(card: Mapping) -> dict[str, str]:
+    """Where a region model's boxes came from at test time (``features.boxes``): GT scene-graph boxes
+    are an oracle a deployed model does not have, so every table that shows the model says so."""
+    src = str(card.get("input", {}).get("box_source") or "unknown")
+    text = {"gt": "ground-truth scene-graph boxes at test time (features.boxes: gt): an oracle, not a deployable result",
+            "pred": "boxes predicted by the anatomy detector (features.boxes: pred)"}.get(src, f"box source {src!r}")
+    return {"source": src, "note": text}
+
+
 def evaluate_model(model_dir, *, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.DataFrame, images_dir,
                    cache_dir, features_dir=None, n_boot: int = 1000, ci: float = 0.95, ece_bins: int = 10, seed: int = 0,
                    batch_size: int = 32, progress: bool = True, min_positives: int = 10,
@@ -158,7 +205,10 @@ def evaluate_model(model_dir, *, images: pd.DataFrame, labels: pd.DataFrame, spl
                                      min_positives=min_positives)
     metrics["model"] = name
     metrics["truth"] = truth
+    metrics["by_view"] = by_view(probs, ds.targets, ds.mask, pids, ds.meta["view"].to_numpy(), names, card["thresholds"],
+                                 n_boot, ci, seed, min_positives)
     if input_kind(name) == "region_features":
+        metrics["region_boxes"] = region_box_note(card)
         nodes, rt, rm = [], [], []
         with torch.inference_mode():
             for batch in torch.utils.data.DataLoader(ds, batch_size=batch_size):

@@ -56,15 +56,25 @@ def _fmt(x, digits: int = 3) -> str:
 
 _KEYS = ("macro_auroc", "macro_auroc_ci_low", "macro_auroc_ci_high", "macro_auroc_common", "macro_auroc_common_ci_low",
          "macro_auroc_common_ci_high", "common_classes", "micro_auroc", "macro_auprc", "macro_f1", "ece", "test_images",
-         "test_patients")
+         "test_patients", "by_view", "region_boxes")
+
+
+def _view_auroc(met: Mapping, view: str) -> str:
+    v = (met.get("by_view") or {}).get(view)
+    if not v:
+        return "n/a"
+    return (f"{_fmt(v.get('macro_auroc'))} [{_fmt(v.get('macro_auroc_ci_low'))}, {_fmt(v.get('macro_auroc_ci_high'))}] "
+            f"(n={v.get('test_images')})")
 
 
 def _row(name: str, met: Mapping, p: str) -> str:
+    if (met.get("region_boxes") or {}).get("source") == "gt":
+        name = f"{name} (GT boxes at test)"
     return (f"| {name} | {_fmt(met.get('macro_auroc'))} [{_fmt(met.get('macro_auroc_ci_low'))}, "
             f"{_fmt(met.get('macro_auroc_ci_high'))}] | {_fmt(met.get('macro_auroc_common'))} "
             f"[{_fmt(met.get('macro_auroc_common_ci_low'))}, {_fmt(met.get('macro_auroc_common_ci_high'))}] | "
             f"{_fmt(met.get('micro_auroc'))} | {_fmt(met.get('macro_auprc'))} | "
-            f"{_fmt(met.get('macro_f1'))} | {_fmt(met.get('ece'))} | {met.get('test_images')} / {met.get('test_patients')} | {p} |")
+            f"{_fmt(met.get('macro_f1'))} | {_fmt(met.get('ece'))} | {met.get('test_images')} / {met.get('test_patients')} | {_view_auroc(met, 'AP')} | {_view_auroc(met, 'PA')} | {p} |")
 
 
 def models_table(metrics: Mapping[str, dict], predictions: Mapping[str, pd.DataFrame], names: Sequence[str],
@@ -97,11 +107,13 @@ def models_table(metrics: Mapping[str, dict], predictions: Mapping[str, pd.DataF
         f"{min_pos} test positives: {', '.join(common) if common else 'none'} (the other classes' AUROCs rest on too "
         "few cases to read). Baselines (stage `baselines`, same split and truth): prevalence = every image scored with "
         "the train prevalence; pixels16 = logistic regression on 16 x 16 downsampled pixels; metadata = logistic "
-        "regression on view, sex and age.",
+        "regression on view, sex and age. AP / PA columns: the same macro AUROC within one view only; a model "
+        "that beats the metadata baseline overall but not within a view may be reading the view.",
         "",
         f"| model | macro AUROC [95% CI] | macro AUROC, classes with >= {min_pos} test positives [95% CI] | micro AUROC | "
-        "macro AUPRC | macro F1 | ECE | test images / patients | p vs reference (diff, n) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "macro AUPRC | macro F1 | ECE | test images / patients | macro AUROC, AP views [95% CI] | "
+        "macro AUROC, PA views [95% CI] | p vs reference (diff, n) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     # A class with one label value only on the test truth has no AUROC and leaves the macro
     # average: say which, per model, instead of averaging over fewer classes unseen.
@@ -112,6 +124,10 @@ def models_table(metrics: Mapping[str, dict], predictions: Mapping[str, pd.DataF
         if left:
             notes.append(f"- {m}: macro AUROC over {metrics[m].get('classes_evaluated')} classes; left out (one label "
                          "value only on the test truth): " + "; ".join(f"{k} ({v})" for k, v in left.items()))
+    for m in metrics:
+        rb = metrics[m].get("region_boxes") or {}
+        if rb.get("source") == "gt":
+            notes.append(f"- {m}: {rb.get('note')}")
     tail = ["", *notes] if notes else []
     return "\n".join(head + rows + tail) + "\n", data
 
@@ -137,11 +153,13 @@ def retrieval_table(results: Mapping[str, dict]) -> str:
         qw = main["no_skip"]["query_weighted"] or {}
         sk = main["skip"]["class_average"] or {}
         ch = ((r.get("chance") or {}).get(str(km)) or {}).get("class_average") or {}
+        md = ((r.get("metadata") or {}).get(str(km)) or {}).get("class_average") or {}
         emb = r["embedding"]
         code = f"{emb['dim']} bits, Hamming" if emb["binary"] else f"{emb['dim']}-d float, inner product"
         rows.append(f"| {m} | {code}, {r['index']['kind']} | " + " | ".join(_fmt(avg[k].get("ap")) for k in ks)
                     + f" | {_fmt(avg[km].get('precision'))} | {_fmt(avg[km].get('hit'))} | {_fmt(avg[km].get('rr'))} | "
-                    f"{_fmt(qw.get('ap'))} | {_fmt(sk.get('ap'))} | {_fmt(ch.get('ap'))} | {main['no_relevant_in_top_k']} / "
+                    f"{_fmt(qw.get('ap'))} | {_fmt(sk.get('ap'))} | {_fmt(ch.get('ap'))} | {_fmt(md.get('ap'))} | "
+                    f"{main['no_relevant_in_top_k']} / "
                     f"{main['no_skip']['query_class_pairs']} | {r['queries']['images']} / {r['database']['images']} |")
     head = [
         "",
@@ -151,11 +169,12 @@ def retrieval_table(results: Mapping[str, dict]) -> str:
         "(CheXtriev). AP@k: mean precision at the ranks of the relevant results; precision@k: relevant / k (CheXtriev's "
         "\"HR\"); hit@k: any relevant in the top k; RR@k: reciprocal rank of the first relevant. Class averages, every "
         f"query counted (no-skip), unless marked: query-weighted averages over (query, class) pairs; skip leaves out the "
-        f"queries with no relevant result in the top {km}; chance: a random ranking of the same database.",
+        f"queries with no relevant result in the top {km}; chance: a random ranking of the same database; metadata: "
+        "a ranking by view and sex only (same view and sex first, random within).",
         "",
         "| model | code, index | " + " | ".join(f"AP@{k}" for k in ks)
-        + f" | precision@{km} | hit@{km} | RR@{km} | AP@{km} query-weighted | AP@{km} skip | AP@{km} chance | no relevant in top {km} "
+        + f" | precision@{km} | hit@{km} | RR@{km} | AP@{km} query-weighted | AP@{km} skip | AP@{km} chance | AP@{km} metadata | no relevant in top {km} "
           "(query-class pairs) | queries / database |",
-        "|---|---|" + "---|" * len(ks) + "---|---|---|---|---|---|---|---|",
+        "|---|---|" + "---|" * len(ks) + "---|---|---|---|---|---|---|---|---|",
     ]
     return "\n".join(head + rows) + "\n"

@@ -43,6 +43,7 @@ from cxr.labels import CHESTXRAY14, load_map, resolve_space
 from cxr.localize.boxes import BoxError, Geometry, heatmap_boxes, xywh_to_xyxy
 from cxr.localize.cam import image_heatmaps, supports_heatmaps
 from cxr.localize.gallery import Tile, render_gallery
+from cxr.localize.baselines import lung_box_predictions, prior_box_predictions
 from cxr.localize.score import score_boxes
 from cxr.sources.nih import boxes_on_grid, read_boxes
 
@@ -123,6 +124,31 @@ def _pairs(gt: pd.DataFrame, split: str) -> list[tuple[str, str, np.ndarray]]:
     sub = gt[gt["split"] == split]
     return [(i, lab, g[["x1", "y1", "x2", "y2"]].to_numpy(np.float64))
             for (i, lab), g in sub.groupby(["image_id", "label"], sort=True)]
+
+
+def baseline_scores(gt: pd.DataFrame, test: Sequence[tuple[str, str, np.ndarray]], classes: Sequence[str], *,
+                    images: pd.DataFrame, images_dir: str | Path, size: int, thresholds: Sequence[float],
+                    unet_dir: str | Path | None, device: str = "auto") -> dict[str, Any]:
+    """The prior-box and whole-lung-box baselines (cxr.localize.baselines) on the same TEST pairs, classes and
+    thresholds as the model; the lung box is "not applicable" (with the reason) without a UNet model dir."""
+    out: dict[str, Any] = {}
+    if not test:
+        return out
+    preds, rule = prior_box_predictions(gt, test, classes, lambda ids: geometries(images, ids, size))
+    out["prior_box"] = {"rule": rule, "test": score_boxes([(lab, g, preds[(i, lab)]) for i, lab, g in test], classes,
+                                                            thresholds)}
+    if unet_dir is None or not (Path(unet_dir) / "card.json").is_file():
+        out["lung_box"] = {"not_applicable": f"no organ UNet model dir at {str(unet_dir)!r}"}
+        return out
+    geos = geometries(images, sorted({p[0] for p in test}), size)
+    try:
+        preds, rule = lung_box_predictions(unet_dir, test, images, images_dir, geos, device)
+    except ValueError as exc:
+        out["lung_box"] = {"not_applicable": str(exc)}
+        return out
+    out["lung_box"] = {"rule": rule, "test": score_boxes([(lab, g, preds[(i, lab)]) for i, lab, g in test], classes,
+                                                          thresholds)}
+    return out
 
 
 def _device(name: str) -> torch.device:
@@ -216,7 +242,7 @@ def _gallery_tiles(test: Sequence[tuple[str, str, np.ndarray]], preds: Mapping, 
 
 
 def localize_heatmaps(model, card: Mapping, *, images: pd.DataFrame, images_dir: str | Path, gt: pd.DataFrame,
-                      params: Any, seed: int) -> tuple[dict[str, Any], bytes]:
+                      params: Any, seed: int, unet_dir: str | Path | None = None) -> tuple[dict[str, Any], bytes]:
     """Heatmap localisation of an image model: threshold on VAL, scores on TEST, gallery of TEST examples."""
     names = list(card["label_names"])
     size = int(card["input"]["size"])
@@ -239,8 +265,10 @@ def localize_heatmaps(model, card: Mapping, *, images: pd.DataFrame, images_dir:
         rule = "no validation image has GT boxes: localize.default_threshold used"
         log.warning("no validation GT boxes for %s: heatmap threshold %.2f from params", card.get("architecture"), thr)
     preds = {(i, lab): _pred_source(heat[(i, lab)], geos[i], thr, params.max_boxes) for i, lab, _ in test}
-    scores = score_boxes([(lab, g, preds[(i, lab)]) for i, lab, g in test], [n for n in names if n in scored],
-                         params.thresholds)
+    classes = [n for n in names if n in scored]
+    scores = score_boxes([(lab, g, preds[(i, lab)]) for i, lab, g in test], classes, params.thresholds)
+    baselines = baseline_scores(gt, test, classes, images=images, images_dir=images_dir, size=size,
+                                thresholds=params.thresholds, unet_dir=unet_dir, device=params.device)
     tiles = _gallery_tiles(test, preds, geos, images, images_dir, params.gallery_size, seed, heat)
     result = {
         "supported": True,
@@ -254,6 +282,7 @@ def localize_heatmaps(model, card: Mapping, *, images: pd.DataFrame, images_dir:
         "test_images": len({p[0] for p in test}),
         "val_images": len({p[0] for p in val}),
         "test": scores,
+        "baselines": baselines,
         "gallery": [t.title for t in tiles],
     }
     return result, render_gallery(tiles)
@@ -261,7 +290,7 @@ def localize_heatmaps(model, card: Mapping, *, images: pd.DataFrame, images_dir:
 
 def localize_regions(model, card: Mapping, *, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.DataFrame,
                      images_dir: str | Path, features_dir: str | Path, bbox_csv: str | Path | None, params: Any,
-                     seed: int) -> tuple[dict[str, Any], bytes]:
+                     seed: int, unet_dir: str | Path | None = None) -> tuple[dict[str, Any], bytes]:
     """Region-level localisation of an anatomy model on the TEST split (module docstring; no pointing without boxes)."""
     names = list(card["label_names"])
     feats = RegionFeatures(features_dir)
@@ -312,14 +341,17 @@ def localize_regions(model, card: Mapping, *, images: pd.DataFrame, labels: pd.D
         r = int(np.argmax(s))
         preds[(i, lab)] = geos[i].png_to_source(boxes_png[k, r])
         regions[(i, lab)] = feats.region_names[r]
-    pointing = score_boxes([(lab, g, preds[(i, lab)]) for i, lab, g in test], sorted({p[1] for p in test}, key=findings.index),
-                           params.thresholds)
+    classes = sorted({p[1] for p in test}, key=findings.index)
+    pointing = score_boxes([(lab, g, preds[(i, lab)]) for i, lab, g in test], classes, params.thresholds)
+    baselines = baseline_scores(gt, test, classes, images=images, images_dir=images_dir, size=1,
+                                thresholds=params.thresholds, unet_dir=unet_dir, device=params.device)
     tiles = _gallery_tiles(test, preds, geos, images, images_dir, params.gallery_size, seed)
     result = {
         **head,
         "pointing": {"rule": "box of the top-scoring present region for the GT finding vs the GT boxes (IoU / IoBB)",
                      "test_images": len({p[0] for p in test}), "scores": pointing,
-                     "top_regions": {f"{i}|{lab}": regions[(i, lab)] for i, lab, _ in test}},
+                     "top_regions": {f"{i}|{lab}": regions[(i, lab)] for i, lab, _ in test},
+                     "baselines": baselines},
         "ground_truth": counts,
         "gallery": [t.title for t in tiles],
     }
@@ -328,7 +360,8 @@ def localize_regions(model, card: Mapping, *, images: pd.DataFrame, labels: pd.D
 
 def localize_model(model_dir: str | Path, *, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.DataFrame,
                    images_dir: str | Path, bbox_csv: str | Path, params: Any, seed: int,
-                   features_dir: str | Path | None = None) -> tuple[dict[str, Any], bytes | None]:
+                   features_dir: str | Path | None = None, unet_dir: str | Path | None = None
+                   ) -> tuple[dict[str, Any], bytes | None]:
     """Localisation of the model in ``model_dir`` (heatmaps, regions, or an explained "unsupported").
 
     Args:
@@ -339,6 +372,7 @@ def localize_model(model_dir: str | Path, *, images: pd.DataFrame, labels: pd.Da
         params: the ``localize`` params section.
         seed: base seed (gallery sample).
         features_dir: region features (anatomy models).
+        unet_dir: the organ UNet model dir of the whole-lung-box baseline (None: that baseline is not applicable).
 
     Returns:
         The result JSON and the gallery PNG bytes (None when unsupported).
@@ -357,7 +391,8 @@ def localize_model(model_dir: str | Path, *, images: pd.DataFrame, labels: pd.Da
                               f"{counts['boxes_skipped_not_1024px']} skipped because their NIH image is not "
                               f"1024 x 1024, {counts['boxes_without_usable_image']} without a converted image "
                               "in a split)"}, None
-        res, png = localize_heatmaps(model, card, images=images, images_dir=images_dir, gt=gt, params=params, seed=seed)
+        res, png = localize_heatmaps(model, card, images=images, images_dir=images_dir, gt=gt, params=params, seed=seed,
+                                     unet_dir=unet_dir)
         return {**head, **res, "ground_truth": counts}, png
     if callable(getattr(model, "forward_all", None)) and card.get("input", {}).get("kind") == "region_features":
         if features_dir is None:
@@ -365,7 +400,7 @@ def localize_model(model_dir: str | Path, *, images: pd.DataFrame, labels: pd.Da
         try:
             res, png = localize_regions(model, card, images=images, labels=labels, splits=splits, images_dir=images_dir,
                                         features_dir=features_dir, bbox_csv=bbox_csv if has_boxes else None,
-                                        params=params, seed=seed)
+                                        params=params, seed=seed, unet_dir=unet_dir)
         except DataError as exc:
             raise LocalizeError(str(exc)) from None
         return {**head, **res}, png

@@ -7,17 +7,21 @@ For two boxes ``x1, y1, x2, y2`` in the same frame:
   ChestX-ray8 definition: a small predicted box inside the lesion scores 1).
 
 Counting rule (:func:`score_boxes`): the unit is the **ground-truth box**. Every GT box of an
-(image, class) pair is matched against every predicted box of the same image and class; its IoU
-is the best IoU over those predictions and its IoBB the best IoBB (each maximised on its own, so
-they may come from different predicted boxes). A GT box is localised at ``T(IoU) = t`` when its
-best IoU is ``>= t`` (same for IoBB). Several GT boxes of one class in one image each count once
-and may all be matched by the same predicted box; a predicted box that matches no GT box costs
-nothing (as in ChestX-ray8, only IoU and IoBB punish loose boxes). An (image, class) pair with
-no predicted box scores 0 for its GT boxes.
+(image, class) pair is matched to ONE predicted box of the same image and class: the one with the
+highest IoU (ties: the higher IoBB, then the earlier box). Its IoU and its IoBB are both those of
+that one detection, as ChestX-ray8 counts a hit by the IoU or the IoBB of the same detection (so a
+small spurious box inside the lesion cannot lend its IoBB of 1 to a GT box matched by another box).
+A GT box is localised at ``T(IoU) = t`` when the IoU of its matched box is ``>= t`` (same for IoBB).
+Several GT boxes of one class in one image each count once and may be matched by the same
+predicted box. An (image, class) pair with no predicted box scores 0 for its GT boxes.
 
-Per class: accuracy at each threshold = localised GT boxes / GT boxes of that class, and the mean
-IoU / IoBB over its GT boxes. Overall: ``macro`` (mean over classes that have GT boxes) and
-``micro`` (over all GT boxes).
+False positives (ChestX-ray8's "AFP"): at each threshold, a predicted box of an (image, class) pair
+is a false positive when it reaches ``t`` with none of that pair's GT boxes (IoU for T(IoU), IoBB
+for T(IoBB)); ``afp`` is their number per scored (image, class) pair.
+
+Per class: accuracy at each threshold = localised GT boxes / GT boxes of that class, the mean
+IoU / IoBB over its GT boxes, and the AFP. Overall: ``macro`` (mean over classes that have GT
+boxes) and ``micro`` (over all GT boxes; AFP over all scored pairs).
 """
 
 from __future__ import annotations
@@ -65,12 +69,28 @@ def iobb(gt, pred) -> np.ndarray:
     return np.divide(inter, area, out=np.zeros_like(inter), where=area > 0)
 
 
-def best_overlaps(gt, pred) -> tuple[np.ndarray, np.ndarray]:
-    """Per GT box: best IoU and best IoBB over the predicted boxes (0 when there are none)."""
+def matched_overlaps(gt, pred) -> tuple[np.ndarray, np.ndarray]:
+    """Per GT box: IoU and IoBB of its ONE matched predicted box (highest IoU, ties: higher IoBB,
+    then the earlier box); 0 when there is no predicted box."""
     g, p = _boxes(gt), _boxes(pred)
     if len(p) == 0:
         return np.zeros(len(g)), np.zeros(len(g))
-    return iou(g, p).max(axis=1), iobb(g, p).max(axis=1)
+    u, b = iou(g, p), iobb(g, p)
+    # lexicographic argmax over (IoU, IoBB); max() keeps the first of equal keys
+    best = np.array([max(range(len(p)), key=lambda j: (u[k, j], b[k, j])) for k in range(len(g))])
+    rows = np.arange(len(g))
+    return u[rows, best], b[rows, best]
+
+
+def false_positives(gt, pred, thresholds: Sequence[float]) -> dict[str, dict[str, int]]:
+    """Predicted boxes that reach ``t`` with no GT box, per threshold: ``{"iou": {t: n}, "iobb": {t: n}}``."""
+    g, p = _boxes(gt), _boxes(pred)
+    out: dict[str, dict[str, int]] = {"iou": {}, "iobb": {}}
+    for key, fn in (("iou", iou), ("iobb", iobb)):
+        best = fn(g, p).max(axis=0) if len(g) and len(p) else np.zeros(len(p))
+        for t in thresholds:
+            out[key][f"{t:g}"] = int((best < t).sum())
+    return out
 
 
 def score_boxes(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]], classes: Sequence[str],
@@ -88,16 +108,17 @@ def score_boxes(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]], classes: Se
         "mean_iobb"}}, "macro": {...}, "micro": {...}}``; accuracies are None where n_boxes = 0.
     """
     ts = [float(t) for t in thresholds]
-    per: dict[str, dict[str, list]] = {c: {"iou": [], "iobb": [], "images": []} for c in classes}
+    per: dict[str, dict[str, list]] = {c: {"iou": [], "iobb": [], "images": [], "fp": []} for c in classes}
     for k, (c, gt, pred) in enumerate(pairs):
         if c not in per:
             raise ValueError(f"class {c!r} of a scored pair is not one of {list(classes)}")
-        bi, bb = best_overlaps(gt, pred)
+        bi, bb = matched_overlaps(gt, pred)
         per[c]["iou"].extend(bi.tolist())
         per[c]["iobb"].extend(bb.tolist())
         per[c]["images"].append(k)
+        per[c]["fp"].append(false_positives(gt, pred, ts))
 
-    def summary(ious: np.ndarray, iobbs: np.ndarray, n_images: int) -> dict:
+    def summary(ious: np.ndarray, iobbs: np.ndarray, n_images: int, fps: list[dict]) -> dict:
         n = len(ious)
         return {
             "n_boxes": int(n),
@@ -106,9 +127,12 @@ def score_boxes(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]], classes: Se
             "iobb": {f"{t:g}": (float((iobbs >= t).mean()) if n else None) for t in ts},
             "mean_iou": float(ious.mean()) if n else None,
             "mean_iobb": float(iobbs.mean()) if n else None,
+            "afp": {key: {f"{t:g}": (float(np.mean([f[key][f"{t:g}"] for f in fps])) if fps else None) for t in ts}
+                    for key in ("iou", "iobb")},
         }
 
-    per_class = {c: summary(np.asarray(v["iou"]), np.asarray(v["iobb"]), len(v["images"])) for c, v in per.items()}
+    per_class = {c: summary(np.asarray(v["iou"]), np.asarray(v["iobb"]), len(v["images"]), v["fp"])
+                 for c, v in per.items()}
     scored = [c for c in classes if per_class[c]["n_boxes"] > 0]
 
     def macro_of(key: str) -> dict | float | None:
@@ -116,11 +140,14 @@ def score_boxes(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]], classes: Se
             return None
         if key in ("mean_iou", "mean_iobb"):
             return float(np.mean([per_class[c][key] for c in scored]))
+        if key == "afp":
+            return {m: {f"{t:g}": float(np.mean([per_class[c]["afp"][m][f"{t:g}"] for c in scored])) for t in ts}
+                    for m in ("iou", "iobb")}
         return {f"{t:g}": float(np.mean([per_class[c][key][f"{t:g}"] for c in scored])) for t in ts}
 
-    macro = {"n_classes": len(scored), **{k: macro_of(k) for k in ("iou", "iobb", "mean_iou", "mean_iobb")}}
+    macro = {"n_classes": len(scored), **{k: macro_of(k) for k in ("iou", "iobb", "mean_iou", "mean_iobb", "afp")}}
     all_iou = np.concatenate([np.asarray(per[c]["iou"]) for c in classes]) if classes else np.zeros(0)
     all_iobb = np.concatenate([np.asarray(per[c]["iobb"]) for c in classes]) if classes else np.zeros(0)
-    micro = summary(all_iou, all_iobb, sum(len(per[c]["images"]) for c in classes))
+    micro = summary(all_iou, all_iobb, sum(len(per[c]["images"]) for c in classes), [f for c in classes for f in per[c]["fp"]])
     micro["n_pairs"] = micro.pop("n_images")  # (image, class) pairs: an image with two classes counts twice
     return {"per_class": per_class, "macro": macro, "micro": micro}

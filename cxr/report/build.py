@@ -8,10 +8,12 @@ from cxr.io import write_text
 from cxr.params import ParamsError, load_all
 from cxr.report.blocks import Section
 from cxr.report.dag import load_dag
+from cxr.report.diagnostics import diagnostics_section
 from cxr.report.errors import ReportError
 from cxr.report.inputs import ReportInputs
 from cxr.report.render import to_html, to_markdown
 from cxr.report.results import localization_section, retrieval_section
+from cxr.report.summary import summary_section
 from cxr.report.sections import (
     anatomy_section,
     classifiers_section,
@@ -27,7 +29,8 @@ TITLE = "cxr-pipeline report"
 
 
 def build_sections(inputs: ReportInputs, image_dir: Path | None = None, thumb_size: int = 96) -> list[Section]:
-    """Every section of the report, in page order.
+    """Every section of the report, in page order: the summary first (best model per task beside its
+    baseline, changed params, what is not applicable), the results, then the DAG and params at the end.
 
     Args:
         inputs: the declared input paths.
@@ -46,15 +49,17 @@ def build_sections(inputs: ReportInputs, image_dir: Path | None = None, thumb_si
     loc, loc_failures = localization_section(dag, inputs)
     ret, ret_failures = retrieval_section(dag, inputs, image_dir=image_dir, thumb_size=thumb_size)
     return [
-        pipeline_section(dag, params, inputs),
-        data_section(dag, inputs),
-        failures_section(dag, inputs, extra=[*loc_failures, *ret_failures]),
+        summary_section(dag, params, inputs, evals),
         classifiers_section(dag, inputs, evals),
         roc_section(dag, inputs, evals),
+        diagnostics_section(dag, inputs, evals, image_dir=image_dir, thumb_size=thumb_size),
         anatomy_section(dag, inputs),
         loc,
         ret,
         labeller_section(dag, inputs),
+        data_section(dag, inputs),
+        failures_section(dag, inputs, extra=[*loc_failures, *ret_failures]),
+        pipeline_section(dag, params, inputs),
     ]
 
 

@@ -101,13 +101,16 @@ def _polyline(fpr: np.ndarray, tpr: np.ndarray, x0: float, y0: float, size: floa
     return " ".join(f"{x},{y}" for x, y in pts)
 
 
-def roc_svg(title: str, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], colors: Mapping[str, str],
-            aurocs: Mapping[str, float | None]) -> str:
-    """One ROC panel: a curve per model, the chance diagonal, AUROC per model in the corner."""
+def curve_svg(title: str, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], colors: Mapping[str, str],
+              labels: Mapping[str, str], xlabel: str, ylabel: str, *, diagonal: bool = False,
+              level: float | None = None, attr: str = "data-curve") -> str:
+    """One unit-square panel: a polyline per model, the diagonal (chance ROC, perfect calibration) or a
+    horizontal ``level`` (PR chance: the prevalence) dashed, and each model's label in the corner."""
     size, left, top, right, bottom = 170.0, 34.0, 22.0, 8.0, 28.0
     w, h = left + size + right, top + size + bottom
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w:.0f} {h:.0f}" width="{w:.0f}" height="{h:.0f}" '
-             f'role="img" aria-label="ROC {_e(title)}" font-family="sans-serif" font-size="9" data-roc="{_e(title)}">',
+             f'role="img" aria-label="{_e(ylabel)} vs {_e(xlabel)}: {_e(title)}" font-family="sans-serif" font-size="9" '
+             f'{attr}="{_e(title)}">',
              f'<text x="{left + size / 2:.1f}" y="14" text-anchor="middle" font-size="11" font-weight="600">{_e(title)}</text>',
              f'<rect x="{left}" y="{top}" width="{size}" height="{size}" fill="#fff" stroke="#8c959f"/>']
     for v in (0.25, 0.5, 0.75):
@@ -117,18 +120,28 @@ def roc_svg(title: str, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], col
     for v in (0.0, 0.5, 1.0):
         parts.append(f'<text x="{left + v * size:.1f}" y="{top + size + 11:.1f}" text-anchor="middle">{v:g}</text>'
                      f'<text x="{left - 4:.1f}" y="{top + (1 - v) * size + 3:.1f}" text-anchor="end">{v:g}</text>')
-    parts.append(f'<text x="{left + size / 2:.1f}" y="{h - 4:.1f}" text-anchor="middle">false positive rate</text>'
-                 f'<text transform="translate(9,{top + size / 2:.1f}) rotate(-90)" text-anchor="middle">true positive rate</text>'
-                 f'<path d="M{left},{top + size} L{left + size},{top}" stroke="#afb8c1" stroke-dasharray="3,3"/>')
-    for i, (model, (fpr, tpr)) in enumerate(curves.items()):
+    parts.append(f'<text x="{left + size / 2:.1f}" y="{h - 4:.1f}" text-anchor="middle">{_e(xlabel)}</text>'
+                 f'<text transform="translate(9,{top + size / 2:.1f}) rotate(-90)" text-anchor="middle">{_e(ylabel)}</text>')
+    if diagonal:
+        parts.append(f'<path d="M{left},{top + size} L{left + size},{top}" stroke="#afb8c1" stroke-dasharray="3,3"/>')
+    if level is not None and np.isfinite(level):
+        y = top + (1 - float(np.clip(level, 0, 1))) * size
+        parts.append(f'<path d="M{left},{y:.1f} H{left + size}" stroke="#afb8c1" stroke-dasharray="3,3"/>')
+    for i, (model, (x, y)) in enumerate(curves.items()):
         parts.append(f'<polyline fill="none" stroke="{colors[model]}" stroke-width="1.4" data-model="{_e(model)}" '
-                     f'points="{_polyline(fpr, tpr, left, top, size)}"/>')
-        a = aurocs.get(model)
-        label = "n/a" if a is None else f"{a:.2f}"
+                     f'points="{_polyline(x, y, left, top, size)}"/>')
         parts.append(f'<text x="{left + size - 4:.1f}" y="{top + size - 6 - 11 * (len(curves) - 1 - i):.1f}" '
-                     f'text-anchor="end" fill="{colors[model]}">{_e(label)}</text>')
+                     f'text-anchor="end" fill="{colors[model]}">{_e(labels.get(model, ""))}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def roc_svg(title: str, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], colors: Mapping[str, str],
+            aurocs: Mapping[str, float | None]) -> str:
+    """One ROC panel: a curve per model, the chance diagonal, AUROC per model in the corner."""
+    labels = {m: "n/a" if aurocs.get(m) is None else f"{aurocs[m]:.2f}" for m in curves}
+    return curve_svg(title, curves, colors, labels, "false positive rate", "true positive rate", diagonal=True,
+                     attr="data-roc")
 
 
 def roc_legend(models: Sequence[str], colors: Mapping[str, str]) -> str:

@@ -79,8 +79,9 @@ def _html_block(b) -> str:
     if isinstance(b, Gallery):
         rows = []
         for row in b.rows:
-            cells = "".join(f'<figure title="{_e(name)}"><img src="{_data_uri(png)}" alt="{_e(name)}">'
-                            f"<figcaption>{_e(cap)}</figcaption></figure>" for cap, png, name in row)
+            cells = "".join(f'<figure title="{_e(name)}">'
+                            + (f'<img src="{_data_uri(png)}" alt="{_e(name)}">' if png is not None else "")
+                            + f"<figcaption>{_e(cap)}</figcaption></figure>" for cap, png, name in row)
             rows.append(f'<div class="gallery-row">{cells}</div>')
         return (f'<div data-gallery="{_e(b.key)}"><h3>{_e(b.caption)}</h3>{"".join(rows)}</div>')
     if isinstance(b, Svg):

@@ -38,7 +38,9 @@ def _accuracy_columns(scores: dict, path: Path) -> list[str]:
 
 def _accuracy_row(entry: dict, ts: list[str]) -> list:
     iou, iobb = entry.get("iou") or {}, entry.get("iobb") or {}
-    return [*[iou.get(t) for t in ts], *[iobb.get(t) for t in ts], entry.get("mean_iou"), entry.get("mean_iobb")]
+    afp = (entry.get("afp") or {}).get("iobb") or {}
+    return [*[iou.get(t) for t in ts], *[iobb.get(t) for t in ts], entry.get("mean_iou"), entry.get("mean_iobb"),
+            *[afp.get(t) for t in ts]]
 
 
 def _scores_of(loc: dict, path: Path) -> dict:
@@ -49,6 +51,16 @@ def _scores_of(loc: dict, path: Path) -> dict:
     if kind == "region":
         return get(loc, "pointing.scores", path, dict)
     raise ReportError(f"{path}: unknown localisation kind {kind!r} (expected heatmap or region)")
+
+
+def _baselines_of(loc: dict) -> dict:
+    """The no-model baselines of a localization.json scored on that model's test pairs (may be empty)."""
+    where = loc if loc.get("kind") == "heatmap" else (loc.get("pointing") or {})
+    return where.get("baselines") or {}
+
+
+BASELINE_NAMES = {"prior_box": "baseline: prior box (mean train box per class)",
+                  "lung_box": "baseline: whole-lung box (UNet)"}
 
 
 def localization_section(dag: Dag, inputs: ReportInputs) -> tuple[Section, list[Failure]]:
@@ -66,14 +78,18 @@ def localization_section(dag: Dag, inputs: ReportInputs) -> tuple[Section, list[
         return Section("localization", title, (Text("No localize@M stage declares an output dir."),)), []
     supported = [(st, m, d, p, loc) for st, m, d, p, loc in loaded if get(loc, "supported", p, bool)]
     blocks: list = [Text(
-        "Ground truth: finding boxes in BBox_List_2017 format on the test split. A GT box is localised at T(IoU) = t "
-        "when the best IoU of the predicted boxes of its image and class is >= t; IoBB = intersection / predicted box "
-        "area (ChestX-ray8). Heatmap models: CAM-family heatmap -> threshold chosen on validation boxes -> boxes. "
-        "Region models: the box of the top-scoring region for the finding (pointing).")]
+        "Ground truth: finding boxes in BBox_List_2017 format on the test split. Each GT box is matched to one "
+        "predicted box of its image and class (the best by IoU) and is localised at T(IoU) = t / T(IoBB) = t when "
+        "that box's IoU / IoBB is >= t; IoBB = intersection / predicted box area (ChestX-ray8). Heatmap models: "
+        "CAM-family heatmap -> threshold chosen on validation boxes -> boxes. Region models: the box of the "
+        "top-scoring region for the finding (pointing). Baselines without a finding model, on the same test boxes: "
+        "the prior box (per class, the mean train GT box) and the whole-lung box of the organ UNet. AFP: false "
+        "positives per (image, class) pair, i.e. predicted boxes that reach T(IoBB) = t with no GT box (ChestX-ray8).")]
     ts: list[str] = []
     if supported:
         ts = _accuracy_columns(_scores_of(supported[0][4], supported[0][3]), supported[0][3])
-    acc_cols = (*[f"T(IoU) {t}" for t in ts], *[f"T(IoBB) {t}" for t in ts], "mean IoU", "mean IoBB")
+    acc_cols = (*[f"T(IoU) {t}" for t in ts], *[f"T(IoBB) {t}" for t in ts], "mean IoU", "mean IoBB",
+                *[f"AFP T(IoBB) {t}" for t in ts])
     rows = []
     for st, m, d, p, loc in loaded:
         if not loc["supported"]:
@@ -87,6 +103,23 @@ def localization_section(dag: Dag, inputs: ReportInputs) -> tuple[Section, list[
         n_img = loc.get("test_images") if loc["kind"] == "heatmap" else (loc.get("pointing") or {}).get("test_images")
         rows.append((m, loc["kind"], how, f"{fmt(micro.get('n_boxes'))} / {fmt(n_img)}",
                      *_accuracy_row(micro, ts)))
+    seen: set = set()
+    for st, m, d, p, loc in supported:
+        for name, b in _baselines_of(loc).items():
+            label = BASELINE_NAMES.get(name, f"baseline: {name}")
+            if "not_applicable" in b:
+                key = (name, "n/a")
+                if key not in seen:
+                    seen.add(key)
+                    rows.append((label, "baseline", f"not applicable: {b['not_applicable']}", "-", *["-"] * len(acc_cols)))
+                continue
+            micro = get(b, "test.micro", p, dict)
+            key = (name, micro.get("n_boxes"), micro.get("n_pairs"))
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append((label, "baseline", f"test boxes of {m}", f"{fmt(micro.get('n_boxes'))} / -",
+                         *_accuracy_row(micro, ts)))
     blocks.append(table("localization", "Localisation accuracy on the test split, all GT boxes pooled (micro)",
                         ("model", "kind", "boxes from", "GT boxes / test images", *acc_cols), rows))
     gt0 = next((loc["ground_truth"] for *_, loc in supported if isinstance(loc.get("ground_truth"), dict)), None)
@@ -204,21 +237,24 @@ def retrieval_section(dag: Dag, inputs: ReportInputs, image_dir: Path | None = N
         "ranks of relevant results; precision@k: relevant / k (CheXtriev's HR); hit@k: any relevant in the top k; "
         "RR@k: reciprocal rank of the first relevant. Class average: mean over the classes with queries; "
         "query-weighted: mean over all (query, class) pairs. No-skip counts every query, skip leaves out queries "
-        f"without a relevant result in the top k. Chance: {chance_def}; it is the level a model must beat.")]
+        f"without a relevant result in the top k. Chance: {chance_def}; it is the level a model must beat. "
+        "Metadata: a ranking by view and sex only (same view and sex first); an embedding that does not beat it "
+        "has learnt no more than those.")]
     rows, failures = [], []
     for m, (stage, _, r, ks) in results.items():
         s = r["summary"]
         ch = _avg(r["chance"].get(str(km)), "class_average")
-        rows.append((m, _embedding(r), *[s.get(f"{x}@{km}") for x, _ in RET_METRICS], ch.get("ap"),
+        md = _avg((r.get("metadata") or {}).get(str(km)), "class_average")
+        rows.append((m, _embedding(r), *[s.get(f"{x}@{km}") for x, _ in RET_METRICS], ch.get("ap"), md.get("ap"),
                      f"{fmt((r.get('queries') or {}).get('images'))} / {fmt((r.get('database') or {}).get('images'))}"))
         main = r["metrics"].get(str(km)) or r["metrics"][str(ks[0])]
         if main.get("no_relevant_in_database"):
             failures.append((stage, "query-class pairs with no relevant image in the database",
                              main["no_relevant_in_database"], "counted as 0 in no-skip, left out in skip"))
     blocks.append(table("retrieval", f"Retrieval comparison at k = {km} (class averages, no-skip) and the chance "
-                                     "level of a random ranking",
+                                     "level of a random ranking and of a metadata-only (view, sex) ranking",
                         ("model", "embedding, index", *[f"{lab}@{km}" for _, lab in RET_METRICS], f"chance AP@{km}",
-                         "test queries / database images"), rows))
+                         f"metadata AP@{km}", "test queries / database images"), rows))
     for m, (stage, _, r, ks) in results.items():
         met, chance = r["metrics"], r["chance"]
         mrows = []

@@ -278,7 +278,7 @@ def classifiers_section(dag: Dag, inputs: ReportInputs, evals: dict[str, tuple[d
         blocks.append(Text(absent))
     else:
         mj = read_json(inputs.models, dag)
-        rows = []
+        rows, notes = [], []
         for m in [m for m in evals if m in mj] + sorted(set(mj) - set(evals)):
             r = mj[m]
             if not isinstance(r, dict):
@@ -286,18 +286,27 @@ def classifiers_section(dag: Dag, inputs: ReportInputs, evals: dict[str, tuple[d
             vs = r.get("vs_reference")
             versus = ("baseline" if m.startswith("baseline:") else "reference" if vs is None else
                       f"{fmt(vs.get('difference'))} (p={fmt(vs.get('p_value'))}, n={fmt(vs.get('shared_images'))})")
-            rows.append((m, _ci(get(r, "macro_auroc", inputs.models, (int, float)), r.get("macro_auroc_ci_low"),
-                                r.get("macro_auroc_ci_high")),
+            views = r.get("by_view") or {}
+            label = m + (" (GT boxes at test)" if (r.get("region_boxes") or {}).get("source") == "gt" else "")
+            rows.append((label, _ci(get(r, "macro_auroc", inputs.models, (int, float)), r.get("macro_auroc_ci_low"),
+                                    r.get("macro_auroc_ci_high")),
                          _ci(r.get("macro_auroc_common"), r.get("macro_auroc_common_ci_low"),
                              r.get("macro_auroc_common_ci_high")),
                          r.get("micro_auroc"), r.get("macro_auprc"), r.get("macro_f1"), r.get("ece"),
-                         f"{fmt(r.get('test_images'))} / {fmt(r.get('test_patients'))}", versus))
+                         f"{fmt(r.get('test_images'))} / {fmt(r.get('test_patients'))}",
+                         *[(_ci(views[v].get("macro_auroc"), views[v].get("macro_auroc_ci_low"),
+                                views[v].get("macro_auroc_ci_high")) + f" (n={fmt(views[v].get('test_images'))})")
+                           if isinstance(views.get(v), dict) else "n/a" for v in ("AP", "PA")], versus))
+            if (r.get("region_boxes") or {}).get("source") == "gt":
+                notes.append(Text(f"{m}: {r['region_boxes'].get('note')}."))
         ci = next((e[0].get("ci") for e in evals.values()), None)
         blocks.append(table("models", f"Model comparison ({inputs.models.name}): macro AUROC with "
                                       f"{fmt(ci, 2) if ci else 'bootstrap'} CI over patients; F1 at validation thresholds",
                             ("model", "macro AUROC [CI]", "macro AUROC, common classes [CI]", "micro AUROC",
-                             "macro AUPRC", "macro F1", "ECE", "test images / patients", "vs reference: diff (p, n)"),
+                             "macro AUPRC", "macro F1", "ECE", "test images / patients", "AP views: macro AUROC [CI]",
+                             "PA views: macro AUROC [CI]", "vs reference: diff (p, n)"),
                             rows))
+        blocks.extend(notes)
         base = {m: r.get("per_class_auroc") or {} for m, r in mj.items() if m.startswith("baseline:") and
                 m != "baseline:prevalence"}
     models = list(evals)
@@ -366,9 +375,13 @@ def anatomy_section(dag: Dag, inputs: ReportInputs) -> Section:
         if not splits:
             raise ReportError(f"{inputs.detector}: no 'val' or 'test' metrics")
         keys = ("mAP", "AP50", "AP75", "AP50_min_region", "images")
+        drows = [(s, *[get(det, f"{s}.{k}", inputs.detector, (int, float)) for k in keys]) for s in splits]
+        drows += [(f"{s}: baseline prior box (mean train box per region)",
+                   *[det[s]["baseline_prior_box"].get(k) for k in keys[:3]], "-", det[s].get("images"))
+                  for s in splits if isinstance(det[s].get("baseline_prior_box"), dict)]
         blocks.append(table("detector", f"Region detector (Faster R-CNN, backbone {det.get('backbone', 'n/a')}): "
-                                        "COCO box AP", ("split", *keys),
-                            [(s, *[get(det, f"{s}.{k}", inputs.detector, (int, float)) for k in keys]) for s in splits]))
+                                        "COCO box AP, beside the prior-box baseline scored by the same COCOeval",
+                            ("split", *keys), drows))
         regions = list(get(det, f"{splits[-1]}.per_region", inputs.detector, dict))
         blocks.append(table("detector_regions", "Detector AP / AP50 per region",
                             ("region", *[f"{s} {k}" for s in splits for k in ("AP", "AP50")]),
@@ -381,9 +394,13 @@ def anatomy_section(dag: Dag, inputs: ReportInputs) -> Section:
         splits = [s for s in ("val", "test") if s in un]
         if not splits:
             raise ReportError(f"{inputs.unet}: no 'val' or 'test' metrics")
-        blocks.append(table("unet", "Organ UNet: mean Dice / IoU", ("split", "images", "mean Dice", "mean IoU"),
-                            [(s, get(un, f"{s}.images", inputs.unet, int), get(un, f"{s}.mean_dice", inputs.unet, float, None),
-                              get(un, f"{s}.mean_iou", inputs.unet, float, None)) for s in splits]))
+        urows = [(s, get(un, f"{s}.images", inputs.unet, int), get(un, f"{s}.mean_dice", inputs.unet, float, None),
+                  get(un, f"{s}.mean_iou", inputs.unet, float, None)) for s in splits]
+        urows += [(f"{s}: baseline prior mask (mean train mask)", un[s]["baseline_prior_mask"].get("images"),
+                   un[s]["baseline_prior_mask"].get("mean_dice"), "-")
+                  for s in splits if isinstance(un[s].get("baseline_prior_mask"), dict)]
+        blocks.append(table("unet", "Organ UNet: mean Dice / IoU, beside the prior-mask baseline",
+                            ("split", "images", "mean Dice", "mean IoU"), urows))
         structs = list(get(un, f"{splits[-1]}.per_structure", inputs.unet, dict))
         blocks.append(table("unet_structures", "UNet Dice / IoU per structure",
                             ("structure", *[f"{s} {k}" for s in splits for k in ("Dice", "IoU")]),

@@ -23,7 +23,7 @@ as are the queries for which the database holds no relevant item at all
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -148,16 +148,48 @@ def chance_metrics(query_labels: np.ndarray, db_labels: np.ndarray, query_patien
     Returns:
         ``{str(k): {"class_average": {...}, "query_weighted": {...}}}`` (values None without queries).
     """
+    return _tiered_random_metrics(query_labels, db_labels, query_patients, db_patients, names, ks, None, None,
+                                  repeats, seed, max_cells)
+
+
+#: Metadata ranking tiers: a shared view counts more than a shared sex.
+METADATA_WEIGHTS = {"view": 2.0, "sex": 1.0}
+
+
+def metadata_metrics(query_labels: np.ndarray, db_labels: np.ndarray, query_patients: Sequence, db_patients: Sequence,
+                     query_meta: Mapping[str, Sequence], db_meta: Mapping[str, Sequence], names: Sequence[str],
+                     ks: Sequence[int] = (3, 5, 10), repeats: int = 10, seed: int = 0,
+                     max_cells: int = 20_000_000) -> dict:
+    """No-skip averages of a metadata-only ranking: database images of the query's view AND sex first,
+    then same view, then same sex, then the rest, in seeded random order within each tier (mean of
+    ``repeats`` draws; own patient excluded; sampling as :func:`chance_metrics`). A model's embedding
+    that does not beat it has learnt no more than the view and the sex.
+
+    ``query_meta`` / ``db_meta``: ``{"view": [...], "sex": [...]}`` aligned with the labels.
+    """
+    return _tiered_random_metrics(query_labels, db_labels, query_patients, db_patients, names, ks, query_meta, db_meta,
+                                  repeats, seed, max_cells)
+
+
+def _tiered_random_metrics(query_labels, db_labels, query_patients, db_patients, names, ks, query_meta, db_meta,
+                           repeats, seed, max_cells) -> dict:
     rng = np.random.default_rng(seed)
     q_pids = np.asarray([str(p) for p in query_patients])
     d_pids = np.asarray([str(p) for p in db_patients])
     n_db = len(d_pids)
     kmax = max(ks)
     size = int(min(n_db, max(kmax * 20, max_cells // max(len(q_pids), 1))))
+
+    def norm(v) -> np.ndarray:
+        return np.asarray([str(x).strip().upper() for x in v])
+
+    attrs = [(w, norm(query_meta[a]), norm(db_meta[a])) for a, w in METADATA_WEIGHTS.items()] if query_meta else []
     acc: dict[str, dict[str, list]] = {str(k): {"class_average": [], "query_weighted": []} for k in ks}
     for _ in range(repeats):
         sub = np.sort(rng.choice(n_db, size=size, replace=False)) if size < n_db else np.arange(n_db)
-        keys = rng.random((len(q_pids), len(sub)))
+        keys = rng.random((len(q_pids), len(sub)))  # in [0, 1): the random order within a tier
+        for w, qa, da in attrs:
+            keys -= w * (qa[:, None] == da[sub][None, :])  # a better tier sorts first
         keys[q_pids[:, None] == d_pids[sub][None, :]] = np.inf  # own patient never retrieved
         top = np.argpartition(keys, min(kmax, len(sub)) - 1, axis=1)[:, :kmax] if len(sub) > kmax else np.argsort(keys, 1)
         top = np.take_along_axis(top, np.argsort(np.take_along_axis(keys, top, 1), axis=1), 1)

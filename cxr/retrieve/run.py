@@ -32,7 +32,8 @@ from cxr.inference import card_datasets, load_model_dir
 from cxr.io import atomic_dir, write_bytes, write_json, write_parquet
 from cxr.retrieve.embed import embed_dataset
 from cxr.retrieve.index import ITEM_COLUMNS, IndexConfig, RetrievalError, SearchIndex
-from cxr.retrieve.metrics import DEFINITIONS, METRICS, chance_metrics, relevant_available, retrieval_metrics
+from cxr.retrieve.metrics import (DEFINITIONS, METRICS, chance_metrics, metadata_metrics, relevant_available,
+                                  retrieval_metrics)
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,11 @@ def retrieve_model(model_dir: str | Path, *, images: pd.DataFrame, labels: pd.Da
     avail = relevant_available(q_pids, d_raw, d_pids)
     per_k = retrieval_metrics(q_raw, d_raw, rows, names, ks, available=avail)
     chance = chance_metrics(q_raw, d_raw, q_pids, d_pids, names, ks, seed=seed)
+    info = images.drop_duplicates("image_id").set_index("image_id")
+    meta_of = {side: {a: info.reindex(items["image_id"])[a].fillna("").astype(str).to_numpy() if a in info.columns
+                      else np.full(len(items), "") for a in ("view", "sex")}
+               for side, items in (("q", q_items), ("d", db_items))}
+    metadata = metadata_metrics(q_raw, d_raw, q_pids, d_pids, meta_of["q"], meta_of["d"], names, ks, seed=seed)
     summary = {}
     for k in ks:
         avg = per_k[str(k)]["no_skip"]["class_average"] or {}
@@ -139,6 +145,9 @@ def retrieve_model(model_dir: str | Path, *, images: pd.DataFrame, labels: pd.Da
         "metrics": per_k,
         "chance": chance,
         "chance_definition": "no-skip averages of a seeded random ranking of the same database (mean of 10 draws)",
+        "metadata": metadata,
+        "metadata_definition": ("no-skip averages of a metadata-only ranking: same view and sex first, then same view, "
+                                "then same sex, seeded random order within each (mean of 10 draws)"),
     }
     examples = example_table(q_items, db_items, scores, rows, names, params.examples, seed)
     log.info("%s: %d queries on %d database images (%s%s): %s", name, len(q_items), len(db_items), index.kind,
@@ -160,6 +169,9 @@ def metrics_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
     for name, (mode, avg) in parts.items():
         out[name] = {f"{m}@{k}": (metrics["metrics"][str(k)][mode][avg] or {}).get(m) for k in metrics["k"] for m in METRICS}
     out["chance"] = {f"{m}@{k}": (metrics["chance"][str(k)]["class_average"] or {}).get(m) for k in metrics["k"] for m in METRICS}
+    if "metadata" in metrics:
+        out["metadata"] = {f"{m}@{k}": (metrics["metadata"][str(k)]["class_average"] or {}).get(m)
+                           for k in metrics["k"] for m in METRICS}
     out["no_relevant_in_top_k"] = {str(k): metrics["metrics"][str(k)]["no_relevant_in_top_k"] for k in metrics["k"]}
     return out
 

@@ -180,6 +180,8 @@ def plan_cohort(profile: str | Profile, seed: int, params: SyntheticParams) -> l
     table = load_pattern_table()
     probs = table["count"].to_numpy(dtype=float)
     probs /= probs.sum()
+    # the AP share of the table: with view_confound off, every study's view is drawn from it alone
+    ap_share = float(probs[(table["view"] == "AP").to_numpy()].sum())
 
     patients: list[Patient] = []
     used_subjects: set[int] = set()
@@ -206,6 +208,8 @@ def plan_cohort(profile: str | Profile, seed: int, params: SyntheticParams) -> l
                     k = int(rng.choice(len(table), p=probs))
                     row = dict(zip(CHEXPERT14, _decode(table["pattern"].iat[k])))
                     view, comparison = table["view"].iat[k], None
+                    if not params.view_confound:  # an extra draw only in this mode: the default plan is unchanged
+                        view = "AP" if rng.random() < ap_share else "PA"
                 findings, negated = _findings_from_row(row, rng, params.uncertain_positive_rate)
                 if comparison == "unchanged":  # same disease, same drawing details
                     findings = [Finding(**f.__dict__) for f in prev.findings]

@@ -371,7 +371,7 @@ def _render_frontal(an: Anatomy, findings: list[Finding], view: str, frame: Fram
     for side, sg in (("right", -1.0), ("left", 1.0)):
         for k in range(10):
             broken = fracture is not None and fracture.side == side and fracture.kind == f"rib{k + 1}"
-            _rib(rdraw, painter, sg, -0.04 + k * an.rib_dy, an.wl, broken)
+            _rib(rdraw, painter, sg, -0.04 + k * an.rib_dy, an.wl, min(a, 1.5) if broken else 0.0)
     ribs = painter.array(ribs_img, sigma=0.8)
     clav = {}
     for side, sg in (("right", -1.0), ("left", 1.0)):
@@ -437,17 +437,18 @@ def _branch(draw, painter, start, sg, ang, length, width, rng, depth):
             _branch(draw, painter, p, sg, ang + rng.normal(0, 0.5), length * 0.7, width * 0.65, rng, depth + 1)
 
 
-def _rib(draw, painter, sg, y0, wl, broken):
+def _rib(draw, painter, sg, y0, wl, step: float = 0.0):
     """A posterior rib: from the spine, up and out, then down along the lateral wall; plus its
-    fainter anterior arc. Cortex brighter than the medulla. A fracture is a step in the arc."""
+    fainter anterior arc. Cortex brighter than the medulla. A fracture is a step in the arc, its
+    size scaled by ``step`` (the finding's signal; 0 = an intact rib, drawn exactly as one)."""
     t = np.linspace(0, 1, 14)
     u = 0.05 + t * (wl + 0.02)
     yy = y0 - 0.07 * np.sin(np.pi * t * 0.8) + 0.22 * t**2.2
     pts = np.stack([sg * u, yy], axis=1)
     segs = [pts]
-    if broken:
+    if step > 0:
         k = 8
-        segs = [pts[: k + 1], pts[k:] + np.array([sg * 0.008, 0.018])]
+        segs = [pts[: k + 1], pts[k:] + np.array([sg * 0.008, 0.018]) * step]
     width = painter.width(0.03)
     for seg in segs:
         draw.line(painter.px(seg), fill=1.0, width=width, joint="curve")
