@@ -388,6 +388,21 @@ def test_retrieve_stage_on_tiny_cohort(tiny_ath):
     assert (root / "again.json").read_text() == rep.read_text()
     assert (root / "again" / "retrieval.json").read_text() == (out / "retrieval.json").read_text()
     assert (root / "again" / "index.faiss").read_bytes() == (out / "index.faiss").read_bytes()
+    assert met["index"]["recall"] == {"exact": True, "recall": 1.0, "note": "exact search"} and flat["index_recall"] == 1.0
+    # a forced approximate index at too low an effort: the stage measures its recall on the test queries, raises
+    # the effort (or falls back to exact search), and its metrics are those of the index it kept
+    params = yaml.safe_load(Path(p[1]).read_text())
+    params["retrieve"]["index"].update(kind="ivf", ivf_lists=8, nprobe=1)
+    (root / "ivf.yaml").write_text(yaml.safe_dump(params))
+    assert retrieve_stage.main(["--params", str(root / "ivf.yaml"), "--model-dir", str(root / "ath"), *common, "--out-dir",
+                                str(root / "ivf"), "--metrics", str(root / "ivf.json")]) == 0
+    ivf = json.loads((root / "ivf" / "retrieval.json").read_text())
+    rec = ivf["index"]["recall"]
+    assert rec["source"] == "held-out queries" and rec["queries"] == met["queries"]["images"] and rec["trials"][0]["nprobe"] == 1
+    assert rec["met"] and rec["recall"] >= 0.95 or ivf["index"]["kind"] == "flat" and rec["fallback_from"] == "ivf"
+    assert json.loads((root / "ivf.json").read_text())["index_recall"] == rec["recall"]
+    kept = SearchIndex.load(root / "ivf")
+    assert kept.kind == ivf["index"]["kind"] and kept.meta["recall"] == rec
     table = retrieval_table({"ath": met})
     assert "| ath | 16 bits, Hamming, flat |" in table and "AP@1" in table and "hit@3" in table
     assert retrieve_stage.main([*p, "--model-dir", str(root / "nope"), *common, "--out-dir", str(root / "x"),
