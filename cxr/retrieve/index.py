@@ -12,7 +12,8 @@
 
 Every approximate index proves its recall when it is built (:func:`tune_recall`): recall@``recall_k``
 against exact search on a fixed, seeded sample of queries (held-out queries when the caller gives
-them, else database rows with their own row left out). Below ``min_recall`` the search effort
+them, else database rows with their own row left out; those flatter HNSW, whose graph already links
+each database row to its neighbours: 0.96 vs 0.60 at the same efSearch on 4000 random 32-d vectors). Below ``min_recall`` the search effort
 (``nprobe`` / ``efSearch``) doubles until it holds, up to ``max_nprobe`` / ``max_ef_search``; when it
 never holds the exact index replaces the approximate one. The trials, the effort used and any
 fallback are recorded in ``index.json`` (``recall``, ``effort``), so every search, and every metric
