@@ -222,15 +222,15 @@ def _extrapolate(rows: list[dict], sizes: list[int], target: int) -> list[str]:
     return out
 
 
+HEAD = (f"{'data':<30} {'method':<14} {'effort':<11} {'build s':>8} {'mem MiB':>8} {'batch us/q':>11} "
+        f"{'1-query us':>11} {'recall@10':>10} {'x exact batch':>14} {'x exact 1-q':>12}")
+
+
 def _print(rows: list[dict]) -> None:
-    head = (f"{'data':<30} {'method':<14} {'effort':<11} {'build s':>8} {'mem MiB':>8} {'batch us/q':>11} "
-            f"{'1-query us':>11} {'recall@10':>10} {'x exact batch':>14} {'x exact 1-q':>12}")
-    print(head)
-    print("-" * len(head))
     for r in rows:
         print(f"{r['data']:<30} {r['method']:<14} {r['effort']:<11} {r['build_s']:>8.1f} {r['mem_mb']:>8.0f} "
               f"{r['batch_us']:>11.1f} {r['single_us']:>11.1f} {r['recall']:>10.3f} {r['x_batch']:>13.2f}x "
-              f"{r['x_single']:>11.2f}x")
+              f"{r['x_single']:>11.2f}x", flush=True)
 
 
 def _machine(threads: int) -> str:
@@ -299,17 +299,17 @@ def main(argv: list[str] | None = None) -> int:
         idx = SearchIndex.load(d.parent)
         sets.append((f"{d.parent.name} {len(idx)}x{idx.dim}{' bits' if idx.binary else '-d'}", idx.vectors,
                      np.load(d.parent / "query_vectors.npy"), idx.binary, True))
-    for title, db, qv, binary, every in sets:
+    print(f"\n{HEAD}\n{'-' * len(HEAD)}")
+    for title, db, qv, binary, every in sets:  # rows printed per data set, as they are measured
         t = time.perf_counter()
         lids.append(f"{title}: LID {lid(db, qv):.1f}")
         got = bench_set(title, db, qv, cfg, args, binary, every)
         for r in got:
             r["n"] = len(db)
+        _ratios(got)
+        _print(got)
         rows += got
-        print(f"{title}: {len(got)} rows in {time.perf_counter() - t:.0f} s", flush=True)
-    _ratios(rows)
-    print()
-    _print(rows)
+        lids[-1] += f" ({time.perf_counter() - t:.0f} s)"
     print("\n" + "; ".join(lids))
     for line in _extrapolate(rows, sizes, sizes[-1]):
         print(line)
