@@ -9,14 +9,15 @@ set at the smallest size. The printed local intrinsic dimensionality (LID, maxim
 estimate over the 20 nearest neighbours, median over the queries) says how hard each set is; it is
 also printed for every real retrieval dir found under ``--retrieval`` (the ``retrieve@M`` outputs),
 searched with the same grid, so real embeddings can be placed beside the mixture. Sizes: ``--sizes``
-(100k, 377k = MIMIC-CXR's image count, 1M), prefixes of one 1M sample; ``--queries`` (1000) held-out
+(100k, 377k = MIMIC-CXR's image count, 1M), prefixes of one 1M sample; ``--queries`` (500) held-out
 queries from the same mixture.
 
 Methods (faiss, inner product): exact ``IndexFlatIP`` (the baseline); IVF with ``4 sqrt(N)`` cells
 (the stage's default, k-means on ``IVF_TRAIN_PER_CELL`` points per cell) storing flat float32, SQ8 (1
 byte / dim) or PQ (``--pq-m`` bytes) codes, one trained coarse quantiser shared by the three, over
 ``nprobe`` in ``--nprobe``; HNSW (``hnsw_m`` / ``ef_construction`` of params.yaml) over ``efSearch``
-in ``--ef``. HNSW is built only up to ``--hnsw-max`` (400k) vectors and PQ up to ``--pq-max`` (100k): above, their
+in ``--ef``. HNSW and SQ8 are built only up to ``--hnsw-max`` / ``--sq-max`` (400k) vectors and PQ up to ``--pq-max``
+(100k), as building them at 1M on a loaded 2-core machine takes too long: above, their
 memory is extrapolated from the measured bytes per vector (marked ``extrapolated``).
 
 Measured per row: build time (train + add), memory (the serialised index, which is what a search
@@ -153,7 +154,8 @@ def bench_set(data: str, db: np.ndarray, q: np.ndarray, cfg: IndexConfig, args, 
                      args, binary))
     del flat
     nlist = ivf_lists(n, cfg)
-    codecs = ["flat"] if binary or not full else ["flat", "sq8"] + (["pq"] if n <= args.pq_max else [])
+    codecs = (["flat"] if binary or not full else
+              ["flat"] + (["sq8"] if n <= args.sq_max else []) + (["pq"] if n <= args.pq_max else []))
     quantizer = None
     for codec in codecs:
         t = time.perf_counter()
@@ -211,7 +213,7 @@ def _extrapolate(rows: list[dict], sizes: list[int], target: int) -> list[str]:
     """Memory at ``target`` vectors of the HNSW / PQ indexes measured only at smaller sizes (bytes per vector at
     the largest size measured, times ``target``)."""
     out = []
-    for method_key in ("HNSW", "PQ"):
+    for method_key in ("HNSW", "SQ8", "PQ"):
         got = [r for r in rows if r["data"].startswith("mixture") and method_key in r["method"]]
         if not got or any(r["data"].startswith(f"mixture {target // 1000}k") for r in got):
             continue
@@ -259,12 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latent", type=int, default=64, help="mixture: dimension of the centres' subspace")
     p.add_argument("--local", type=int, default=24, help="mixture: dimension of each cluster's spread")
     p.add_argument("--clusters", type=int, default=1000, help="mixture: clusters")
-    p.add_argument("--queries", type=int, default=1000, help="held-out queries")
+    p.add_argument("--queries", type=int, default=500, help="held-out queries")
     p.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     p.add_argument("--ef", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     p.add_argument("--pq-m", type=int, default=64, help="PQ bytes per vector")
     p.add_argument("--hnsw-max", type=int, default=400_000, help="largest database HNSW is built for (slow to build)")
     p.add_argument("--pq-max", type=int, default=100_000, help="largest database IVF-PQ is built for")
+    p.add_argument("--sq-max", type=int, default=400_000, help="largest database IVF-SQ8 is built for")
     p.add_argument("--repeat", type=int, default=3, help="timed repeats of the batch search (median)")
     p.add_argument("--single", type=int, default=50, help="queries timed one by one (median)")
     p.add_argument("--seed", type=int, default=0)
