@@ -91,10 +91,10 @@ class IndexConfig:
     ivf_lists: int = 0
     ivf_codec: Literal["flat", "sq8", "pq"] = "flat"
     pq_m: int = 64
-    nprobe: int = 16
+    nprobe: int = 8
     hnsw_m: int = 32
     ef_construction: int = 80
-    ef_search: int = 64
+    ef_search: int = 16
     deterministic: bool = True
     min_recall: float = 0.95
     recall_k: int = 10
