@@ -504,10 +504,19 @@ class RetrieveIndexParams(_Section):
     exact_max: int = Field(100_000, ge=1, description="largest database searched exactly (kind auto)")
     approximate: Literal["ivf", "hnsw"] = Field("hnsw", description="approximate index above exact_max")
     ivf_lists: int = Field(0, ge=0, description="IVF k-means cells; 0 = 4 * sqrt(N)")
-    nprobe: int = Field(16, ge=1, description="IVF cells visited per query")
+    ivf_codec: Literal["flat", "sq8", "pq"] = Field(
+        "flat", description="IVF vector storage: flat float32 (4 D bytes), sq8 (D bytes) or pq (pq_m bytes)")
+    pq_m: int = Field(64, ge=1, le=1024, description="product-quantiser sub-vectors of ivf_codec pq (must divide D)")
+    nprobe: int = Field(8, ge=1, description="IVF cells visited per query (first effort of the recall check)")
     hnsw_m: int = Field(32, ge=4, le=256, description="HNSW links per node")
     ef_construction: int = Field(80, ge=8, le=4096, description="HNSW beam width while building")
-    ef_search: int = Field(64, ge=1, le=4096, description="HNSW beam width while searching")
+    ef_search: int = Field(16, ge=1, le=4096, description="HNSW beam width while searching (first effort of the recall check)")
+    min_recall: float = Field(0.95, ge=0, le=1, description="recall@recall_k an approximate index must reach against exact "
+                                                             "search (effort raised, else exact search); 0 = only measure")
+    recall_k: int = Field(10, ge=1, le=1000, description="k of the recall check")
+    recall_queries: int = Field(1000, ge=1, le=100_000, description="seeded sample of test queries for the recall check")
+    max_nprobe: int = Field(256, ge=0, description="largest nprobe the recall check tries (0 = every cell)")
+    max_ef_search: int = Field(1024, ge=1, le=4096, description="largest efSearch the recall check tries")
 
 
 class RetrieveParams(_Section):

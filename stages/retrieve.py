@@ -2,7 +2,9 @@
 
 Embeds the database splits (retrieve.database) and the test queries, builds the faiss index
 (exact inner product, IVF/HNSW above retrieve.index.exact_max, Hamming for hashing models such as
-ATH), and scores the CheXtriev metrics at retrieve.k. Writes the retrieval dir
+ATH); an approximate index measures its recall@k against exact search on a sample of the test queries and
+raises its search effort until retrieve.index.min_recall holds, else exact search is used (and said so).
+Scores the CheXtriev metrics at retrieve.k with the index kept. Writes the retrieval dir
 data/processed/retrieval/<M> (index, items, example queries, the full retrieval.json) and its flat
 numbers for `dvc metrics show` in reports/<M>/retrieval.json.
 """

@@ -96,7 +96,12 @@ def retrieval_json(m: str, j: int, classes: list[str]) -> dict:
         metadata[str(k)] = {"class_average": _ret_avg(0.25 + 0.001 * k), "query_weighted": _ret_avg(0.35)}
         summary.update({f"{x}@{k}": ca[x] for x in ("ap", "precision", "hit", "rr")})
     return {"model": m, "embedding": {"dim": 8, "binary": j == 1, "metric": "hamming" if j else "inner_product"},
-            "index": {"kind": "flat", "config": {"kind": "auto"}},
+            "index": ({"kind": "flat", "config": {"kind": "auto"}, "effort": {},
+                       "recall": {"exact": True, "recall": 1.0, "note": "exact search"}} if j == 0 else
+                      {"kind": "ivf", "config": {"kind": "ivf", "ivf_codec": "flat"}, "effort": {"nprobe": 32},
+                       "recall": {"exact": False, "k": 10, "queries": 1, "source": "held-out queries", "min_recall": 0.95,
+                                  "trials": [{"nprobe": 16, "recall": 0.9}, {"nprobe": 32, "recall": 0.97}],
+                                  "recall": 0.97, "effort": {"nprobe": 32}, "met": True, "note": "ivf at nprobe 32"}}),
             "database": {"splits": ["train", "val"], "images": 3, "patients": 3},
             "queries": {"split": "test", "images": 1, "patients": 1}, "k": list(RETRIEVAL_KS),
             "summary": summary, "summary_definition": "class average over the classes with a query, no-skip",
@@ -266,7 +271,7 @@ TABLES = ("summary_best", "confusion_counts", "stages", "params_train", "ingest"
           "prevalence", "coco", "features", "failures", "convert_failures", "models", "per_class_auroc",
           "per_class_f1", "detector", "detector_regions", "unet", "unet_structures", "labeller_f1",
           "localization", "localization_gt", "localization_densenet121", "localization_densenet121_threshold", "localization_anaxnet",
-          "localization_anaxnet_regions", "retrieval", "retrieval_densenet121", "retrieval_densenet121_queries",
+          "localization_anaxnet_regions", "retrieval", "retrieval_index", "retrieval_densenet121", "retrieval_densenet121_queries",
           "retrieval_anaxnet", "retrieval_anaxnet_queries", "retrieval_per_class")
 
 
@@ -346,7 +351,11 @@ def test_retrieval_section_shows_summary_beside_chance(pipeline):
     # cross-model comparison: class average no-skip at k = 5 and chance AP@5, one row per model
     assert _md_table(md, "Retrieval comparison at k = 5") == [
         "| densenet121 | 8-d, inner product, flat index | 0.450 | 0.350 | 0.650 | 0.550 | 0.205 | 0.255 | 1 / 3 |",
-        "| anaxnet | 8 bits, Hamming, flat index | 0.550 | 0.450 | 0.750 | 0.650 | 0.205 | 0.255 | 1 / 3 |"]
+        "| anaxnet | 8 bits, Hamming, ivf index | 0.550 | 0.450 | 0.750 | 0.650 | 0.205 | 0.255 | 1 / 3 |"]
+    # the index each model used, with the recall of its check against exact search
+    assert _md_table(md, "Search index used per model") == [
+        "| densenet121 | flat | - | 1 (exact search) | - | exact search |",
+        "| anaxnet | ivf | nprobe 32 | 0.970 @10 (1 queries, min 0.950) | nprobe: 16: 0.900; 32: 0.970 | ivf at nprobe 32 |"]
     # per model: every metric at every k; class average / query-weighted, no-skip / skip, chance beside no-skip
     rows = _md_table(md, "densenet121: retrieval metrics beside chance")
     assert [r.split(" | ")[0] for r in rows] == [f"| {x}@{k}" for k in (3, 5, 10) for x in ("AP", "precision", "hit", "RR")]
@@ -358,9 +367,10 @@ def test_retrieval_section_shows_summary_beside_chance(pipeline):
     # these tables and the example queries, not the whole tree of retrieval.json
     section = md[md.index("## Retrieval"):md.index("## Report labeller")]
     assert [line.split(":")[0].split(" (")[0] for line in section.splitlines() if line.startswith("**")] == [
-        "**Retrieval comparison at k = 5", "**densenet121", "**densenet121", "**anaxnet", "**anaxnet",
+        "**Retrieval comparison at k = 5", "**Search index used per model and its recall against exact search",
+        "**densenet121", "**densenet121", "**anaxnet", "**anaxnet",
         "**AP@5 / hit@5 per class, no-skip", "**densenet121", "**anaxnet"]
-    assert "inner_product" not in section and "ef_search" not in section
+    assert "inner_product" not in section and "max_ef_search" not in section
     # html and markdown hold the same tables
     for key in ("retrieval", "retrieval_densenet121", "retrieval_anaxnet_queries", "retrieval_per_class"):
         assert f'data-table="{key}"' in html

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from conftest import tiny_params, tiny_workdir
 from cxr.models.zoo import create_model, list_models
 from cxr.models.ath import similar_pairs, triplet_loss
 from cxr.retrieve import IndexConfig, RetrievalError, SearchIndex, embed, embed_dataset
-from cxr.retrieve.index import pack_codes
+from cxr.retrieve.index import build_faiss, exact_neighbours, pack_codes, recall_at_k
 from cxr.retrieve.metrics import chance_metrics, ranking_scores, relevant_available, retrieval_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,6 +173,72 @@ def test_index_round_trip_and_approximate_switch(tmp_path):
         SearchIndex.build(np.full((2, 4), np.nan, np.float32), _items(2))
     with pytest.raises(RetrievalError, match="items has"):
         SearchIndex.build(v, _items(3))
+
+
+def _recall_by_hand(rows: np.ndarray, db: np.ndarray, q: np.ndarray, k: int) -> float:
+    """Share of the returned top k at least as close as the exact k-th neighbour (numpy brute force)."""
+    sims = q @ db.T
+    kth = np.sort(sims, axis=1)[:, -k]
+    got = np.take_along_axis(sims, np.maximum(rows[:, :k], 0), 1)
+    return float(np.mean((got >= kth[:, None] - 1e-5) & (rows[:, :k] >= 0)))
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_recall_check_raises_the_effort_until_min_recall_holds(kind, tmp_path):
+    rng = np.random.default_rng(0)
+    v, q = _unit(rng, 3000, 32), _unit(rng, 150, 32)  # random vectors: low effort finds few true neighbours
+    items = _items(3000)
+    low = (IndexConfig(kind="ivf", ivf_lists=64, nprobe=1) if kind == "ivf"
+           else IndexConfig(kind="hnsw", hnsw_m=8, ef_construction=40, ef_search=4))
+    # measured only (min_recall 0): the check reports the true, too-low recall of the effort asked for
+    probe = SearchIndex.build(v, items, config=replace(low, min_recall=0.0), recall_queries=q)
+    rec = probe.meta["recall"]
+    _, rows = probe.search(q, 10)
+    assert len(rec["trials"]) == 1 and rec["recall"] < 0.5 and not rec["exact"]
+    assert rec["recall"] == pytest.approx(_recall_by_hand(rows, v, q, 10), abs=1e-6)
+    assert rec["source"] == "held-out queries" and rec["queries"] == 150 and rec["k"] == 10
+    # with min_recall 0.95 the effort doubles until it holds; the index keeps that effort, also after a reload
+    index = SearchIndex.build(v, items, config=low, recall_queries=q)
+    rec = index.meta["recall"]
+    assert index.kind == kind and rec["met"] and rec["recall"] >= 0.95 and len(rec["trials"]) > 2
+    assert [t["recall"] for t in rec["trials"][:-1]] == [t["recall"] for t in rec["trials"][:-1] if t["recall"] < 0.95]
+    knob = "nprobe" if kind == "ivf" else "ef_search"
+    assert [t[knob] for t in rec["trials"]] == [rec["trials"][0][knob] * 2 ** i for i in range(len(rec["trials"]))]
+    _, rows = index.search(q, 10)
+    assert _recall_by_hand(rows, v, q, 10) == pytest.approx(rec["recall"], abs=1e-6) and index.meta["effort"] == {knob: rec["trials"][-1][knob]}
+    index.save(tmp_path / kind)
+    back = SearchIndex.load(tmp_path / kind)
+    assert (back.search(q, 10)[1] == rows).all()
+    # the largest effort allowed is too low: exact search replaces the index, and says so
+    cap = {"max_nprobe": 2} if kind == "ivf" else {"max_ef_search": 8}
+    fell = SearchIndex.build(v, items, config=replace(low, **cap), recall_queries=q)
+    rec = fell.meta["recall"]
+    assert fell.kind == "flat" and rec["fallback_from"] == kind and not rec["met"] and "fell back to exact" in rec["note"]
+    assert max(t["recall"] for t in rec["trials"]) < 0.95 and rec["recall"] == 1.0 and fell.meta["effort"] == {}
+    assert (fell.search(q, 10)[1] == exact_neighbours(v, q, 10, False)).all()
+
+
+def test_recall_check_without_held_out_queries_and_on_binary_codes():
+    rng = np.random.default_rng(1)
+    v = _unit(rng, 2000, 32)
+    index = SearchIndex.build(v, _items(2000), config=IndexConfig(kind="ivf", ivf_lists=32, nprobe=1, recall_queries=200))
+    rec = index.meta["recall"]
+    assert rec["source"].startswith("database rows") and rec["queries"] == 200 and rec["met"]
+    # the own row is no hit: a database row's recall is judged on the other items
+    own = np.arange(5)
+    truth = exact_neighbours(v, v[:5], 3, False, own)
+    sims = v[:5] @ v.T
+    sims[own, own] = -np.inf
+    assert (truth == np.argsort(-sims, axis=1, kind="stable")[:, :3]).all()
+    assert recall_at_k(build_faiss(v, "flat", IndexConfig()), v, v[:5], truth, 3, False, own) == 1.0
+    codes = rng.uniform(-1, 1, size=(1500, 32)).astype(np.float32)
+    b = SearchIndex.build(codes, _items(1500), binary=True, config=IndexConfig(kind="ivf", ivf_lists=32, nprobe=1),
+                          recall_queries=rng.uniform(-1, 1, size=(100, 32)).astype(np.float32))
+    assert b.meta["recall"]["met"] and b.meta["recall"]["trials"][0]["recall"] < b.meta["recall"]["recall"]
+    with pytest.raises(RetrievalError, match="recall queries"):
+        SearchIndex.build(v, _items(2000), config=IndexConfig(kind="ivf", ivf_lists=8), recall_queries=np.ones((3, 5)))
+    with pytest.raises(RetrievalError, match="pq_m"):
+        SearchIndex.build(v, _items(2000), config=IndexConfig(kind="ivf", ivf_codec="pq", pq_m=5, ivf_lists=8))
 
 
 def test_binary_index_is_hamming_over_signs(tmp_path):
@@ -336,6 +403,21 @@ def test_retrieve_stage_on_tiny_cohort(tiny_ath):
     assert (root / "again.json").read_text() == rep.read_text()
     assert (root / "again" / "retrieval.json").read_text() == (out / "retrieval.json").read_text()
     assert (root / "again" / "index.faiss").read_bytes() == (out / "index.faiss").read_bytes()
+    assert met["index"]["recall"] == {"exact": True, "recall": 1.0, "note": "exact search"} and flat["index_recall"] == 1.0
+    # a forced approximate index at too low an effort: the stage measures its recall on the test queries, raises
+    # the effort (or falls back to exact search), and its metrics are those of the index it kept
+    params = yaml.safe_load(Path(p[1]).read_text())
+    params["retrieve"]["index"].update(kind="ivf", ivf_lists=8, nprobe=1)
+    (root / "ivf.yaml").write_text(yaml.safe_dump(params))
+    assert retrieve_stage.main(["--params", str(root / "ivf.yaml"), "--model-dir", str(root / "ath"), *common, "--out-dir",
+                                str(root / "ivf"), "--metrics", str(root / "ivf.json")]) == 0
+    ivf = json.loads((root / "ivf" / "retrieval.json").read_text())
+    rec = ivf["index"]["recall"]
+    assert rec["source"] == "held-out queries" and rec["queries"] == met["queries"]["images"] and rec["trials"][0]["nprobe"] == 1
+    assert rec["met"] and rec["recall"] >= 0.95 or ivf["index"]["kind"] == "flat" and rec["fallback_from"] == "ivf"
+    assert json.loads((root / "ivf.json").read_text())["index_recall"] == rec["recall"]
+    kept = SearchIndex.load(root / "ivf")
+    assert kept.kind == ivf["index"]["kind"] and kept.meta["recall"] == rec
     table = retrieval_table({"ath": met})
     assert "| ath | 16 bits, Hamming, flat |" in table and "AP@1" in table and "hit@3" in table
     assert retrieve_stage.main([*p, "--model-dir", str(root / "nope"), *common, "--out-dir", str(root / "x"),

@@ -208,11 +208,31 @@ def _embedding(r: dict) -> str:
     return f"{code}, {(r.get('index') or {}).get('kind', 'n/a')} index"
 
 
+def _index_row(r: dict) -> tuple[str, str, str, str, str]:
+    """index kind, effort, recall@k (sample size), trials and note of a retrieval.json's ``index`` block."""
+    idx = r.get("index") or {}
+    rec = idx.get("recall") or {}
+    kind = str(idx.get("kind", "n/a"))
+    if kind == "ivf" and (idx.get("config") or {}).get("ivf_codec", "flat") != "flat":
+        kind += f" ({idx['config']['ivf_codec']})"
+    effort = ", ".join(f"{k} {v}" for k, v in (idx.get("effort") or {}).items()) or "-"
+    if not rec:
+        return kind, effort, "n/a", "-", "no recall check recorded"
+    if rec.get("exact") and not rec.get("trials"):
+        return kind, effort, "1 (exact search)", "-", str(rec.get("note", ""))
+    knob = next((key for key in ("nprobe", "ef_search") if rec["trials"] and key in rec["trials"][0]), "")
+    trials = "; ".join(f"{t.get(knob)}: {fmt(t.get('recall'))}" for t in rec.get("trials", []))
+    best = (f"; best {rec['fallback_from']} {fmt(max(float(t.get('recall') or 0) for t in rec['trials']))}"
+            if rec.get("fallback_from") else "")
+    return (kind, effort, f"{fmt(rec.get('recall'))} @{rec.get('k')} ({fmt(rec.get('queries'))} queries, min "
+            f"{fmt(rec.get('min_recall'))}{best})", f"{knob}: {trials}", str(rec.get("note", "")))
+
+
 def retrieval_section(dag: Dag, inputs: ReportInputs, image_dir: Path | None = None,
                       thumb_size: int = 96) -> tuple[Section, list[Failure]]:
-    """Retrieval (CheXtriev definitions): a cross-model comparison, per model the summary metrics beside the
-    random-ranking chance level and the queries without a relevant result, per class AP / hit, and example
-    queries with their top 5.
+    """Retrieval (CheXtriev definitions): a cross-model comparison, the index each model used with its measured
+    recall against exact search, per model the summary metrics beside the random-ranking chance level and the
+    queries without a relevant result, per class AP / hit, and example queries with their top 5.
 
     Reads ``retrieval.json`` (the full tree, see ``cxr.retrieve.run``) and ``examples.parquet`` of every
     retrieve@M output dir; thumbnails come from the converted PNGs in ``image_dir`` (captions only when None).
@@ -255,6 +275,11 @@ def retrieval_section(dag: Dag, inputs: ReportInputs, image_dir: Path | None = N
                                      "level of a random ranking and of a metadata-only (view, sex) ranking",
                         ("model", "embedding, index", *[f"{lab}@{km}" for _, lab in RET_METRICS], f"chance AP@{km}",
                          f"metadata AP@{km}", "test queries / database images"), rows))
+    blocks.append(table("retrieval_index", "Search index used per model and its recall against exact search "
+                                           "(measured on a seeded sample of the test queries whenever an approximate "
+                                           "index is built; the metrics above are those of this index)",
+                        ("model", "index", "search effort", "recall vs exact", "efforts tried (recall)", "note"),
+                        [(m, *_index_row(r)) for m, (_, _, r, _) in results.items()]))
     for m, (stage, _, r, ks) in results.items():
         met, chance = r["metrics"], r["chance"]
         mrows = []

@@ -12,8 +12,10 @@ Outputs (:func:`write_outputs`, into the retrieval dir ``data/processed/retrieva
 search index (:meth:`SearchIndex.save`: ``index.faiss``, ``items.parquet``, ``vectors.npy``,
 ``index.json``), ``queries.parquet`` + ``query_vectors.npy`` (the test side, for benchmarks),
 ``examples.parquet`` (a few test queries with their top 5: image ids, PNG paths, positive labels,
-scores) and ``retrieval.json`` (metrics, and the chance level of a random ranking of the same
-database, which the metrics must beat: with common findings it is far from 0). The DVC metrics file
+scores) and ``retrieval.json`` (metrics, computed with the index actually used; that index with its
+recall check: recall@k against exact search on a sample of the test queries, the efforts tried, any
+fallback to exact search; and the chance level of a random ranking of the same database, which the
+metrics must beat: with common findings it is far from 0). The DVC metrics file
 reports/<M>/retrieval.json holds its flat numbers (:func:`metrics_summary`).
 """
 
@@ -110,8 +112,9 @@ def retrieve_model(model_dir: str | Path, *, images: pd.DataFrame, labels: pd.Da
     if len(q_items) == 0 or len(db_items) == 0:
         raise RetrievalError(f"{name}: {len(q_items)} test queries and {len(db_items)} database images; need both")
     binary = bool(getattr(model, "hashing", False))
+    # an approximate index proves its recall on a seeded sample of the test queries (the searches it serves)
     index = SearchIndex.build(db_vec, db_items, binary=binary, config=IndexConfig(**params.index.model_dump()),
-                              label_names=names)
+                              label_names=names, recall_queries=q_vec, seed=seed)
     ks = list(params.k)
     kmax = max(max(ks), EXAMPLE_K)
     q_pids = q_items["patient_key"].astype(str).tolist()
@@ -134,7 +137,8 @@ def retrieve_model(model_dir: str | Path, *, images: pd.DataFrame, labels: pd.Da
     metrics = {
         "model": name,
         "embedding": {"dim": int(db_vec.shape[1]), "binary": binary, "metric": index.meta["metric"]},
-        "index": {"kind": index.kind, "config": index.meta["config"]},
+        "index": {"kind": index.kind, "config": index.meta["config"], "effort": index.meta["effort"],
+                  "recall": index.meta["recall"]},
         "database": {"splits": db_splits, "images": int(len(db_items)), "patients": int(db_items["patient_key"].nunique())},
         "queries": {"split": "test", "images": int(len(q_items)), "patients": int(q_items["patient_key"].nunique())},
         "exclusion": "each query's own patient (hence the query itself) is removed from its results",
@@ -164,6 +168,8 @@ def metrics_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """
     out: dict[str, Any] = {"model": metrics["model"], "queries": metrics["queries"]["images"],
                            "database": metrics["database"]["images"]}
+    rec = (metrics.get("index") or {}).get("recall") or {}
+    out["index_recall"] = rec.get("recall")  # recall@k of the index used against exact search (1 = exact)
     parts = {"class_average": ("no_skip", "class_average"), "query_weighted": ("no_skip", "query_weighted"),
              "skip": ("skip", "class_average")}
     for name, (mode, avg) in parts.items():
