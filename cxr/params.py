@@ -215,6 +215,9 @@ class LabelParams(_Section):
     )
     unknown_labels: Literal["error", "count"] = Field("error", description="unknown label strings in dataset files")
     uncertainty: UncertaintyParams = UncertaintyParams()
+    workers: int = Field(0, ge=0, le=256, description="labeller processes; 0 = one per core, 1 = in this process")
+    scheduler: str | None = Field(None, description="Dask scheduler address (tcp://host:8786); None = local processes")
+    chunk_size: int = Field(2000, ge=1, le=1_000_000, description="reports per task sent to a worker")
 
     @field_validator("sections")
     @classmethod

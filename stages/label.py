@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 
+from cxr.executor import ExecutorError
 from cxr.io import write_json, write_parquet
 from cxr.labels import LabelError, build_labels
 from cxr.labeler import VocabularyError
@@ -44,8 +45,11 @@ def main(argv: list[str] | None = None) -> int:
             sections=tuple(params.sections),
             precedence=tuple(params.precedence),
             unknown=params.unknown_labels,
+            workers=params.workers,
+            scheduler=params.scheduler,
+            chunk_size=params.chunk_size,
         )
-    except (LabelError, SourceError, VocabularyError) as exc:
+    except (LabelError, SourceError, VocabularyError, ExecutorError) as exc:
         log.error("%s", exc)
         return 1
     write_parquet(args.out, labels)
