@@ -164,3 +164,23 @@ def test_models_table_names_classes_left_out_of_the_macro_average():
     text, data = models_table({"densenet121": met}, {"densenet121": pred}, ["A", "No Finding"], n_boot=20)
     assert "left out" in text and "No Finding (20 positive / 0 negative test labels)" in text
     assert data["densenet121"]["classes_not_evaluated"] == {"No Finding": "20 positive / 0 negative test labels"}
+
+
+def test_weighted_bootstrap_auroc_equals_auroc_of_each_resample():
+    """bootstrap_auroc (counts as weights, one sort per class) = AUROC on the copied replicate rows."""
+    from cxr.evaluate.bootstrap import bootstrap_auroc, patient_resamples
+    from cxr.evaluate.metrics import micro_auroc, per_class_auroc
+
+    rng = np.random.default_rng(0)
+    n, c = 120, 4
+    probs = np.round(rng.random((n, c)), 1)  # many ties
+    targets = (rng.random((n, c)) < [0.3, 0.1, 0.5, 0.02]).astype(np.float32)
+    mask = rng.random((n, c)) < 0.9
+    mask[:, 3] &= targets[:, 3] == 0  # a class with no positive at all: NaN in every replicate
+    res = patient_resamples(rng.integers(0, 40, n), 50, seed=1)
+    per, micro = bootstrap_auroc(probs, targets, mask, res)
+    ref_per = np.array([per_class_auroc(probs[r], targets[r], mask[r]) for r in res])
+    ref_micro = np.array([micro_auroc(probs[r], targets[r], mask[r]) for r in res])
+    np.testing.assert_allclose(per, ref_per, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(micro, ref_micro, rtol=0, atol=1e-12)
+    assert np.isnan(per[:, 3]).all() and np.isfinite(per[:, 0]).all()
