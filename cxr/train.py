@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cxr.data import NORMALISATION, normalise
+from cxr.distributed import digests_agree, gather_by_index
 from cxr.evaluate.metrics import macro_auroc, youden_threshold
 from cxr import modeldir
 from cxr.modeldir import CARD, WEIGHTS
@@ -165,19 +166,23 @@ class Classifier(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         loss, logits = self._loss(batch, train=False)
-        self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]))
-        self._val.append((torch.sigmoid(logits.float()).cpu(), batch["targets"].cpu(), batch["mask"].cpu()))
+        self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]), sync_dist=True)
+        self._val.append((batch["index"].cpu(), torch.sigmoid(logits.float()).cpu(), batch["targets"].cpu(),
+                          batch["mask"].cpu()))
 
     def on_validation_epoch_end(self):
-        if not self._val:
-            return
-        p, y, m = (torch.cat(t).numpy() for t in zip(*self._val))
+        # Under DDP every rank holds its shard: score the whole split, gathered from all ranks
+        # (cxr.distributed), so early stopping, best epoch and thresholds see what one process sees.
+        idx, p, y, m = (torch.cat(t) for t in zip(*self._val)) if self._val else (torch.zeros(0),) * 4
         self._val.clear()
+        idx, p, y, m = gather_by_index(idx, p, y, m)
+        if not len(idx):
+            return
         auc = macro_auroc(p, y, m)
         # an undefined AUROC (tiny val split) must not stop training as "no improvement forever"
         self.log("val/macro_auroc", auc if math.isfinite(auc) else 0.5, prog_bar=True)
         if not self.trainer.sanity_checking:
-            self.history.append({"epoch": self.current_epoch, "val_macro_auroc": auc})
+            self.history.append({"epoch": self.current_epoch, "val_macro_auroc": auc, "val_images": int(len(idx))})
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -257,9 +262,11 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, seed: int, epoc
     if best.state is None:
         raise TrainError("no validation result was recorded; nothing to keep")
     model.load_state_dict(best.state)
+    # every rank must reach this collective before any returns (ranks > 0 then write nothing)
+    agree = digests_agree(model) if trainer.world_size > 1 else True
     return {"precision": run_precision, "best_epoch": best.epoch, "best_val_macro_auroc": best.best,
-            "epochs_run": trainer.current_epoch,
-            "history": module.history}
+            "epochs_run": trainer.current_epoch, "world_size": trainer.world_size, "global_rank": trainer.global_rank,
+            "ranks_agree": agree, "history": module.history}
 
 
 @torch.inference_mode()
@@ -404,6 +411,10 @@ def train_model(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits
                   graph_importance=graph_importance, augment_images=params.augment, patience=params.patience,
                   device=params.device, precision=params.precision, devices=params.devices, strategy=params.strategy,
                   num_workers=params.num_workers, log_dir=log_dir, hparams=hparams, progress=progress)
+    if summary["global_rank"] != 0:
+        return {}  # DDP: only rank 0 writes the model dir (and DVCLive logs, through Lightning)
+    if not summary["ranks_agree"]:
+        raise TrainError(f"the {summary['world_size']} DDP ranks ended with different weights; not saving")
     model.cpu()
     val_probs = predict(model, va, batch_size=params.batch_size)
     thresholds = val_thresholds(val_probs, va.targets, va.mask, names)
