@@ -209,10 +209,11 @@ class BestState(L.Callback):
             self.state = {k: t.detach().cpu().clone() for k, t in pl_module.model.state_dict().items()}
 
 
-def _loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, workers: int) -> DataLoader:
+def _loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, workers: int, pin_memory: bool = False) -> DataLoader:
+    """Seeded loader; ``workers`` > 0 keeps them alive across epochs; pinned host memory for a GPU run."""
     g = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=workers,
-                      persistent_workers=workers > 0, drop_last=False)
+                      persistent_workers=workers > 0, pin_memory=pin_memory, drop_last=False)
 
 
 def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, seed: int, epochs: int, batch_size: int, lr: float,
@@ -257,8 +258,9 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, seed: int, epoc
         callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
         num_sanity_val_steps=0, log_every_n_steps=1,
     )
-    trainer.fit(module, _loader(train_ds, batch_size, True, seed, num_workers),
-                _loader(val_ds, batch_size, False, seed, num_workers))
+    pin = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+    trainer.fit(module, _loader(train_ds, batch_size, True, seed, num_workers, pin),
+                _loader(val_ds, batch_size, False, seed, num_workers, pin))
     if best.state is None:
         raise TrainError("no validation result was recorded; nothing to keep")
     model.load_state_dict(best.state)
