@@ -110,6 +110,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from cxr.shards import write_shards
 
+    # gcsfs >= 2025 first asks the storage control API (gRPC over TLS) for the bucket type and waits
+    # 60 s for an answer an emulator never gives, on every dvc command; real GCS answers at once.
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     sizes = [int(s) for s in args.files.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="cxr-remote-") as tmp:
@@ -137,7 +140,7 @@ def main(argv=None) -> int:
         finally:
             proc.terminate()
             proc.wait(10)
-    print(f"\n{args.size} px PNGs (about {rows[0]['bytes'] / sizes[0] / 1024:.1f} KiB each), dvc -j {args.jobs}, "
+    print(f"\nload average {os.getloadavg()[0]:.1f}; {args.size} px PNGs (about {rows[0]['bytes'] / sizes[0] / 1024:.1f} KiB each), dvc -j {args.jobs}, "
           f"gcp-storage-emulator on 127.0.0.1, {os.cpu_count()} cores visible; shards of {args.shard} images.\n")
     print("| N | layout | objects | dvc add s | push s | pull s | push ms/image | pull ms/image | push+pull vs files |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -256,23 +256,38 @@ def stage_report(n, rng, cache):
     from cxr.report.render import to_html, to_markdown
     from cxr.report.sections import data_section, failures_section
 
+    # the report reads declared outputs by their dvc.yaml paths: lay them out in a scratch project
     folder = Path(tempfile.mkdtemp(dir=cache, prefix=f"report-{n}-"))
-    images_table(ids(n, rng), rng).to_parquet(folder / "images.parquet")
+    (folder / "data" / "interim").mkdir(parents=True)
+    images_table(ids(n, rng), rng).to_parquet(folder / "data" / "interim" / "images.parquet")
+    os.chdir(folder)
     params = read_params_file(ROOT / "params.yaml")
     dag = load_dag(ROOT / "dvc.yaml", params)
-    missing = folder / "absent"
+    missing = Path("absent")
     inputs = ReportInputs(params=ROOT / "params.yaml", dvc_yaml=ROOT / "dvc.yaml", raw=missing,
-                          images=folder / "images.parquet", label=missing, split=missing, coco=missing,
+                          images=Path("data/interim/images.parquet"), label=missing, split=missing, coco=missing,
                           features=missing, detector=missing, unet=missing, evaluation=missing, models=missing,
                           localization=missing, retrieval=missing)
 
     def run():
         sections = [data_section(dag, inputs), failures_section(dag, inputs)]
-        return len(to_html("scale", sections)) + len(to_markdown("scale", sections))
+        html = to_html("scale", sections)
+        if "images with status error" not in html:
+            raise RuntimeError("the report did not read the images table")
+        return len(html) + len(to_markdown("scale", sections))
     return n, run
 
 
 # ---------------------------------------------------------------------------------------- driver
+
+
+def rss_at(measured: list[dict], n: int) -> float:
+    """Peak RSS at ``n`` on the line through the two largest measured N (NaN with one point)."""
+    if len(measured) < 2:
+        return float("nan")
+    a, b = sorted(measured, key=lambda r: r["n"])[-2:]
+    slope = max(0.0, (b["peak_rss_mb"] - a["peak_rss_mb"]) / (b["n"] - a["n"]))
+    return b["peak_rss_mb"] + slope * (n - b["n"])
 
 
 def child(stage: str, n: int, cache: Path, feature_dim: int) -> dict:
@@ -322,8 +337,7 @@ def main(argv=None) -> int:
                     if predicted > args.budget:
                         rows.append({"stage": stage, "n": n, "extrapolated": True,
                                      "items": last["items"] * n / last["n"], "seconds": last["seconds"] * n / last["n"],
-                                     "peak_rss_mb": last["input_rss_mb"] + (last["peak_rss_mb"] - last["input_rss_mb"])
-                                     * n / last["n"], "input_rss_mb": float("nan")})
+                                     "peak_rss_mb": rss_at(measured, n)})
                         continue
                 out = subprocess.run([sys.executable, __file__, "--child", stage, str(n), "--cache", cache,
                                       "--feature-dim", str(args.feature_dim)], capture_output=True, text=True, env=env)
@@ -334,10 +348,11 @@ def main(argv=None) -> int:
                 measured.append(row)
                 rows.append(row)
                 print(f"  {stage:9s} N={n:>7,}: {row['seconds']:8.2f} s, peak {row['peak_rss_mb']:7.0f} MB", flush=True)
-    print(f"\nCPU: {cpu_flags()}; {os.cpu_count()} cores visible, 1 BLAS thread, float32/float16 arrays; "
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end; CPU: {cpu_flags()}; {os.cpu_count()} cores visible, 1 BLAS thread, float32/float16 arrays; "
           f"python {platform.python_version()}")
     print("Per-item cost (us per image; label: per report) and peak RSS of the process; growth = per-item cost / "
-          f"per-item cost at N={sizes[0]:,} in this run; 'x' = extrapolated linearly, not run.\n")
+          f"per-item cost at N={sizes[0]:,} in this run; 'x' = extrapolated linearly, not run (RSS: on the line "
+          "through the two largest measured N).\n")
     head = ["stage"] + [f"N={n:,} us/item" for n in sizes] + [f"growth {sizes[-1]:,}/{sizes[0]:,}"] \
         + [f"peak RSS MB N={n:,}" for n in sizes] + ["RSS at MIMIC size (GB)"]
     print("| " + " | ".join(head) + " |")
@@ -348,12 +363,13 @@ def main(argv=None) -> int:
         mark = {n: "x" if rs[n].get("extrapolated") else "" for n in rs}
         big = max(rs)
         first_real = rs[big] if not rs[big].get("extrapolated") else None
-        last = [r for r in rs.values() if not r.get("extrapolated")][-1]
-        mimic_gb = (last["input_rss_mb"] + (last["peak_rss_mb"] - last["input_rss_mb"]) * MIMIC_SIZE / last["n"]) / 1024
+        real = [r for r in rs.values() if not r.get("extrapolated")]
+        mimic_gb = rss_at(real, MIMIC_SIZE) / 1024
         growth = per[big] / per[sizes[0]]
         cells = [stage] + [f"{per[n]:.1f}{mark[n]}" for n in sizes] + [f"{growth:.2f}{mark[big]}"] \
             + [f"{rs[n]['peak_rss_mb']:.0f}{mark[n]}" for n in sizes] \
-            + [f"{mimic_gb:.1f}" + ("" if first_real is not None and big >= MIMIC_SIZE else " (extrap.)")]
+            + [f"{mimic_gb:.1f}" + ("" if first_real is not None and big >= MIMIC_SIZE else " (extrap.)")
+               if np.isfinite(mimic_gb) else "n/a"]
         print("| " + " | ".join(cells) + " |")
     retr = [r for r in rows if r["stage"] == "retrieve" and not r.get("extrapolated")]
     for r in retr:

@@ -95,7 +95,7 @@ def bootstrap_auroc(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray,
         prepared.append((rows, *_sorted_groups(probs[rows, j], targets[rows, j])))
     m_rows, m_cols = np.nonzero(mask)
     micro_groups = _sorted_groups(probs[m_rows, m_cols], targets[m_rows, m_cols])
-    block = max(1, int(2e7 // max(1, len(m_rows))))
+    block = max(1, int(4e6 // max(1, len(m_rows))))  # replicates per pass: about 16 MB per weight array
     at = 0
     for w in resample_counts(resamples, n, block):
         b = len(w)
