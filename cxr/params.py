@@ -440,6 +440,7 @@ class TrainParams(_Section):
     precision: Literal["auto", "32", "bf16", "16"] = Field("auto", description="auto = bf16/fp16 mixed on GPU; bf16 mixed for image models on a CPU with native bf16, else 32")
     devices: int | Literal["auto"] = Field("auto", description="number of devices (GPUs) or auto")
     strategy: str = Field("auto", description="Lightning strategy: auto | ddp | ...")
+    num_nodes: int = Field(1, ge=1, le=1024, description="machines of a multi-node DDP run (torchrun / SLURM sets the ranks)")
     num_workers: int = Field(0, ge=0, le=64, description="data-loader worker processes")
     mlgcn: MLGCNParams = MLGCNParams()
     segfusion: SegFusionParams = SegFusionParams()

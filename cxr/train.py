@@ -220,7 +220,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, seed: int, epoc
         weight_decay: float = 1e-4, schedule: str = "cosine", pos_weight: torch.Tensor | None = None,
         focal_gamma: float = 0.0, graph_importance: float = 1.0, augment_images: bool = True, patience: int = 3,
         device: str = "auto", precision: str = "auto", devices: str | int = "auto", strategy: str = "auto",
-        num_workers: int = 0, log_dir: str | Path | None = None, hparams: Mapping | None = None,
+        num_nodes: int = 1, num_workers: int = 0, log_dir: str | Path | None = None, hparams: Mapping | None = None,
         progress: bool = True) -> dict[str, Any]:
     """Train ``model`` in place and load its best-epoch weights.
 
@@ -249,7 +249,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, seed: int, epoc
     run_precision = precision_for(precision, accelerator,
                                   convolutional="image" in model.input_keys and getattr(model, "cpu_bf16", True))
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator=accelerator, devices=devices, strategy=strategy,
+        max_epochs=epochs, accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
         precision=run_precision,
         # CPU kernels are deterministic; some CUDA backward kernels (scatter, pooling) have no
         # deterministic version, so on a GPU ask for determinism but only warn where it is missing
@@ -412,7 +412,7 @@ def train_model(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits
                   focal_gamma=params.focal_gamma if params.loss == "focal" else 0.0,
                   graph_importance=graph_importance, augment_images=params.augment, patience=params.patience,
                   device=params.device, precision=params.precision, devices=params.devices, strategy=params.strategy,
-                  num_workers=params.num_workers, log_dir=log_dir, hparams=hparams, progress=progress)
+                  num_nodes=params.num_nodes, num_workers=params.num_workers, log_dir=log_dir, hparams=hparams, progress=progress)
     if summary["global_rank"] != 0:
         return {}  # DDP: only rank 0 writes the model dir (and DVCLive logs, through Lightning)
     if not summary["ranks_agree"]:
