@@ -161,7 +161,7 @@ class Classifier(L.LightningModule):
         if not torch.isfinite(loss):
             raise TrainError(f"non-finite training loss {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
                              "lower train.lr or check the inputs")
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]))
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]), sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -180,7 +180,8 @@ class Classifier(L.LightningModule):
             return
         auc = macro_auroc(p, y, m)
         # an undefined AUROC (tiny val split) must not stop training as "no improvement forever"
-        self.log("val/macro_auroc", auc if math.isfinite(auc) else 0.5, prog_bar=True)
+        # the same value on every rank (gathered): sync_dist averages identical numbers, exactly
+        self.log("val/macro_auroc", auc if math.isfinite(auc) else 0.5, prog_bar=True, sync_dist=True)
         if not self.trainer.sanity_checking:
             self.history.append({"epoch": self.current_epoch, "val_macro_auroc": auc, "val_images": int(len(idx))})
 
