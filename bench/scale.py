@@ -368,7 +368,7 @@ def main(argv=None) -> int:
         growth = per[big] / per[sizes[0]]
         cells = [stage] + [f"{per[n]:.1f}{mark[n]}" for n in sizes] + [f"{growth:.2f}{mark[big]}"] \
             + [f"{rs[n]['peak_rss_mb']:.0f}{mark[n]}" for n in sizes] \
-            + [f"{mimic_gb:.1f}" + ("" if first_real is not None and big >= MIMIC_SIZE else " (extrap.)")
+            + [f"{mimic_gb:.1f}" + ("" if first_real is not None and big >= 0.99 * MIMIC_SIZE else " (extrap.)")
                if np.isfinite(mimic_gb) else "n/a"]
         print("| " + " | ".join(cells) + " |")
     retr = [r for r in rows if r["stage"] == "retrieve" and not r.get("extrapolated")]
