@@ -37,7 +37,12 @@ def test_ddp_two_cpu_ranks_score_the_whole_validation_split(tmp_path):
     assert [h["val_images"] for h in ddp["history"]] == [ddp["val_size"]] == [11]
     # the AUROC early stopping followed is the whole split's (recomputed in one process on rank 0)
     assert ddp["best_val_macro_auroc"] == pytest.approx(ddp["recomputed_val_macro_auroc"], abs=1e-6)
-    single = _run(tmp_path, devices=1, batch_size=8)  # the same global batch in one process
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from ddp_fit import fit_and_score
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    single = fit_and_score(tmp_path, devices=1, batch_size=8)  # the same global batch, in this process
     assert single["world_size"] == 1 and [h["val_images"] for h in single["history"]] == [11]
     # stated tolerance: ranks draw other batches than one process does (DistributedSampler order),
     # so the one-epoch models differ a little; their validation macro AUROC within 0.1
