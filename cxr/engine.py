@@ -58,7 +58,7 @@ def adamw_onecycle(params: Iterable[torch.nn.Parameter], lr: float, weight_decay
 
 def fit_module(module: L.LightningModule, train: DataLoader, val: DataLoader | None = None, *, epochs: int,
                max_steps: int = -1, accelerator: str = "auto", devices: str | int = 1, strategy: str = "auto",
-               precision: str = "32-true", deterministic: bool | str = False, logger: Any = False,
+               num_nodes: int = 1, precision: str = "32-true", deterministic: bool | str = False, logger: Any = False,
                callbacks: list[L.Callback] | None = None, progress: bool = True) -> tuple[L.Trainer, float]:
     """Run Lightning's fit loop on ``module``; returns the trainer and the wall time in seconds.
 
@@ -66,7 +66,7 @@ def fit_module(module: L.LightningModule, train: DataLoader, val: DataLoader | N
     """
     trainer = L.Trainer(
         max_epochs=epochs, max_steps=max_steps, accelerator=accelerator, devices=devices, strategy=strategy,
-        precision=precision, deterministic=deterministic, logger=logger, callbacks=callbacks or [],
+        num_nodes=num_nodes, precision=precision, deterministic=deterministic, logger=logger, callbacks=callbacks or [],
         enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
         num_sanity_val_steps=0, log_every_n_steps=1, limit_val_batches=0 if val is None else None,
     )

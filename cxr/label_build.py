@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxr.executor import default_workers, make_executor
 from cxr.labeler import Labeler
+from cxr.labeler.labeler import label_parallel
 from cxr.labeler.score import score_synthetic
 from cxr.labels import LabelError, disagreement, label_names, merge_sources, nan_to_none, to_space
 from cxr.sources import read_raw
@@ -44,6 +46,9 @@ def build_labels(
     precedence: Sequence[str] = DEFAULT_PRECEDENCE,
     unknown: str = "error",
     progress: bool = True,
+    workers: int = 1,
+    scheduler: str | None = None,
+    chunk_size: int = 2000,
 ) -> tuple[pd.DataFrame, dict]:
     """Everything the ``label`` stage does: adapters -> labeller -> label space -> merge.
 
@@ -55,6 +60,10 @@ def build_labels(
         precedence: label sources, strongest first (see :func:`merge_sources`).
         unknown: unknown label strings in dataset files: ``error`` or ``count``.
         progress: progress bars.
+        workers: labeller processes (0 = one per core, 1 = in this process); below two chunks of
+            reports the labeller runs in this process.
+        scheduler: a Dask scheduler address: label on that cluster (``workers`` is ignored).
+        chunk_size: reports per task sent to a worker.
 
     Returns:
         ``(labels, summary)``: labels.parquet content (dataset, image_id, patient_id, study_id,
@@ -101,13 +110,25 @@ def build_labels(
         labelled: dict[str, pd.DataFrame] = {}
         rows = []
         n_reports, seconds = 0, 0.0
-        for dataset, rep in reports:
-            t0 = time.perf_counter()
-            lab = labeller.label_many(rep["report"].tolist(), progress=progress)
-            seconds += time.perf_counter() - t0
-            n_reports += len(rep)
-            lab.insert(0, "study_id", rep["study_id"].to_numpy())
-            labelled[dataset] = lab
+        total = sum(len(rep) for _, rep in reports)
+        n_workers = default_workers() if workers == 0 else workers
+        parallel = scheduler is not None or (n_workers > 1 and total >= 2 * chunk_size)
+        executor = make_executor(workers=n_workers, scheduler=scheduler) if parallel else None
+        try:
+            for dataset, rep in reports:
+                t0 = time.perf_counter()
+                if executor is None:
+                    lab = labeller.label_many(rep["report"].tolist(), progress=progress)
+                else:
+                    lab = label_parallel(rep["report"].tolist(), vocabulary, sections, executor, chunk_size)
+                seconds += time.perf_counter() - t0
+                n_reports += len(rep)
+                lab.insert(0, "study_id", rep["study_id"].to_numpy())
+                labelled[dataset] = lab
+        finally:
+            if executor is not None:
+                executor.close()
+        for dataset, lab in labelled.items():
             lab = lab.drop_duplicates("study_id")
             mapped = to_space(lab, vocabulary, space, key="study_id")
             imgs = images_by_ds.get(dataset)
@@ -118,6 +139,7 @@ def build_labels(
         summary["labeller"] = {
             "vocabulary": vocabulary,
             "sections": list(sections),
+            "executor": "dask" if scheduler else (f"{n_workers} processes" if parallel else "in process"),
             "reports": n_reports,
             "seconds": round(seconds, 3),
             "reports_per_s": round(n_reports / seconds, 1) if seconds > 0 else None,

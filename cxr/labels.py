@@ -273,6 +273,14 @@ def disagreement(a: pd.DataFrame, b: pd.DataFrame, names: Sequence[str], key: st
     return out
 
 
+def _joined_key(df: pd.DataFrame, key: Sequence[str]) -> pd.Series:
+    """``"a/b"`` per row from the ``key`` columns; vectorised (a row-wise ``agg`` was 0.4 ms per image)."""
+    out = df[key[0]].astype(str)
+    for k in key[1:]:
+        out = out + "/" + df[k].astype(str)
+    return out
+
+
 def merge_sources(
     candidates: Mapping[str, pd.DataFrame],
     names: Sequence[str],
@@ -316,12 +324,12 @@ def merge_sources(
     allrows = allrows.sort_values([*key, "_rank"], kind="stable")
     merged = allrows.drop_duplicates(list(key), keep="first").drop(columns="_rank").reset_index(drop=True)
     stats = {}
-    chosen = merged.assign(_k=merged[list(key)].astype(str).agg("/".join, axis=1))
+    chosen = merged.assign(_k=_joined_key(merged, key))
     for src in precedence:
         if src not in candidates:
             continue
         others = allrows[(allrows["label_source"] == src)]
-        others = others.assign(_k=others[list(key)].astype(str).agg("/".join, axis=1))
+        others = others.assign(_k=_joined_key(others, key))
         for winner in precedence:
             if winner == src:
                 continue

@@ -218,6 +218,9 @@ class LabelParams(_Section):
     )
     unknown_labels: Literal["error", "count"] = Field("error", description="unknown label strings in dataset files")
     uncertainty: UncertaintyParams = UncertaintyParams()
+    workers: int = Field(0, ge=0, le=256, description="labeller processes; 0 = one per core, 1 = in this process")
+    scheduler: str | None = Field(None, description="Dask scheduler address (tcp://host:8786); None = local processes")
+    chunk_size: int = Field(2000, ge=1, le=1_000_000, description="reports per task sent to a worker")
 
     @field_validator("sections")
     @classmethod
@@ -441,6 +444,7 @@ class TrainParams(_Section):
     precision: Literal["auto", "32", "bf16", "16"] = Field("auto", description="auto = bf16/fp16 mixed on GPU; bf16 mixed for image models on a CPU with native bf16, else 32")
     devices: int | Literal["auto"] = Field("auto", description="number of devices (GPUs) or auto")
     strategy: str = Field("auto", description="Lightning strategy: auto | ddp | ...")
+    num_nodes: int = Field(1, ge=1, le=1024, description="machines of a multi-node DDP run (torchrun / SLURM sets the ranks)")
     num_workers: int = Field(0, ge=0, le=64, description="data-loader worker processes")
     mlgcn: MLGCNParams = MLGCNParams()
     segfusion: SegFusionParams = SegFusionParams()

@@ -7,6 +7,12 @@ stratification of Sechidis et al. (ECML-PKDD 2011) / Szymanski & Kajdanowicz (20
 implemented by scikit-multilearn. Its ``IterativeStratification`` refuses ``random_state``,
 so numpy's global generator is seeded around the call and restored afterwards.
 
+:func:`stratified_folds` is that algorithm step for step, with the same draws from numpy's
+global generator (so the same folds, checked against scikit-multilearn in the tests), but in
+linear time: scikit-multilearn removes each assigned row from every per-label Python list
+(``list.remove``), which is quadratic in the number of patients (measured: 8k patients 0.33 s,
+32k 2.3 s; MIMIC-CXR has 65k). Here rows are skipped lazily and per-label counts kept instead.
+
 Official splits (MIMIC-CXR's split csv, NIH's test list) are honoured when configured: a
 patient with any image in an official test (val) list goes to test (val); patients of an
 official train/val list are stratified between train and val only.
@@ -74,19 +80,82 @@ def iterative_stratification(y: np.ndarray, fractions: Sequence[float], seed: in
         for fold, part in zip(active, np.split(perm, cuts)):
             out[part] = fold
         return out
-    from skmultilearn.model_selection import IterativeStratification
-
     y = np.asarray(y, dtype=np.int64)
     if y.ndim != 2 or y.shape[1] == 0:
         y = np.zeros((n, 1), dtype=np.int64)
     sub = fr[active] / fr[active].sum()
     with seeded_numpy(seed):
-        strat = IterativeStratification(n_splits=len(active), order=order, sample_distribution_per_fold=list(sub))
-        for k, (_, idx) in enumerate(strat.split(np.zeros((n, 1)), y)):
+        for k, idx in enumerate(stratified_folds(y, list(sub), order)):
             out[idx] = active[k]
     if (out < 0).any():
         raise SplitError("iterative stratification left rows unassigned")
     return out
+
+
+def stratified_folds(y: np.ndarray, fractions: Sequence[float], order: int = 1) -> list[list[int]]:
+    """Row indices per fold: scikit-multilearn's ``IterativeStratification`` in linear time.
+
+    Same steps and the same draws from numpy's global generator as scikit-multilearn 0.2
+    (seed it around the call), so the same folds: repeatedly take the label combination with
+    the fewest unassigned rows (its odd tie rule kept), pop its rows from the end and give each
+    to the fold that still wants most of that combination (random among ties); then deal the
+    unlabelled rows, last first, at random among folds that still want rows.
+
+    Args:
+        y: ``[n, L]`` binary matrix.
+        fractions: desired fraction of rows per fold.
+        order: label-combination order.
+
+    Returns:
+        One list of row indices per fold, in assignment order.
+    """
+    import itertools
+
+    n, k = len(y), len(fractions)
+    want_rows = np.array([f * n for f in fractions])
+    rows_of: dict[tuple, list[int]] = {}
+    combos_of: list[list[tuple]] = [[] for _ in range(n)]
+    for i in range(n):
+        for combo in itertools.combinations_with_replacement(np.flatnonzero(y[i]).tolist(), order):
+            rows_of.setdefault(combo, []).append(i)
+            combos_of[i].append(combo)
+    want = {c: np.array([len(r) * f for f in fractions]) for c, r in rows_of.items()}
+    left = {c: len(r) for c, r in rows_of.items()}  # unassigned rows per combination
+    used = np.zeros(n, bool)
+    folds: list[list[int]] = [[] for _ in range(k)]
+
+    def next_combination():
+        chosen, best_size, best_support = None, None, None
+        for c in rows_of:  # first-appearance order, as scikit-multilearn's dict
+            size, support = len(set(c)), left[c]
+            if support == 0:
+                continue
+            if chosen is None or (best_size < size and best_support > support):
+                chosen, best_size, best_support = c, size, support
+        return chosen
+
+    combo = next_combination()
+    while combo is not None:
+        stack = rows_of[combo]
+        while left[combo] > 0:
+            row = stack.pop()
+            if used[row]:
+                continue  # assigned through another combination: already counted off
+            w = want[combo]
+            ties = np.where(w == w.max())[0]
+            m = ties[0] if len(ties) == 1 else np.random.choice(ties, 1)[0]
+            folds[m].append(row)
+            used[row] = True
+            for c in combos_of[row]:
+                left[c] -= 1
+                want[c][m] -= 1
+            want_rows[m] -= 1
+        combo = next_combination()
+    for row in np.flatnonzero(~used)[::-1].tolist():
+        m = np.random.choice(np.where(want_rows > 0)[0], 1)[0]
+        want_rows[m] -= 1
+        folds[m].append(row)
+    return folds
 
 
 def patient_labels(table: pd.DataFrame, names: Sequence[str], key: str = "patient_key") -> pd.DataFrame:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from cxr.distributed import digests_agree, gather_by_index
 from cxr import modeldir
 from cxr.engine import TrainError, fit_module, make_logger
 from cxr.evaluate.metrics import macro_auroc, val_thresholds  # noqa: F401  (re-exported: cxr.train.val_thresholds)
@@ -128,24 +129,29 @@ class Classifier(L.LightningModule):
         if not torch.isfinite(loss):
             raise TrainError(f"non-finite training loss {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
                              "lower train.lr or check the inputs")
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]))
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]), sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         loss, logits = self._loss(batch, train=False)
-        self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]))
-        self._val.append((torch.sigmoid(logits.float()).cpu(), batch["targets"].cpu(), batch["mask"].cpu()))
+        self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]), sync_dist=True)
+        self._val.append((batch["index"].cpu(), torch.sigmoid(logits.float()).cpu(), batch["targets"].cpu(),
+                          batch["mask"].cpu()))
 
     def on_validation_epoch_end(self):
-        if not self._val:
-            return
-        p, y, m = (torch.cat(t).numpy() for t in zip(*self._val))
+        # Under DDP every rank holds its shard: score the whole split, gathered from all ranks
+        # (cxr.distributed), so early stopping, best epoch and thresholds see what one process sees.
+        idx, p, y, m = (torch.cat(t) for t in zip(*self._val)) if self._val else (torch.zeros(0),) * 4
         self._val.clear()
+        idx, p, y, m = gather_by_index(idx, p, y, m)
+        if not len(idx):
+            return
         auc = macro_auroc(p, y, m)
         # an undefined AUROC (tiny val split) must not stop training as "no improvement forever"
-        self.log("val/macro_auroc", auc if math.isfinite(auc) else 0.5, prog_bar=True)
+        # the same value on every rank (gathered): sync_dist averages identical numbers, exactly
+        self.log("val/macro_auroc", auc if math.isfinite(auc) else 0.5, prog_bar=True, sync_dist=True)
         if not self.trainer.sanity_checking:
-            self.history.append({"epoch": self.current_epoch, "val_macro_auroc": auc})
+            self.history.append({"epoch": self.current_epoch, "val_macro_auroc": auc, "val_images": int(len(idx))})
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -172,17 +178,18 @@ class BestState(L.Callback):
             self.state = {k: t.detach().cpu().clone() for k, t in pl_module.model.state_dict().items()}
 
 
-def _loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, workers: int) -> DataLoader:
+def _loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, workers: int, pin_memory: bool = False) -> DataLoader:
+    """Seeded loader; ``workers`` > 0 keeps them alive across epochs; pinned host memory for a GPU run."""
     g = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=workers,
-                      persistent_workers=workers > 0, drop_last=False)
+                      persistent_workers=workers > 0, pin_memory=pin_memory, drop_last=False)
 
 
 def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, seed: int, epochs: int, batch_size: int, lr: float,
         weight_decay: float = 1e-4, schedule: str = "cosine", pos_weight: torch.Tensor | None = None,
         focal_gamma: float = 0.0, graph_importance: float = 1.0, augment_images: bool = True, patience: int = 3,
         device: str = "auto", precision: str = "auto", devices: str | int = "auto", strategy: str = "auto",
-        num_workers: int = 0, log_dir: str | Path | None = None, hparams: Mapping | None = None,
+        num_nodes: int = 1, num_workers: int = 0, log_dir: str | Path | None = None, hparams: Mapping | None = None,
         progress: bool = True) -> dict[str, Any]:
     """Train ``model`` in place and load its best-epoch weights.
 
@@ -201,9 +208,12 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, seed: int, epoc
     accelerator = {"auto": "auto", "cpu": "cpu", "gpu": "gpu"}[device]
     run_precision = precision_for(precision, accelerator,
                                   convolutional="image" in model.input_keys and getattr(model, "cpu_bf16", True))
+    pin = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
     trainer, _ = fit_module(
-        module, _loader(train_ds, batch_size, True, seed, num_workers), _loader(val_ds, batch_size, False, seed, num_workers),
-        epochs=epochs, accelerator=accelerator, devices=devices, strategy=strategy, precision=run_precision,
+        module, _loader(train_ds, batch_size, True, seed, num_workers, pin),
+        _loader(val_ds, batch_size, False, seed, num_workers, pin),
+        epochs=epochs, accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
+        precision=run_precision,
         # CPU kernels are deterministic; some CUDA backward kernels (scatter, pooling) have no
         # deterministic version, so on a GPU ask for determinism but only warn where it is missing
         deterministic=True if accelerator == "cpu" or not torch.cuda.is_available() else "warn",
@@ -212,9 +222,11 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, seed: int, epoc
     if best.state is None:
         raise TrainError("no validation result was recorded; nothing to keep")
     model.load_state_dict(best.state)
+    # every rank must reach this collective before any returns (ranks > 0 then write nothing)
+    agree = digests_agree(model) if trainer.world_size > 1 else True
     return {"precision": run_precision, "best_epoch": best.epoch, "best_val_macro_auroc": best.best,
-            "epochs_run": trainer.current_epoch,
-            "history": module.history}
+            "epochs_run": trainer.current_epoch, "world_size": trainer.world_size, "global_rank": trainer.global_rank,
+            "ranks_agree": agree, "history": module.history}
 
 
 def _jsonable(v: Any) -> Any:
@@ -269,7 +281,11 @@ def train_model(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits
                   focal_gamma=params.focal_gamma if params.loss == "focal" else 0.0,
                   graph_importance=graph_importance, augment_images=params.augment, patience=params.patience,
                   device=params.device, precision=params.precision, devices=params.devices, strategy=params.strategy,
-                  num_workers=params.num_workers, log_dir=log_dir, hparams=hparams, progress=progress)
+                  num_nodes=params.num_nodes, num_workers=params.num_workers, log_dir=log_dir, hparams=hparams, progress=progress)
+    if summary["global_rank"] != 0:
+        return {}  # DDP: only rank 0 writes the model dir (and DVCLive logs, through Lightning)
+    if not summary["ranks_agree"]:
+        raise TrainError(f"the {summary['world_size']} DDP ranks ended with different weights; not saving")
     model.cpu()
     val_probs = predict(model, va, batch_size=params.batch_size)
     thresholds = val_thresholds(val_probs, va.targets, va.mask, names)

@@ -34,6 +34,9 @@ def _run(args: argparse.Namespace, base, params, *, log: logging.Logger) -> int 
         sections=tuple(params.sections),
         precedence=tuple(params.precedence),
         unknown=params.unknown_labels,
+        workers=params.workers,
+        scheduler=params.scheduler,
+        chunk_size=params.chunk_size,
     )
     write_parquet(args.out, labels)
     write_json(args.metrics, summary)

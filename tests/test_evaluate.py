@@ -213,3 +213,23 @@ def test_reliability_bins_give_back_the_ece_and_counts_add_up():
         m = mask[:, k]
         assert v["tp"] == int(((probs[m, k] >= thr) & (targets[m, k] == 1)).sum())
         assert v["sensitivity"] == pytest.approx(v["tp"] / v["positives"], abs=1e-6)
+
+
+def test_weighted_bootstrap_auroc_equals_auroc_of_each_resample():
+    """bootstrap_auroc (counts as weights, one sort per class) = AUROC on the copied replicate rows."""
+    from cxr.evaluate.bootstrap import bootstrap_auroc, patient_resamples
+    from cxr.evaluate.metrics import micro_auroc, per_class_auroc
+
+    rng = np.random.default_rng(0)
+    n, c = 120, 4
+    probs = np.round(rng.random((n, c)), 1)  # many ties
+    targets = (rng.random((n, c)) < [0.3, 0.1, 0.5, 0.02]).astype(np.float32)
+    mask = rng.random((n, c)) < 0.9
+    mask[:, 3] &= targets[:, 3] == 0  # a class with no positive at all: NaN in every replicate
+    res = patient_resamples(rng.integers(0, 40, n), 50, seed=1)
+    per, micro = bootstrap_auroc(probs, targets, mask, res)
+    ref_per = np.array([per_class_auroc(probs[r], targets[r], mask[r]) for r in res])
+    ref_micro = np.array([micro_auroc(probs[r], targets[r], mask[r]) for r in res])
+    np.testing.assert_allclose(per, ref_per, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(micro, ref_micro, rtol=0, atol=1e-12)
+    assert np.isnan(per[:, 3]).all() and np.isfinite(per[:, 0]).all()

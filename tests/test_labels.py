@@ -308,3 +308,19 @@ def test_label_stage_fails_clearly_on_unknown_label(tiny_cohort, tmp_path, repo_
     bad = tmp_path / "params.yaml"
     bad.write_text("label:\n  vocabulary: klingon\n")
     assert label_stage.main(["--params", str(bad), *argv[2:]]) == 2
+
+
+def test_labelling_through_process_pool_and_dask_gives_the_serial_table(tiny_cohort, tiny_labels, tmp_path):
+    """label.workers / label.scheduler change where the labeller runs, never what it writes."""
+    from distributed import LocalCluster
+
+    serial, s_summary = tiny_labels
+    pooled, p_summary = build_labels(tiny_cohort, progress=False, workers=2, chunk_size=4)
+    assert p_summary["labeller"]["executor"] == "2 processes" and s_summary["labeller"]["executor"] == "in process"
+    pd.testing.assert_frame_equal(pooled, serial)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
+                      local_directory=str(tmp_path / "dask")) as cluster:
+        dask, d_summary = build_labels(tiny_cohort, progress=False, scheduler=cluster.scheduler_address, chunk_size=4)
+    assert d_summary["labeller"]["executor"] == "dask"
+    pd.testing.assert_frame_equal(dask, serial)
+    assert d_summary["merged"] == s_summary["merged"] and d_summary["disagreement"] == s_summary["disagreement"]

@@ -281,8 +281,7 @@ def test_imagenome_scene_graph_merges_attribute_entries(tmp_path):
     assert g["findings"]["right lung"] == {"lung opacity": 1.0, "pleural effusion": 0.0, "atelectasis": 1.0}
     assert imagenome.image_findings(g["findings"]) == {
         "lung opacity": 1.0, "pleural effusion": 0.0, "atelectasis": 1.0, "enlarged cardiac silhouette": 0.0}
-    rl = g["regions"].set_index("bbox_name").loc["right lung"]
-    assert rl.tolist() == [40.0, 40.0, 400.0, 800.0]
+    assert g["regions"]["right lung"] == [40.0, 40.0, 400.0, 800.0]
 
 
 def test_imagenome_folder_counts_bad_graphs_and_unknown_findings(tmp_path):

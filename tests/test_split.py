@@ -11,7 +11,7 @@ import pytest
 
 from cxr.params import ParamsError, parse_section
 from cxr.sources import nih
-from cxr.split import SplitError, iterative_stratification, make_splits, patient_labels, seeded_numpy
+from cxr.split import SplitError, iterative_stratification, make_splits, patient_labels, seeded_numpy, stratified_folds
 from stages import split as split_stage
 
 FR = {"train": 0.7, "val": 0.1, "test": 0.2}
@@ -168,3 +168,19 @@ def test_split_stage_end_to_end(tmp_path, repo_root):
     assert split_stage.main(["--params", str(p), *argv[2:], "--raw", str(tmp_path / "raw")]) == 0
     s = pd.read_parquet(out).groupby("patient_id")["split"].first()
     assert s["p0"] == "test" and s["p1"] in ("train", "val")
+
+
+@pytest.mark.parametrize("n, labels, order, fractions", [(400, 14, 1, [0.7, 0.1, 0.2]), (300, 5, 2, [0.5, 0.5]),
+                                                         (150, 3, 1, [0.8, 0.2])])
+def test_stratified_folds_equal_scikit_multilearn(n, labels, order, fractions):
+    """The linear-time replica gives scikit-multilearn's folds exactly (same seeded draws)."""
+    from skmultilearn.model_selection import IterativeStratification
+
+    y = (np.random.default_rng(n).random((n, labels)) < 0.15).astype(int)
+    with seeded_numpy(3):
+        ref = [sorted(t) for _, t in IterativeStratification(
+            n_splits=len(fractions), order=order, sample_distribution_per_fold=fractions).split(np.zeros((n, 1)), y)]
+    with seeded_numpy(3):
+        ours = [sorted(f) for f in stratified_folds(y, fractions, order)]
+    assert ours == ref
+    assert sorted(i for f in ours for i in f) == list(range(n))

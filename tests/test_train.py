@@ -354,3 +354,32 @@ def test_evaluation_truth_does_not_depend_on_the_training_policy(tiny_proc, tmp_
     b2[f"m:{names[1]}"] = True
     with pytest.raises(ValueError, match="different test truths"):
         paired_comparison(a, b2, names, n_boot=20)
+
+
+def test_gpu_code_paths_build_on_cpu(monkeypatch):
+    """What differs on a GPU at least builds here: the precision choice and its Lightning plugin,
+    and the loader with persistent workers and pinned memory (same batches as in-process loading)."""
+    import warnings
+
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from cxr.train import _loader, precision_for
+
+    for bf16, expected in ((True, "bf16-mixed"), (False, "16-mixed")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
+        assert precision_for("auto", "gpu") == expected
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "CUDA is not available" from the disabled GradScaler
+            plugin = MixedPrecision(expected, "cuda")
+        assert plugin.precision == expected
+    ds = _Images(12, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pin_memory without an accelerator is a no-op with a warning
+        loader = _loader(ds, 4, True, 0, workers=2, pin_memory=True)
+        assert loader.persistent_workers and loader.pin_memory and loader.num_workers == 2
+        with_workers = [b["index"].tolist() for _ in range(2) for b in loader]  # two epochs, workers kept
+    plain = _loader(ds, 4, True, 0, workers=0)
+    in_process = [b["index"].tolist() for _ in range(2) for b in plain]
+    # epoch 1 in the same order; later epochs reshuffle (persistent workers draw no new base seed)
+    assert with_workers[:3] == in_process[:3]
+    assert sorted(sum(with_workers[:3], [])) == sorted(sum(with_workers[3:], [])) == list(range(12))

@@ -52,8 +52,9 @@ def finding_map(space: str) -> dict[str, list[str]]:
 def to_png(box: Sequence[float], scale: float, ox: float, oy: float, width: int, height: int) -> list[float] | None:
     """Map an ``(x1, y1, x2, y2)`` box of the stored image into PNG pixels; clip; None if empty."""
     x1, y1, x2, y2 = (float(v) for v in box)
-    x1, x2 = np.clip([x1 * scale + ox, x2 * scale + ox], 0, width)
-    y1, y2 = np.clip([y1 * scale + oy, y2 * scale + oy], 0, height)
+    # plain floats, not np.clip: this runs once per region per image (18 x 377k at MIMIC size)
+    x1, x2 = min(max(x1 * scale + ox, 0.0), width), min(max(x2 * scale + ox, 0.0), width)
+    y1, y2 = min(max(y1 * scale + oy, 0.0), height), min(max(y2 * scale + oy, 0.0), height)
     if x2 - x1 < 1 or y2 - y1 < 1:
         return None
     return [float(x1), float(y1), float(x2), float(y2)]
@@ -89,7 +90,7 @@ def resolve_regions(regions: str | Sequence[str], graphs: list[dict]) -> list[st
     """``anaxnet18`` -> the 18 AnaXNet regions; ``all`` -> those 18 (when present) then the others, sorted."""
     if regions == "anaxnet18":
         return list(REGIONS18)
-    seen = sorted({bn for g in graphs for bn in g["regions"]["bbox_name"]})
+    seen = sorted({bn for g in graphs for bn in g["regions"]})
     if regions == "all":
         return [r for r in REGIONS18 if r in seen] + [r for r in seen if r not in REGIONS18]
     if isinstance(regions, str):
@@ -130,6 +131,10 @@ def build_coco(
     fmap = finding_map(findings)
     fpos = {f: i for i, f in enumerate(fnames)}
     imgs = ok_images(images)
+    # one dict lookup per graph instead of a pandas row (.loc + Series access was 2.7 ms per graph)
+    geometry = dict(zip(imgs["image_id"], zip(imgs["png_path"].astype(str), imgs["out_cols"].astype(int),
+                                              imgs["out_rows"].astype(int), imgs["scale"].astype(float),
+                                              imgs["offset_x"].astype(float), imgs["offset_y"].astype(float))))
     split_of = dict(zip(splits["image_id"], splits["split"]))
     info = {"description": "Chest ImaGenome scene graphs -> COCO (cxr.anatomy.coco)", "regions": region_list,
             "findings": fnames, "finding_space": findings}
@@ -147,24 +152,22 @@ def build_coco(
     next_img, next_ann = 1, 1
     for g in graphs:
         iid = g["image_id"]
-        if iid not in imgs.index:
+        if iid not in geometry:
             skipped["no_converted_image"] += 1
             continue
         split = split_of.get(iid)
         if split not in out:
             skipped["no_split"] += 1
             continue
-        row = imgs.loc[iid]
-        width, height = int(row["out_cols"]), int(row["out_rows"])
+        png_path, width, height, scale, ox, oy = geometry[iid]
         coco = out[split]
-        coco["images"].append({"id": next_img, "file_name": str(row["png_path"]), "width": width,
+        coco["images"].append({"id": next_img, "file_name": png_path, "width": width,
                                "height": height, "name": iid})
-        boxes = {r.bbox_name: (r.x1, r.y1, r.x2, r.y2) for r in g["regions"].itertuples(index=False)}
+        boxes = g["regions"]
         n_missing = 0
         for region in region_list:
             box = boxes.get(region)
-            png_box = None if box is None else to_png(box, float(row["scale"]), float(row["offset_x"]),
-                                                      float(row["offset_y"]), width, height)
+            png_box = None if box is None else to_png(box, scale, ox, oy, width, height)
             if png_box is None:
                 n_missing += 1
                 missing_per_region[region] += 1

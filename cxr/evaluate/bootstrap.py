@@ -8,7 +8,7 @@ test images, which makes model comparisons paired.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -55,3 +55,61 @@ def paired_p_value(diff_samples: np.ndarray) -> float:
     if d.size == 0:
         return float("nan")
     return float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean())))
+
+
+def resample_counts(resamples: Sequence[np.ndarray], n: int, block: int) -> Iterator[np.ndarray]:
+    """How often each of ``n`` rows is drawn in each replicate: float32 ``[b, n]`` blocks of <= ``block`` replicates."""
+    for s in range(0, len(resamples), block):
+        yield np.stack([np.bincount(r, minlength=n) for r in resamples[s:s + block]]).astype(np.float32)
+
+
+def _weighted_auroc(order: np.ndarray, starts: np.ndarray, pos: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """AUROC per row of weights ``w [b, m]`` over entries pre-sorted by score (``order``, tie groups at ``starts``)."""
+    ws = w[:, order]
+    p = np.add.reduceat(ws * pos, starts, axis=1).astype(np.float64)
+    q = np.add.reduceat(ws * ~pos, starts, axis=1).astype(np.float64)
+    below = np.cumsum(q, axis=1) - q  # negatives strictly below each tie group
+    n_pos, n_neg = p.sum(1), q.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (p * (below + 0.5 * q)).sum(1) / (n_pos * n_neg)
+    auc[(n_pos == 0) | (n_neg == 0)] = np.nan
+    return auc
+
+
+def bootstrap_auroc(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray,
+                    resamples: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class ``[B, C]`` and micro ``[B]`` AUROC of every replicate, without copying any replicate.
+
+    The same numbers as ``per_class_auroc`` / ``micro_auroc`` on ``probs[rows]`` (Mann-Whitney with
+    ties counted half), computed as AUROCs weighted by how often each row was drawn: the scores
+    are sorted once per class instead of once per replicate and class, so a replicate costs
+    O(rows) (measured: 2,000 test images x 14 classes x 1,000 replicates 18.5 s before, see
+    bench/scale.py).
+    """
+    n, c = probs.shape
+    per = np.full((len(resamples), c), np.nan)
+    micro = np.full(len(resamples), np.nan)
+    prepared = []
+    for j in range(c):
+        rows = np.flatnonzero(mask[:, j])
+        prepared.append((rows, *_sorted_groups(probs[rows, j], targets[rows, j])))
+    m_rows, m_cols = np.nonzero(mask)
+    micro_groups = _sorted_groups(probs[m_rows, m_cols], targets[m_rows, m_cols])
+    block = max(1, int(4e6 // max(1, len(m_rows))))  # replicates per pass: about 16 MB per weight array
+    at = 0
+    for w in resample_counts(resamples, n, block):
+        b = len(w)
+        for j, (rows, order, starts, pos) in enumerate(prepared):
+            if len(rows):
+                per[at:at + b, j] = _weighted_auroc(order, starts, pos, w[:, rows])
+        if len(m_rows):
+            micro[at:at + b] = _weighted_auroc(*micro_groups, w[:, m_rows])
+        at += b
+    return per, micro
+
+
+def _sorted_groups(scores: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    order = np.argsort(scores, kind="stable")
+    s = np.asarray(scores)[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1] if len(s) else np.zeros(0, np.int64)
+    return order, starts, np.asarray(y, bool)[order]

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxr.evaluate.bootstrap import bootstrap, patient_resamples, percentile_ci
+from cxr.evaluate.bootstrap import bootstrap_auroc, patient_resamples, percentile_ci
 from cxr.evaluate.metrics import (
     auprc,
     auroc,
@@ -62,10 +62,9 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, mask: np.ndar
     """
     res = patient_resamples(patient_ids, n_boot, seed)
     per_auc = per_class_auroc(probs, targets, mask)
-    boot_per = bootstrap(lambda r: per_class_auroc(probs[r], targets[r], mask[r]), res)
+    boot_per, boot_micro = bootstrap_auroc(probs, targets, mask, res)
     with np.errstate(all="ignore"):
         boot_macro = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in boot_per])
-    boot_micro = bootstrap(lambda r: micro_auroc(probs[r], targets[r], mask[r]), res)
     lo, hi = percentile_ci(boot_per, ci)
     # A replicate that drew only one label value of a rare class has no AUROC for it: count them
     # (the CI of that class rests on the rest) instead of dropping them unseen.

@@ -13,6 +13,7 @@ Values: 1 positive, 0 negative, -1 uncertain, NaN not mentioned.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -252,3 +253,35 @@ class Labeler:
             res = self.label(r)
             rows[i] = [res[k] for k in self.labels]
         return pd.DataFrame(rows, columns=self.labels)
+
+
+@functools.lru_cache(maxsize=4)
+def _worker_labeler(vocabulary: str, sections: tuple[str, ...]) -> Labeler:
+    """One labeller per worker process and setting (vocabularies are parsed once, not per task)."""
+    return Labeler(vocabulary, sections=sections)
+
+
+def _label_chunk(task: tuple[str, tuple[str, ...], list[str]]) -> np.ndarray:
+    vocabulary, sections, reports = task
+    lab = _worker_labeler(vocabulary, sections)
+    out = np.full((len(reports), len(lab.labels)), np.nan)
+    for i, r in enumerate(reports):
+        res = lab.label(r)
+        out[i] = [res[k] for k in lab.labels]
+    return out
+
+
+def label_parallel(reports: Sequence[str], vocabulary: str, sections: Sequence[str], executor,
+                   chunk_size: int = 2000) -> pd.DataFrame:
+    """:meth:`Labeler.label_many` through a :class:`cxr.executor.Executor` (process pool or Dask).
+
+    Reports go out in chunks of ``chunk_size`` and come back in input order, so the table is the
+    same as the serial one whatever the executor. ``vocabulary`` must be a packaged name or a path
+    the workers can read.
+    """
+    sections = tuple(sections)
+    tasks = [(str(vocabulary), sections, list(reports[i:i + chunk_size])) for i in range(0, len(reports), chunk_size)]
+    labels = _worker_labeler(str(vocabulary), sections).labels
+    parts = executor.map(_label_chunk, tasks, desc=f"label ({vocabulary})") if tasks else []
+    rows = np.concatenate(parts) if parts else np.zeros((0, len(labels)))
+    return pd.DataFrame(rows, columns=labels)
