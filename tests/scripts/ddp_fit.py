@@ -18,7 +18,7 @@ import torch
 
 from cxr.data import RegionDataset, RegionFeatures
 from cxr.evaluate.metrics import macro_auroc
-from cxr.models import create_model
+from cxr.models.zoo import create_model
 from cxr.train import fit, predict
 
 
