@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cxr.params import ParamsError, load_all, load_section, load_sections, parse_section
@@ -109,3 +111,15 @@ def test_numbers_still_load_as_written(tmp_path):
     p.write_text("train:\n  lr: 1e-3\n  weight_decay: 0\n  epochs: 2\n")  # 1e-3 is a float (YAML 1.2, as DVC reads it)
     t = load_section("train", p)
     assert t.lr == 0.001 and t.weight_decay == 0.0 and t.epochs == 2
+
+
+def test_params_yaml_holds_exactly_the_schema_defaults():
+    """One source of truth: the schema's defaults; params.yaml spells every one of them out, and no other value."""
+    import yaml
+
+    from cxr.params import SECTIONS
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    assert set(raw) == set(SECTIONS)
+    for name in SECTIONS:
+        assert parse_section(name, raw[name]).model_dump() == parse_section(name, {}).model_dump(), name
