@@ -160,12 +160,12 @@ class Classifier(L.LightningModule):
         if not torch.isfinite(loss):
             raise TrainError(f"non-finite training loss {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
                              "lower train.lr or check the inputs")
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]))
+        self.log("loss/train", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]))
         return loss
 
     def validation_step(self, batch, batch_idx):
         loss, logits = self._loss(batch, train=False)
-        self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]))
+        self.log("loss/val", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]))
         self._val.append((torch.sigmoid(logits.float()).cpu(), batch["targets"].cpu(), batch["mask"].cpu()))
 
     def on_validation_epoch_end(self):
@@ -239,7 +239,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, seed: int, epoc
         if hparams:
             lg.log_hyperparams(dict(hparams))
         loggers.append(lg)
-    accelerator = {"auto": "auto", "cpu": "cpu", "gpu": "gpu"}[device]
+    accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu", "gpu": "gpu", "mps": "mps"}[device]
     run_precision = precision_for(precision, accelerator,
                                   convolutional="image" in model.input_keys and getattr(model, "cpu_bf16", True))
     trainer = L.Trainer(
