@@ -79,6 +79,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     from cxr.segment import add_segment_parser
 
     add_segment_parser(sub)
+    from cxr.plots import add_plots_parser
+
+    add_plots_parser(sub)
     return p
 
 
