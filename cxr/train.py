@@ -160,12 +160,12 @@ class Classifier(L.LightningModule):
         if not torch.isfinite(loss):
             raise TrainError(f"non-finite training loss {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
                              "lower train.lr or check the inputs")
-        self.log("loss/train", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]))
+        self.log("loss/training", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]))
         return loss
 
     def validation_step(self, batch, batch_idx):
         loss, logits = self._loss(batch, train=False)
-        self.log("loss/val", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]))
+        self.log("loss/validation", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]))
         self._val.append((torch.sigmoid(logits.float()).cpu(), batch["targets"].cpu(), batch["mask"].cpu()))
 
     def on_validation_epoch_end(self):
