@@ -30,10 +30,10 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from cxr.io import write_json, write_parquet
 from cxr.labels import apply_uncertainty
+from cxr.progress import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -43,6 +43,8 @@ from cxr import modeldir
 from cxr.modeldir import CARD, WEIGHTS
 from cxr.models import create_model
 from cxr.precision import cpu_has_bf16, precision_for  # noqa: F401  (re-exported: cxr.train.precision_for)
+from cxr.progress import interactive
+from cxr.quiet import quiet
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +212,7 @@ def _loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, workers: int
                       persistent_workers=workers > 0, drop_last=False)
 
 
+@quiet
 def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, seed: int, epochs: int, batch_size: int, lr: float,
         weight_decay: float = 1e-4, schedule: str = "cosine", pos_weight: torch.Tensor | None = None,
         focal_gamma: float = 0.0, graph_importance: float = 1.0, augment_images: bool = True, patience: int = 3,
@@ -249,7 +252,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, seed: int, epoc
         # deterministic version, so on a GPU ask for determinism but only warn where it is missing
         deterministic=True if accelerator == "cpu" or not torch.cuda.is_available() else "warn",
         logger=loggers or False,
-        callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+        callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=progress and interactive(), enable_model_summary=False,
         num_sanity_val_steps=0, log_every_n_steps=1,
     )
     trainer.fit(module, _loader(train_ds, batch_size, True, seed, num_workers),

@@ -133,3 +133,62 @@ def test_dvc_yaml_declares_only_the_headline_as_metrics(repo_root):
         template = repo_root / ".dvc/plots" / f"{spec['template']}.json"
         enc = yaml.safe_load(template.read_text())["encoding"]
         assert enc["color"]["field"] == "class" and enc["strokeDash"]["field"] == "rev", path
+
+
+def test_progress_is_one_line_off_a_terminal(caplog, capsys, monkeypatch):
+    from cxr import progress
+
+    monkeypatch.setattr(progress, "interactive", lambda: False)  # as in a DVC log
+    with caplog.at_level(logging.INFO, logger="cxr.progress"):
+        assert list(progress.tqdm(range(7), desc="image cache 128px", unit="img")) == list(range(7))
+        with progress.tqdm(total=5, desc="download", unit="file", disable=None) as bar:
+            bar.update(2)
+    lines = [r.getMessage() for r in caplog.records if r.name == "cxr.progress"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("image cache 128px: 7 img in ") and "img/s" in lines[0]
+    assert lines[1].startswith("download: 2/5 file in ")
+    assert "\r" not in capsys.readouterr().err
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cxr.progress"):
+        assert list(progress.tqdm([1, 2], disable=True)) == [1, 2]
+    assert not caplog.records  # disabled: silent
+
+
+def test_quiet_drops_only_the_known_noise(caplog):
+    import warnings
+
+    from cxr.quiet import LIGHTNING_LOGGER, quiet
+
+    @quiet
+    def noisy():
+        warnings.warn("`torch.jit.script` is deprecated. Please switch to `torch.compile`", FutureWarning, stacklevel=1)
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", DeprecationWarning, stacklevel=1)
+        warnings.warn("something else is deprecated", FutureWarning, stacklevel=1)
+        logging.getLogger(LIGHTNING_LOGGER).info("💡 Tip: For seamless cloud logging, try installing [litlogger](...)")
+        logging.getLogger(LIGHTNING_LOGGER).info("GPU available: False, used: False")
+        return 3
+
+    with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.INFO, logger=LIGHTNING_LOGGER):
+        warnings.simplefilter("always")
+        assert noisy() == 3
+    assert [str(w.message) for w in seen] == ["something else is deprecated"]
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+    with warnings.catch_warnings(record=True) as outside:
+        warnings.simplefilter("always")
+        warnings.warn("`torch.jit.script` is deprecated.", FutureWarning, stacklevel=1)
+    assert len(outside) == 1  # nothing global: outside the call it shows
+
+
+def test_plots_template_inlines_local_vega(tmp_path):
+    from cxr.plots import LIBRARIES, PlotsError, offline_template
+
+    with pytest.raises(PlotsError, match=r"vega.min.js not found.*make vega"):
+        offline_template(tmp_path)
+    for name in LIBRARIES:
+        (tmp_path / name).write_text(f"/* {name} */ var x = 1;" + " " * 20_000)
+    page = offline_template(tmp_path)
+    assert "{plot_divs}" in page and "{scripts}" not in page and "<script src" not in page
+    assert all(f"/* {name} */" in page for name in LIBRARIES)
+    (tmp_path / "vega.min.js").write_text("</script>" + " " * 20_000)
+    with pytest.raises(PlotsError, match="not a minified Vega library build"):
+        offline_template(tmp_path)

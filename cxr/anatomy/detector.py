@@ -38,7 +38,6 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, mobilenet_backbone, resnet_fpn_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
-from tqdm import tqdm
 
 from cxr.anatomy.common import (
     AnatomyError,
@@ -54,6 +53,8 @@ from cxr.anatomy.common import (
 from cxr.io import sha256_file
 from cxr.modeldir import load_state, save_model_dir
 from cxr.params import DetectorParams
+from cxr.progress import interactive, tqdm
+from cxr.quiet import quiet
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +255,7 @@ def make_logger(live_dir: str | Path | None):
     return DVCLiveLogger(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False, report=None)
 
 
+@quiet
 def fit(module: L.LightningModule, loader: DataLoader, epochs: int, max_steps: int, device: torch.device,
         live_dir: str | Path | None, seed: int, precision: str = "32-true") -> float:
     """Train ``module`` with Lightning (``precision``: a Lightning precision); returns the wall time in seconds."""
@@ -262,7 +264,7 @@ def fit(module: L.LightningModule, loader: DataLoader, epochs: int, max_steps: i
         precision=precision,
         logger=make_logger(live_dir), enable_checkpointing=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=1, deterministic=False,
-        enable_progress_bar=True, default_root_dir=None,
+        enable_progress_bar=interactive(), default_root_dir=None,
     )
     t0 = time.perf_counter()
     trainer.fit(module, loader)

@@ -26,7 +26,6 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from cxr.anatomy.common import (
     AnatomyError,
@@ -45,6 +44,7 @@ from cxr.anatomy.masks import dice_iou, read_mask, resize_mask, to_png_grid
 from cxr.modeldir import load_state, save_model_dir
 from cxr.params import UnetParams
 from cxr.precision import precision_for
+from cxr.progress import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,8 @@ from typing import Any
 
 from torch import nn
 
+from cxr.quiet import quiet
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -58,6 +60,7 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+@quiet
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build the registered model ``name`` with ``kwargs`` (e.g. ``num_classes=14``).
 

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from cxr.data import NORMALISATION, normalise
+from cxr.progress import tqdm
 
 
 def _check_model(model: nn.Module) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
+from cxr.progress import tqdm
 from cxr.sources.common import Issue, SourceError, SourceTables, finish_images, safe_id
 
 log = logging.getLogger(__name__)
