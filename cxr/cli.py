@@ -53,7 +53,10 @@ def _cmd_exp_run(args: argparse.Namespace) -> int:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    from cxr import __version__
+
     p = argparse.ArgumentParser(prog="cxr", description="cxr-pipeline command line")
+    p.add_argument("--version", action="version", version=f"cxr-pipeline {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("synth", help="generate the synthetic cohort")
     s.add_argument("--out", required=True, type=Path, help="output directory (replaced atomically)")

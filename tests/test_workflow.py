@@ -192,3 +192,14 @@ def test_plots_template_inlines_local_vega(tmp_path):
     (tmp_path / "vega.min.js").write_text("</script>" + " " * 20_000)
     with pytest.raises(PlotsError, match="not a minified Vega library build"):
         offline_template(tmp_path)
+
+
+def test_cli_version_and_plots_verb(capsys):
+    from cxr import __version__, cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"cxr-pipeline {__version__}"
+    with pytest.raises(SystemExit):
+        cli.main(["plots", "bogus"])
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err
