@@ -46,6 +46,8 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 
 repro: setup
 	$(BIN)/dvc repro
+	@git status --porcelain -- dvc.lock reports | grep -q . && \
+	  echo 'new results: commit them as the baseline with  git add -A && git commit -m "baseline run"' || true
 
 # The same DAG on real datasets in their native layouts (see params-real.yaml and the README): a DVC
 # experiment in the workspace whose params are params.yaml overridden by params-real.yaml.
