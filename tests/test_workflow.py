@@ -84,6 +84,11 @@ def _loc(supported=True):
     return {"supported": supported, "architecture": "x", "test": {"macro": {"iou": iou, "iobb": {**iou, "0.25": 0.4}}}}
 
 
+def _pointing():
+    scores = {"iou": {"0.1": 0.3, "0.25": 0.1}, "iobb": {"0.1": 0.4, "0.25": 0.2}}
+    return {"supported": True, "kind": "region", "pointing": {"scores": {"macro": scores}}}
+
+
 def _ret(ap5):
     return {"k": [3, 5, 10], "metrics": {k: {"no_skip": {"class_average": {"ap": ap5 if k == "5" else 0.0}}}
                                          for k in ("3", "5", "10")}}
@@ -92,7 +97,8 @@ def _ret(ap5):
 def test_headline_picks_the_few_numbers():
     out = headline.build(
         models={"densenet121": {"evaluate": _eval(0.81234567), "localize": _loc(), "retrieve": _ret(0.5)},
-                "anaxnet": {"evaluate": _eval(0.7), "localize": _loc(False), "retrieve": _ret(0.6)}},
+                "anaxnet": {"evaluate": _eval(0.7), "localize": _pointing(), "retrieve": _ret(0.6)},
+        "segfusion_van_gcn": {"evaluate": _eval(0.7), "localize": _loc(False), "retrieve": _ret(0.6)}},
         hashing={"ath": {"retrieve": _ret(0.4)}},
         detector_metrics={"test": {"AP50": 0.9, "per_region": {}}, "val": {"AP50": 0.8}},
         unet_metrics={"not_applicable": "no organ masks"},
@@ -102,7 +108,8 @@ def test_headline_picks_the_few_numbers():
     assert out["models"]["densenet121"] == {
         "macro_auroc": 0.8123, "macro_auroc_ci_low": 0.7123, "macro_auroc_ci_high": 0.8623, "macro_auprc": 0.3,
         "macro_f1": 0.2, "ece": 0.04, "iou@0.25": 0.25, "iobb@0.25": 0.4, "ap@5": 0.5}
-    assert "iou@0.25" not in out["models"]["anaxnet"]  # no heatmap method: nothing, not a zero
+    assert out["models"]["anaxnet"]["iou@0.25"] == 0.1 and out["models"]["anaxnet"]["iobb@0.25"] == 0.2
+    assert "iou@0.25" not in out["models"]["segfusion_van_gcn"]  # not supported: nothing, not a zero
     assert out["models"]["ath"] == {"ap@5": 0.4}
     assert out["detector"] == {"ap50": 0.9} and out["labeller"] == {"macro_f1": 0.95}
     assert "unet" not in out  # not applicable: left out

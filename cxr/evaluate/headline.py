@@ -7,7 +7,7 @@ This module picks those few from the detail files, which stay ordinary outputs:
 
 - per classifier of ``train.models``: macro AUROC with its patient-bootstrap CI, macro AUPRC,
   macro F1, ECE (evaluate@M); localisation accuracy at T(IoU) = T(IoBB) = ``localize.select_iou``
-  (localize@M, macro over classes, TEST); retrieval AP@k (retrieve@M, class average, k = 5 when
+  (localize@M, macro over classes, TEST; heatmap boxes, or the top region's box for the region models); retrieval AP@k (retrieve@M, class average, k = 5 when
   ``retrieve.k`` has it, else its middle value);
 - per hashing model of ``retrieve.hashing``: retrieval AP@k;
 - detector AP50 and UNet mean Dice on TEST; the report labeller's macro F1 against the synthetic
@@ -49,15 +49,20 @@ def classifier(metrics: Mapping[str, Any], source: str = "metrics.json") -> dict
 
 
 def localization(result: Mapping[str, Any], at: float, source: str = "localization.json") -> dict[str, float | None]:
-    """TEST macro accuracy at T(IoU) = T(IoBB) = ``at``; {} when the model has no heatmap method."""
+    """TEST macro accuracy at T(IoU) = T(IoBB) = ``at``; {} when the model cannot localise.
+
+    Heatmap models: boxes from the thresholded heatmaps (``test.macro``). Region models (AnaXNet,
+    graph transformer): the box of the top-scoring region ("pointing", ``pointing.scores.macro``).
+    """
     if reason_of(dict(result)) or not result.get("supported", True):
         return {}
-    thr = _get(result, ("test", "macro", "iou"), source)
+    where = ("pointing", "scores", "macro") if result.get("kind") == "region" else ("test", "macro")
+    thr = _get(result, (*where, "iou"), source)
     key = next((t for t in thr if abs(float(t) - at) < 1e-9), None)
     if key is None:
         raise HeadlineError(f"{source}: no accuracy at threshold {at} (has {sorted(thr)}); "
                             "localize.select_iou must be one of localize.thresholds")
-    return {f"iou@{key}": _num(thr[key]), f"iobb@{key}": _num(_get(result, ("test", "macro", "iobb", key), source))}
+    return {f"iou@{key}": _num(thr[key]), f"iobb@{key}": _num(_get(result, (*where, "iobb", key), source))}
 
 
 def retrieval_k(ks: Sequence[int]) -> int:
