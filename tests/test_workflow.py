@@ -113,6 +113,8 @@ def test_headline_picks_the_few_numbers():
     assert out["models"]["ath"] == {"ap@5": 0.4}
     assert out["detector"] == {"ap50": 0.9} and out["labeller"] == {"macro_f1": 0.95}
     assert "unet" not in out  # not applicable: left out
+    assert headline.unet({"test": {"images": 0, "per_structure": {}}, "val": {"mean_dice": 0.5}}) == {}
+    assert headline.unet({"test": {"images": 3, "mean_dice": 0.81234}}) == {"dice": 0.8123}
     assert headline.retrieval_k([1, 3, 10]) == 3
 
 

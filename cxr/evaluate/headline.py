@@ -13,8 +13,8 @@ This module picks those few from the detail files, which stay ordinary outputs:
 - detector AP50 and UNet mean Dice on TEST; the report labeller's macro F1 against the synthetic
   cohort's truth (absent on real data, which has no such truth).
 
-A stage that did not apply (a not-applicable marker) or a model its method does not support
-contributes nothing: a missing key, never an invented number.
+A stage that did not apply (a not-applicable marker), had no TEST image to score, or a model its method
+does not support contributes nothing: a missing key, never an invented number.
 """
 
 from __future__ import annotations
@@ -80,14 +80,20 @@ def retrieval(result: Mapping[str, Any], k: int, source: str = "retrieval.json")
     return {f"ap@{k}": _num(avg.get("ap"))}
 
 
+def _no_test(metrics: Mapping[str, Any]) -> bool:
+    # not applicable, or no TEST image to score (a tiny cohort's split can leave none with masks)
+    test = metrics.get("test")
+    return bool(reason_of(dict(metrics))) or (isinstance(test, Mapping) and test.get("images") == 0)
+
+
 def detector(metrics: Mapping[str, Any], source: str = "detector/metrics.json") -> dict[str, float | None]:
-    if reason_of(dict(metrics)):
+    if _no_test(metrics):
         return {}
     return {"ap50": _num(_get(metrics, ("test", "AP50"), source))}
 
 
 def unet(metrics: Mapping[str, Any], source: str = "unet/metrics.json") -> dict[str, float | None]:
-    if reason_of(dict(metrics)):
+    if _no_test(metrics):
         return {}
     return {"dice": _num(_get(metrics, ("test", "mean_dice"), source))}
 
