@@ -105,8 +105,8 @@ def _first_experiment_walkthrough(repo: Path, env: dict) -> None:
     assert list(files) == ["reports/metrics.json"], list(files)
     head = files["reports/metrics.json"]["data"]
     assert set(head["models"]) == {"densenet121", "segfusion_van_gcn", "anaxnet", "graph_transformer", "ath"}
-    assert {"detector", "unet", "labeller"} <= set(head)
-    n_values = sum(len(v) for v in head["models"].values()) + sum(len(head[k]) for k in ("detector", "unet", "labeller"))
+    assert {"detector", "labeller"} <= set(head)  # (the tiny split leaves no TEST image with organ masks: no UNet Dice)
+    n_values = sum(len(v) for v in head["models"].values()) + sum(len(v) for k, v in head.items() if k != "models")
     assert n_values < 60, n_values
 
     # 3. one experiment: only the stages below evaluate.ci rerun; metrics diff against the committed baseline
