@@ -52,7 +52,10 @@ def _cmd_exp_run(args: argparse.Namespace) -> int:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    from cxr import __version__
+
     p = argparse.ArgumentParser(prog="cxr", description="cxr-pipeline command line")
+    p.add_argument("--version", action="version", version=f"cxr-pipeline {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("synth", help="generate the synthetic cohort")
     s.add_argument("-o", "--out", required=True, type=Path, help="output directory (replaced atomically)")
@@ -72,6 +75,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_label_parser(sub)
     add_predict_parser(sub)
     add_segment_parser(sub)
+    from cxr.plots import add_plots_parser
+
+    add_plots_parser(sub)
     return p
 
 

@@ -30,12 +30,12 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from cxr.io import write_json, write_parquet
 from cxr.labels import apply_uncertainty
 from cxr.errors import DataError
 from cxr.intensity import NORMALISATION, normalise  # noqa: F401  (re-exported: the image models' input)
+from cxr.progress import tqdm
 
 log = logging.getLogger(__name__)
 

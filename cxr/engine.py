@@ -18,6 +18,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from cxr.errors import TrainError
+from cxr.progress import interactive
+from cxr.quiet import quiet
 
 __all__ = ["TrainError", "adamw_onecycle", "check_finite", "fit_module", "make_logger"]
 
@@ -56,6 +58,7 @@ def adamw_onecycle(params: Iterable[torch.nn.Parameter], lr: float, weight_decay
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+@quiet
 def fit_module(module: L.LightningModule, train: DataLoader, val: DataLoader | None = None, *, epochs: int,
                max_steps: int = -1, accelerator: str = "auto", devices: str | int = 1, strategy: str = "auto",
                num_nodes: int = 1, precision: str = "32-true", deterministic: bool | str = False, logger: Any = False,
@@ -67,7 +70,7 @@ def fit_module(module: L.LightningModule, train: DataLoader, val: DataLoader | N
     trainer = L.Trainer(
         max_epochs=epochs, max_steps=max_steps, accelerator=accelerator, devices=devices, strategy=strategy,
         num_nodes=num_nodes, precision=precision, deterministic=deterministic, logger=logger, callbacks=callbacks or [],
-        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+        enable_checkpointing=False, enable_progress_bar=progress and interactive(), enable_model_summary=False,
         num_sanity_val_steps=0, log_every_n_steps=1, limit_val_batches=0 if val is None else None,
     )
     t0 = time.perf_counter()

@@ -21,8 +21,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Sequence
 
-from tqdm.auto import tqdm
 from cxr.errors import CxrError
+from cxr.progress import tqdm
 
 log = logging.getLogger(__name__)
 

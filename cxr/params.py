@@ -13,15 +13,26 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from cxr.errors import CxrError
 from cxr.labelspace import LabelError, resolve_space
 
 LABEL_SPACES = ("chexpert14", "chestxray14", "anaxnet9", "padchest22", "binary")
 SYNTHETIC_PROFILES = ("default", "tiny")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _device_alias(v: Any) -> Any:
+    # one vocabulary in every section and verb; "gpu" (Lightning's word) is accepted as an alias of cuda
+    return "cuda" if isinstance(v, str) and v.strip().lower() == "gpu" else v
+
+
+Device = Annotated[Literal["auto", "cpu", "cuda", "mps"], BeforeValidator(_device_alias)]
+_DEVICE_DOC = "auto = cuda when available, else mps, else cpu; gpu = cuda"
+
 _SOURCE_SCHEMES = ("synthetic://<profile>", "gs://<bucket>/<prefix>", "file://<dir> or a plain directory path")
 
 
@@ -311,7 +322,7 @@ class DetectorParams(_Section):
     box_score_thresh: float = Field(0.01, ge=0, lt=1, description="minimum detection score kept at inference")
     box_detections_per_img: int = Field(100, ge=1, description="detections kept per image")
     workers: int = Field(0, ge=0, le=64, description="data-loader worker processes (0 = in the main process)")
-    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto = cuda when available, else cpu")
+    device: Device = Field("auto", description=_DEVICE_DOC)
 
     @field_validator("anchor_sizes")
     @classmethod
@@ -328,7 +339,7 @@ class FeaturesParams(_Section):
     score_thresh: float = Field(0.05, ge=0, lt=1, description="a region is present when its best box scores above this")
     views: list[str] = Field(default_factory=lambda: ["PA", "AP"], min_length=1, description="views extracted")
     batch_size: int = Field(16, ge=1, le=1024, description="images per forward pass")
-    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto = cuda when available, else cpu")
+    device: Device = Field("auto", description=_DEVICE_DOC)
 
 
 class UnetParams(_Section):
@@ -355,7 +366,7 @@ class UnetParams(_Section):
         "auto", description="auto: bf16 mixed on a GPU or on a CPU with native bf16, else 32 (cxr.precision)"
     )
     workers: int = Field(0, ge=0, le=64, description="data-loader worker processes (0 = in the main process)")
-    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto = cuda when available, else cpu")
+    device: Device = Field("auto", description=_DEVICE_DOC)
 
     @model_validator(mode="after")
     def _check_decoder(self) -> UnetParams:
@@ -440,7 +451,7 @@ class TrainParams(_Section):
         None, description="train and evaluate on images of these datasets only (e.g. [nih]); None = every dataset"
     )
     pretrained: dict[str, str] = Field(default_factory=dict, description="model name -> local backbone weights file")
-    device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto = GPU when available")
+    device: Device = Field("auto", description=_DEVICE_DOC)
     precision: Literal["auto", "32", "bf16", "16"] = Field("auto", description="auto = bf16/fp16 mixed on GPU; bf16 mixed for image models on a CPU with native bf16, else 32")
     devices: int | Literal["auto"] = Field("auto", description="number of devices (GPUs) or auto")
     strategy: str = Field("auto", description="Lightning strategy: auto | ddp | ...")
@@ -491,7 +502,7 @@ class LocalizeParams(_Section):
     max_boxes: int = Field(3, ge=0, le=100, description="boxes kept per heatmap, highest peak first (0 = all)")
     gallery_size: int = Field(8, ge=0, le=64, description="TEST images in the gallery (fixed sample from base.seed)")
     batch_size: int = Field(16, ge=1, le=1024, description="images per heatmap batch")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
+    device: Device = Field("auto", description=_DEVICE_DOC)
 
     @field_validator("thresholds", "heatmap_thresholds")
     @classmethod
@@ -526,9 +537,6 @@ class RetrieveIndexParams(_Section):
 class RetrieveParams(_Section):
     """Image search per model (`retrieve@M`, cxr.retrieve) and the hashing models trained for it (`train_hash@M`)."""
 
-    models: list[str] = Field(default_factory=lambda: ["densenet121", "segfusion_van_gcn", "anaxnet", "graph_transformer",
-                                                       "ath"], min_length=1,
-                              description="models searched by the retrieve@M matrix (from train.models or retrieve.hashing)")
     hashing: list[str] = Field(default_factory=lambda: ["ath"], min_length=0,
                                description="hashing models trained by train_hash@M (retrieval only, never evaluate@M)")
     database: list[Literal["train", "val", "test"]] = Field(
@@ -539,7 +547,15 @@ class RetrieveParams(_Section):
     batch_size: int = Field(32, ge=1, le=4096, description="images per embedding forward pass")
     index: RetrieveIndexParams = RetrieveIndexParams()
 
-    @field_validator("models", "hashing", "database")
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_models(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "models" in data:
+            raise ValueError("retrieve.models was removed: retrieve@M searches every model of train.models and "
+                             "retrieve_hash@M every model of retrieve.hashing; delete the key (restrict train.models instead)")
+        return data
+
+    @field_validator("hashing", "database")
     @classmethod
     def _unique(cls, v: list) -> list:
         if len(set(v)) != len(v):
@@ -682,6 +698,31 @@ def read_params_file(path: str | Path = "params.yaml") -> dict[str, Any]:
     return raw
 
 
+def check_consistency(raw: dict[str, Any], source: str = "params.yaml") -> None:
+    """Cross-section rules, checked by every stage before it does any work (dvc.yaml derives the
+    localize@M, retrieve@M and evaluate@M lists from ``train.models``; these keys must agree with it).
+
+    Raises:
+        ParamsError: naming each pair of keys that disagree, their values and the fix.
+    """
+    sec = {name: parse_section(name, raw.get(name), source=source) for name in ("train", "evaluate", "localize", "retrieve")}
+    models = list(sec["train"].models)
+    problems = []
+    if sec["evaluate"].reference not in models:
+        problems.append(f"evaluate.reference = {sec['evaluate'].reference!r} is not in train.models = {models}: "
+                        "set evaluate.reference to one of them")
+    both = sorted(set(models) & set(sec["retrieve"].hashing))
+    if both:
+        problems.append(f"retrieve.hashing = {list(sec['retrieve'].hashing)} and train.models = {models} share {both}: "
+                        "a hashing model is trained by train_hash@M only; list it in one of the two")
+    loc = sec["localize"]
+    if not any(abs(t - loc.select_iou) < 1e-9 for t in loc.thresholds):
+        problems.append(f"localize.select_iou = {loc.select_iou} is not in localize.thresholds = {list(loc.thresholds)}: "
+                        "add it there (the headline metrics report the accuracy at select_iou)")
+    if problems:
+        raise ParamsError("\n".join(f"{source}: {p}" for p in problems))
+
+
 def load_section(name: str, path: str | Path = "params.yaml") -> _Section:
     """Load and validate one section of ``path`` (missing keys take their defaults)."""
     raw = read_params_file(path)
@@ -697,6 +738,7 @@ def load_sections(path: str | Path, *names: str, log: logging.Logger | None = No
     """
     try:
         raw = read_params_file(path)
+        check_consistency(raw, source=str(path))
         return tuple(parse_section(name, raw.get(name), source=str(path)) for name in names)
     except ParamsError as exc:
         if log is None:
@@ -708,6 +750,7 @@ def load_sections(path: str | Path, *names: str, log: logging.Logger | None = No
 def load_all(path: str | Path = "params.yaml") -> dict[str, _Section]:
     """Load and validate every section of ``path``."""
     raw = read_params_file(path)
+    check_consistency(raw, source=str(path))
     return {name: parse_section(name, raw.get(name), source=str(path)) for name in SECTIONS}
 
 

@@ -47,6 +47,7 @@ from cxr.models.losses import masked_bce, train_pos_weight  # noqa: F401  (re-ex
 from cxr.models.registry import TrainStats
 from cxr.models.zoo import create_model, input_kind, model_kwargs
 from cxr.precision import cpu_has_bf16, precision_for  # noqa: F401  (re-exported: cxr.train.precision_for)
+from cxr.quiet import quiet
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +130,12 @@ class Classifier(L.LightningModule):
         if not torch.isfinite(loss):
             raise TrainError(f"non-finite training loss {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
                              "lower train.lr or check the inputs")
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]), sync_dist=True)
+        self.log("loss/training", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]), sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         loss, logits = self._loss(batch, train=False)
-        self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]), sync_dist=True)
+        self.log("loss/validation", loss, on_step=False, on_epoch=True, batch_size=len(batch["targets"]), sync_dist=True)
         self._val.append((batch["index"].cpu(), torch.sigmoid(logits.float()).cpu(), batch["targets"].cpu(),
                           batch["mask"].cpu()))
 
@@ -185,6 +186,7 @@ def _loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, workers: int
                       persistent_workers=workers > 0, pin_memory=pin_memory, drop_last=False)
 
 
+@quiet
 def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, seed: int, epochs: int, batch_size: int, lr: float,
         weight_decay: float = 1e-4, schedule: str = "cosine", pos_weight: torch.Tensor | None = None,
         focal_gamma: float = 0.0, graph_importance: float = 1.0, augment_images: bool = True, patience: int = 3,
@@ -205,7 +207,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, seed: int, epoc
                         augment_seed=seed if augment_images else None)
     best = BestState()
     callbacks: list[L.Callback] = [best, L.pytorch.callbacks.EarlyStopping("val/macro_auroc", mode="max", patience=patience)]
-    accelerator = {"auto": "auto", "cpu": "cpu", "gpu": "gpu"}[device]
+    accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu", "gpu": "gpu", "mps": "mps"}[device]
     run_precision = precision_for(precision, accelerator,
                                   convolutional="image" in model.input_keys and getattr(model, "cpu_bf16", True))
     pin = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())

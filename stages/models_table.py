@@ -2,7 +2,8 @@
 
 Reads data/processed/evaluation/<M>/{metrics.json,predictions.parquet} (outputs of evaluate@M); the paired
 patient-bootstrap p-values test each model's macro AUROC against evaluate.reference. A second table compares the
-retrieval metrics of every model of retrieve.models (data/processed/retrieval/<M>/retrieval.json, from retrieve@M).
+retrieval metrics of every model of train.models and retrieve.hashing (data/processed/retrieval/<M>/retrieval.json,
+from retrieve@M and retrieve_hash@M).
 """
 
 from __future__ import annotations
@@ -44,10 +45,11 @@ def _run(args: argparse.Namespace, base, train, params, retrieve, *, log: loggin
         preds[m] = pd.read_parquet(ppath)
     names = [c[2:] for c in next(iter(preds.values())).columns if c.startswith("p:")]
     retrieval = {}
-    for m in retrieve.models:
+    for m in [*train.models, *retrieve.hashing]:
         rpath = Path(args.retrieval) / m / "retrieval.json"
         if not rpath.is_file():
-            log.error("model %s has no retrieval result (%s); run retrieve@%s", m, rpath, m)
+            stage = "retrieve_hash" if m in retrieve.hashing else "retrieve"
+            log.error("model %s has no retrieval result (%s); run %s@%s", m, rpath, stage, m)
             return 1
         retrieval[m] = json.loads(rpath.read_text())
     baselines = {}

@@ -31,6 +31,26 @@ def test_auroc_and_auprc_match_sklearn_with_ties(seed):
     assert np.isnan(auroc(s, np.zeros(200, bool)))
 
 
+def test_bootstrap_wrappers_agree_with_sklearn():
+    # the rank AUROC (the bootstrap hot path) through per_class / macro / micro, on patient-bootstrap
+    # replicates with ties and masks, against sklearn's roc_auc_score on the same rows
+    from cxr.evaluate.metrics import micro_auroc, per_class_auroc, roc_curve
+
+    rng = np.random.default_rng(3)
+    n, c = 120, 4
+    targets = rng.integers(0, 2, (n, c)).astype(float)
+    probs = np.round(rng.random((n, c)) + 0.4 * targets, 1)
+    mask = rng.random((n, c)) > 0.1
+    for rows in patient_resamples(np.arange(n) // 2, 5, seed=0):
+        p, t, m = probs[rows], targets[rows], mask[rows]
+        want = [roc_auc_score(t[m[:, k], k], p[m[:, k], k]) for k in range(c)]
+        assert per_class_auroc(p, t, m) == pytest.approx(want, abs=1e-12)
+        assert macro_auroc(p, t, m) == pytest.approx(np.mean(want), abs=1e-12)
+        assert micro_auroc(p, t, m) == pytest.approx(roc_auc_score(t[m], p[m]), abs=1e-12)
+    fpr, tpr, _ = roc_curve(probs[:, 0], targets[:, 0])
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc_score(targets[:, 0], probs[:, 0]))
+
+
 def test_macro_skips_undefined_classes_and_respects_mask():
     p = np.array([[0.9, 0.1], [0.1, 0.2], [0.8, 0.3], [0.2, 0.4]])
     y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]], float)

@@ -28,10 +28,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from cxr.anatomy.common import AnatomyError, ok_images
 from cxr.labels import label_names, load_map
+from cxr.progress import tqdm
 from cxr.sources.imagenome import REGIONS18, read_scene_graph
 
 log = logging.getLogger(__name__)

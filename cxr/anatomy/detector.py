@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.models.detection import FasterRCNN
-from tqdm import tqdm
+from cxr.progress import tqdm
 
 from cxr.anatomy.common import AnatomyError, fit_size, lightning_accelerator, pick_device, read_gray, resize_float
 from cxr.engine import adamw_onecycle, check_finite, fit_module, make_logger

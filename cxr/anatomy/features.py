@@ -33,12 +33,12 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from cxr.anatomy.common import AnatomyError, fit_size, ok_images, pick_device, read_gray, resize_float
 from cxr.io import sha256_file
 from cxr.models.detector import load_detector
 from cxr.io import atomic_dir, write_json, write_parquet
+from cxr.progress import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from cxr.anatomy.common import (
     AnatomyError,
@@ -45,6 +44,7 @@ from cxr.modeldir import save_model_dir
 from cxr.models.unet import ARCHITECTURE, MEAN, STD, OrganUNet, load_unet  # noqa: F401  (re-exported)
 from cxr.params import UnetParams
 from cxr.precision import precision_for
+from cxr.progress import tqdm
 
 log = logging.getLogger(__name__)
 

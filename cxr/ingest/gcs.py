@@ -29,13 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from cxr.ingest import register_source
 from cxr.ingest.safe import ArchiveRefused, UnsafePath, extract_zip, remove_partial_files, safe_target
 from cxr.io import atomic_open, write_json
 from cxr.params import ArchiveParams, GcsParams, IngestParams
 from cxr.errors import CxrError
+from cxr.progress import tqdm
 
 log = logging.getLogger(__name__)
 

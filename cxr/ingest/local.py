@@ -26,13 +26,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from cxr.ingest import register_source
 from cxr.ingest.safe import is_inside, remove_partial_files
 from cxr.io import write_json
 from cxr.params import IngestParams
 from cxr.errors import CxrError
+from cxr.progress import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from cxr.labeler.context import ConText
 from cxr.labeler.vocabulary import Vocabulary, load_vocabulary
+from cxr.progress import tqdm
 
 log = logging.getLogger(__name__)
 

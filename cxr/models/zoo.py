@@ -16,6 +16,7 @@ from torch import nn
 from cxr.models import anaxnet, ath, cnn, graph_transformer, mlgcn, segfusion  # noqa: F401
 from cxr.modeldir import load_state, read_card
 from cxr.models.registry import ModelError, ModelSpec, TrainStats, build_kwargs, registered, spec
+from cxr.quiet import quiet
 
 __all__ = ["ModelError", "ModelSpec", "TrainStats", "create_model", "input_kind", "list_models", "load_classifier",
            "model_kwargs", "spec"]
@@ -26,6 +27,7 @@ def list_models() -> list[str]:
     return registered()
 
 
+@quiet
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build the registered model ``name`` with ``kwargs`` (e.g. ``num_classes=14``).
 

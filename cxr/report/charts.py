@@ -25,7 +25,7 @@ def _e(text: str) -> str:
 
 
 def _stage_color(name: str) -> str:
-    kind = name.split("@", 1)[0]
+    kind = name.split("@", 1)[0].removesuffix("_hash")  # train_hash@M, retrieve_hash@M: as train, retrieve
     return {"train": "#dbeafe", "evaluate": "#dcfce7", "localize": "#fef3c7", "retrieve": "#fce7f3",
             "report": "#e9d5ff"}.get(kind, "#f1f5f9")
 

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from cxr.inference import model_inputs
 from cxr.retrieve.index import RetrievalError
+from cxr.progress import tqdm
 
 
 def _check_model(model: nn.Module) -> None:

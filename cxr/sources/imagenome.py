@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from cxr.labels import load_map
+from cxr.progress import tqdm
 from cxr.sources.common import Issue, SourceError, SourceTables, finish_images, safe_id
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
+from cxr.progress import tqdm
 from cxr.sources.chexpert import OBSERVATIONS
 from cxr.sources.common import (
     REPORT_COLUMNS,

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from cxr import io as cio
 from cxr.params import SyntheticParams
+from cxr.progress import tqdm
 from cxr.synth import formats, reports
 from cxr.synth.cohort import PROFILES, ImagePlan, Patient, Study, iter_images, plan_cohort, truth_frame
 from cxr.synth.render import Anatomy, render
