@@ -17,6 +17,8 @@ from cxr.predict import add_predict_parser
 from cxr.segment import add_segment_parser
 from cxr.synth import generate
 from cxr.synth.preview import contact_sheet
+from cxr import __version__
+from cxr.plots import add_plots_parser
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -52,8 +54,6 @@ def _cmd_exp_run(args: argparse.Namespace) -> int:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from cxr import __version__
-
     p = argparse.ArgumentParser(prog="cxr", description="cxr-pipeline command line")
     p.add_argument("--version", action="version", version=f"cxr-pipeline {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -75,8 +75,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_label_parser(sub)
     add_predict_parser(sub)
     add_segment_parser(sub)
-    from cxr.plots import add_plots_parser
-
     add_plots_parser(sub)
     return p
 
