@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 
-from cxr.anatomy.common import unet_probabilities
+from cxr.anatomy.common import pick_device, unet_probabilities
 from cxr.errors import AnatomyError
 from cxr.localize.boxes import Geometry
 from cxr.modeldir import read_card
@@ -92,10 +91,9 @@ def lung_boxes(unet_dir: str | Path, ids: Sequence[str], images: pd.DataFrame, i
     try:
         model, classes = load_unet(unet_dir)
         card = read_card(unet_dir)
+        dev = pick_device(device)
     except (AnatomyError, KeyError, RuntimeError) as exc:
         raise ValueError(f"{unet_dir}: not a usable organ UNet model dir ({exc})") from None
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
     model.to(dev).eval()
     size, threshold = int(card["input"]["size"]), float(card.get("threshold", 0.5))
     lungs = [k for k, c in enumerate(classes) if c.endswith("lung")]

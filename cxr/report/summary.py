@@ -16,7 +16,7 @@ from cxr.report.blocks import Section, Text, fmt, table
 from cxr.report.dag import Dag, flatten
 from cxr.report.errors import ReportError
 from cxr.report.inputs import ReportInputs, get, read_json, read_parquet
-from cxr.report.sections import absent_note, matrix_outputs
+from cxr.report.sections import _ci, absent_note, matrix_outputs
 
 
 def changed_params(params: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -30,10 +30,6 @@ def changed_params(params: dict[str, Any]) -> list[tuple[str, str, str]]:
             if k in default and default[k] != v:
                 out.append((f"{name}.{k}", fmt(v), fmt(default[k])))
     return out
-
-
-def _ci(v, lo, hi) -> str:
-    return f"{fmt(v)} [{fmt(lo)}, {fmt(hi)}]"
 
 
 def _classification(evals: dict[str, tuple[dict, Any]], models: dict | None, path) -> tuple[list, list[str]]:
