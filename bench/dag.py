@@ -119,6 +119,8 @@ def main() -> None:
     args = ap.parse_args()
     env = isa_env(args.isa)
     env.setdefault("DVC_NO_ANALYTICS", "1")
+    # stage commands call plain ``python``: make it this interpreter (the venv's), as ``make repro`` does
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     import torch
 
     from cxr.precision import cpu_has_bf16
