@@ -354,7 +354,7 @@ class UnetParams(_Section):
     decoder_channels: list[int] = Field(default_factory=lambda: [96, 48, 24, 12], min_length=3, max_length=5,
                                         description="decoder channels per stage (one per encoder stage)")
     pretrained: str | None = Field(None, description="optional local encoder weights file (state_dict); None = from scratch")
-    image_size: int = Field(256, ge=32, le=2048, description="network input side in pixels")
+    image_size: int = Field(192, ge=32, le=2048, description="network input side in pixels")
     epochs: int = Field(20, ge=1, le=1000, description="training epochs")
     max_steps: int = Field(-1, ge=-1, description="stop after this many optimiser steps (-1 = epochs decide)")
     batch_size: int = Field(8, ge=1, le=512, description="images per batch")
