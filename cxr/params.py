@@ -318,7 +318,7 @@ class DetectorParams(_Section):
     rpn_pre_nms_top_n_test: int = Field(300, ge=1, description="RPN proposals kept before NMS (inference)")
     rpn_post_nms_top_n_test: int = Field(150, ge=1, description="RPN proposals kept after NMS (inference)")
     rpn_batch_size_per_image: int = Field(128, ge=1, description="anchors sampled per image for the RPN loss")
-    box_batch_size_per_image: int = Field(128, ge=1, description="proposals sampled per image for the box-head loss")
+    box_batch_size_per_image: int = Field(64, ge=1, description="proposals sampled per image for the box-head loss")
     box_score_thresh: float = Field(0.01, ge=0, lt=1, description="minimum detection score kept at inference")
     box_detections_per_img: int = Field(100, ge=1, description="detections kept per image")
     workers: int = Field(0, ge=0, le=64, description="data-loader worker processes (0 = in the main process)")
