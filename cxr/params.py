@@ -493,6 +493,8 @@ class LocalizeParams(_Section):
     """Weak localisation per model (`localize@M`, cxr.localize): heatmaps -> boxes -> IoU / IoBB accuracy."""
 
     method: Literal["cam", "gradcam", "gradcam++"] = Field("gradcam", description="heatmap method of the image models")
+    cam_min_grid: int = Field(16, ge=0, le=512, description="Grad-CAM reads the deepest backbone stage with at least "
+                              "this many cells per side (0 = the pooled map the head reads)")
     thresholds: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75], min_length=1,
                                     description="T(IoU) and T(IoBB) thresholds of the accuracies")
     heatmap_thresholds: list[float] = Field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], min_length=1,

@@ -18,7 +18,7 @@ from conftest import tiny_params, tiny_workdir
 from cxr.anatomy.coco import to_png
 from cxr.data import load_png_square
 from cxr.localize.boxes import BoxError, Geometry, heatmap_boxes, xywh_to_xyxy
-from cxr.localize.cam import METHODS, CamError, heatmaps, image_heatmaps, supports_heatmaps
+from cxr.localize.cam import METHODS, CamError, gradcam_layer, heatmaps, image_heatmaps, supports_heatmaps
 from cxr.localize.pipeline import LocalizeError, box_label_map
 from cxr.localize.score import iobb, iou, score_boxes
 from cxr.models.zoo import create_model, list_models
@@ -209,6 +209,32 @@ def test_cam_is_exact_and_gradcam_matches_the_library():
     assert np.allclose(ours[1][0], ref[2][1]) and np.allclose(ours[2][0], ref[0][2])
     with torch.inference_mode():  # callable from inference code (cxr predict)
         assert heatmaps(m, x, [0], "gradcam").shape == (3, 1, 64, 64)
+
+
+def test_gradcam_reads_the_finest_stage_asked_for_and_matches_the_library():
+    """densenet121 at 128 px pools a 4 x 4 map (12 of 16 cells on the border); localize.cam_min_grid 16
+    makes Grad-CAM read its 16 x 16 stage (denseblock2), with the library's own maps for that layer."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    torch.manual_seed(2)
+    m = create_model("densenet121", num_classes=3, image_size=128).eval()
+    assert [r for _, _, r in m.cam_stages()] == [2, 4, 8, 16, 32]
+    assert gradcam_layer(m, 128, 16)[0] == "features.denseblock2"
+    assert gradcam_layer(m, 128, 8)[0] == "features.denseblock3"
+    assert gradcam_layer(m, 128, 0)[0] == "head" and gradcam_layer(m, 128, 4)[0] == "head"  # the pooled map is 4 x 4
+    assert gradcam_layer(m, 128, 512)[0] == "head"  # no stage that fine: the pooled map
+    x = torch.randn(2, 1, 128, 128)
+    fine = image_heatmaps(m, x, [[0, 2], [1]], "gradcam", min_grid=16)
+    pooled = image_heatmaps(m, x, [[0, 2], [1]], "gradcam", min_grid=0)
+    stage = dict(m.features.net.named_modules())["features.denseblock2"]
+    with GradCAM(model=m, target_layers=[stage]) as lib:
+        ref = {c: lib(input_tensor=x, targets=[ClassifierOutputTarget(c)] * 2) for c in (0, 1, 2)}
+    assert np.allclose(fine[0][0], ref[0][0], atol=1e-5) and np.allclose(fine[0][1], ref[2][0], atol=1e-5)
+    assert np.allclose(fine[1][0], ref[1][1], atol=1e-5)
+    assert not np.allclose(fine[0][0], pooled[0][0], atol=1e-3)  # a different layer, a different map
+    # CAM stays on the pooled map (its linear head is exact only there)
+    assert heatmaps(m, x, [0], "cam").shape == (2, 1, 128, 128)
 
 
 def test_cam_errors_name_the_problem():

@@ -58,6 +58,23 @@ def target_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
+def gradcam_layer(model: nn.Module, input_size: int, min_grid: int = 0) -> tuple[str, nn.Module]:
+    """The layer Grad-CAM reads: the deepest backbone stage whose map has at least ``min_grid`` cells per
+    side at ``input_size`` (``cam_stages()`` of the model), else the pooled map of ``cam_target_layers()``.
+
+    ``min_grid`` 0 (or a model without stages, or a pooled map already that fine) keeps the pooled map,
+    named ``"head"``. Why: densenet121 at 128 px pools a 4 x 4 map, 12 of whose 16 cells touch the border,
+    so its Grad-CAM peaks at borders and corners; its 16 x 16 stage localises better than the prior box
+    (``bench/cam_layers.py``).
+    """
+    head = target_layers(model)[-1]
+    stages = model.cam_stages() if callable(getattr(model, "cam_stages", None)) else []
+    if min_grid <= 0 or not stages or input_size // stages[-1][2] >= min_grid:
+        return "head", head
+    fine = [(name, mod) for name, mod, stride in stages if input_size // stride >= min_grid]
+    return fine[-1] if fine else ("head", head)
+
+
 def _normalise_maps(maps: torch.Tensor) -> torch.Tensor:
     """Min-max per map over the last two dims -> ``[0, 1]`` (constant maps -> 0)."""
     lo = maps.amin(dim=(-2, -1), keepdim=True)
@@ -116,7 +133,8 @@ def _check_classes(model: nn.Module, classes: list[int], num_classes: int) -> No
         raise CamError(f"class index(es) {bad} out of range for model {_name(model)!r} with {num_classes} outputs")
 
 
-def _gradcam(model: nn.Module, images: torch.Tensor, classes: list[list[int]], method: str) -> list[torch.Tensor]:
+def _gradcam(model: nn.Module, images: torch.Tensor, classes: list[list[int]], method: str,
+             min_grid: int = 0) -> list[torch.Tensor]:
     """Grad-CAM / Grad-CAM++ maps ``[len(classes[b]), S, S]`` for each image ``b``.
 
     pytorch-grad-cam's explainer records the target layer's activations and gradients and turns
@@ -129,7 +147,7 @@ def _gradcam(model: nn.Module, images: torch.Tensor, classes: list[list[int]], m
     """
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 
-    layers = target_layers(model)
+    layers = [gradcam_layer(model, int(images.shape[-1]), min_grid)[1]]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     leaf_hooks = [m.register_forward_hook(lambda _m, _i, out: out.detach().requires_grad_(True)) for m in layers]
     explainer = None
@@ -159,7 +177,8 @@ def _gradcam(model: nn.Module, images: torch.Tensor, classes: list[list[int]], m
     return [torch.stack(m) for m in out]
 
 
-def _run(model: nn.Module, images: torch.Tensor, classes: list[list[int]], method: str) -> list[np.ndarray]:
+def _run(model: nn.Module, images: torch.Tensor, classes: list[list[int]], method: str,
+         min_grid: int = 0) -> list[np.ndarray]:
     """float32 maps ``[len(classes[b]), S, S]`` per image, model in eval mode (mode restored)."""
     target_layers(model)  # fails early and clearly for region models
     was_training = model.training
@@ -169,7 +188,7 @@ def _run(model: nn.Module, images: torch.Tensor, classes: list[list[int]], metho
         x = images.to(device=device, dtype=torch.float32)
         with torch.inference_mode(False), torch.enable_grad():
             x = x.clone()  # usable by autograd even when the caller runs under inference_mode
-            maps = _cam(model, x, classes) if method == "cam" else _gradcam(model, x, classes, method)
+            maps = _cam(model, x, classes) if method == "cam" else _gradcam(model, x, classes, method, min_grid)
     finally:
         model.train(was_training)
     out = [m.detach().cpu().numpy().astype(np.float32, copy=False) for m in maps]
@@ -179,11 +198,12 @@ def _run(model: nn.Module, images: torch.Tensor, classes: list[list[int]], metho
 
 
 def image_heatmaps(model: nn.Module, images: torch.Tensor, classes: Sequence[Sequence[int]],
-                   method: str = "gradcam") -> list[np.ndarray]:
+                   method: str = "gradcam", min_grid: int = 0) -> list[np.ndarray]:
     """Heatmaps with classes chosen per image: ``classes[b]`` lists the classes explained for ``images[b]``.
 
     Each image goes forward once whatever the number of its classes. Same inputs, errors and
-    normalisation as :func:`heatmaps`.
+    normalisation as :func:`heatmaps`; ``min_grid``: see :func:`gradcam_layer` (Grad-CAM / Grad-CAM++;
+    CAM always reads the pooled map, the only one its linear head is exact for).
 
     Returns:
         One float32 array ``[len(classes[b]), S, S]`` in ``[0, 1]`` per image.
@@ -193,7 +213,7 @@ def image_heatmaps(model: nn.Module, images: torch.Tensor, classes: Sequence[Seq
     if len(per) != images.shape[0] or any(not cs for cs in per):
         raise CamError(f"image_heatmaps needs a non-empty class list per image: {len(per)} lists for "
                        f"{images.shape[0]} images")
-    return _run(model, images, per, method)
+    return _run(model, images, per, method, min_grid)
 
 
 def heatmaps(model: nn.Module, images: torch.Tensor, classes: Sequence[int], method: str = "gradcam") -> np.ndarray:

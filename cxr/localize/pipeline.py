@@ -41,7 +41,7 @@ from cxr.evaluate.metrics import auroc
 from cxr.inference import load_model_dir
 from cxr.labels import CHESTXRAY14, load_map, resolve_space
 from cxr.localize.boxes import BoxError, Geometry, heatmap_boxes, xywh_to_xyxy
-from cxr.localize.cam import image_heatmaps, supports_heatmaps
+from cxr.localize.cam import gradcam_layer, image_heatmaps, supports_heatmaps
 from cxr.localize.gallery import Tile, render_gallery
 from cxr.localize.baselines import lung_box_predictions, prior_box_predictions
 from cxr.localize.score import score_boxes
@@ -159,7 +159,7 @@ def _device(name: str) -> torch.device:
 
 def pair_heatmaps(model: torch.nn.Module, pairs: Sequence[tuple[str, str, np.ndarray]], label_names: Sequence[str],
                   pixels: Mapping[str, np.ndarray], *, method: str, batch_size: int, norm: Mapping,
-                  device: torch.device) -> dict[tuple[str, str], np.ndarray]:
+                  device: torch.device, min_grid: int = 0) -> dict[tuple[str, str], np.ndarray]:
     """Heatmap ``[S, S]`` of each (image, label) pair: one forward pass per image, batches of images."""
     idx = {n: i for i, n in enumerate(label_names)}
     per_image: dict[str, list[str]] = {}
@@ -174,7 +174,7 @@ def pair_heatmaps(model: torch.nn.Module, pairs: Sequence[tuple[str, str, np.nda
         chunk = ids[s:s + batch_size]
         x = torch.from_numpy(np.stack([pixels[i] for i in chunk]))[:, None]
         maps = image_heatmaps(model, normalise(x.to(device), dict(norm)), [[idx[lab] for lab in per_image[i]] for i in chunk],
-                              method=method)
+                              method=method, min_grid=min_grid)
         for i, m in zip(chunk, maps):
             out.update({(i, lab): h for lab, h in zip(per_image[i], m)})
     return out
@@ -253,7 +253,8 @@ def localize_heatmaps(model, card: Mapping, *, images: pd.DataFrame, images_dir:
     pixels = _load_pixels(ids, images, images_dir, size)
     device = _device(params.device)
     heat = pair_heatmaps(model, val + test, names, pixels, method=params.method, batch_size=params.batch_size,
-                         norm=norm, device=device)
+                         norm=norm, device=device, min_grid=params.cam_min_grid)
+    layer = "head" if params.method == "cam" else gradcam_layer(model, size, params.cam_min_grid)[0]
     scored = sorted({p[1] for p in val + test}, key=names.index)
     if val:
         thr, table = select_threshold(val, heat, geos, params.heatmap_thresholds, params.select_iou, params.max_boxes,
@@ -274,6 +275,7 @@ def localize_heatmaps(model, card: Mapping, *, images: pd.DataFrame, images_dir:
         "supported": True,
         "kind": "heatmap",
         "method": params.method,
+        "heatmap_layer": layer,
         "frame": FRAME,
         "heatmap_threshold": thr,
         "threshold_rule": rule,

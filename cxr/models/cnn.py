@@ -159,6 +159,16 @@ class GlobalClassifier(nn.Module):
         backbone feature map the head pools (transformer tokens already reshaped to their grid)."""
         return [self.features]
 
+    def cam_stages(self) -> list[tuple[str, nn.Module, int]]:
+        """``(name, module, output stride)`` of the backbone's feature stages, shallow to deep (timm's
+        ``feature_info``; empty when the backbone declares none). Grad-CAM may read an earlier, finer
+        stage than the pooled map (``localize.cam_min_grid``)."""
+        net = self.features.net
+        info = getattr(net, "feature_info", None) or []
+        named = dict(net.named_modules())
+        return [(f["module"], named[f["module"]], int(f["reduction"])) for f in info
+                if isinstance(f, dict) and f.get("module") in named and f["module"]]
+
     def cam_classifier(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Class weights ``[C, D]`` and bias ``[C]`` that make CAM exact for this head.
 
