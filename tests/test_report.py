@@ -293,7 +293,7 @@ def test_report_has_every_section_and_is_deterministic(pipeline):
     assert "images with status error" in html and "region not detected: b" in html and "Hernia?" in html
     assert "malformed scene graphs" in html and "images without any label" in html
     assert "query-class pairs with no relevant image in the database" in html  # retrieve@anaxnet
-    assert "box label not in the model&#x27;s label space: Mass" in html  # localize: once for both models
+    assert "box label not in the model&#39;s label space: Mass" in html  # localize: once for both models
     assert "localize@densenet121, localize@anaxnet" in html
     # no timings
     assert "9.9" not in html and "train_seconds" not in html
@@ -386,9 +386,45 @@ def test_text_is_escaped(pipeline):
     inputs, img_dir = pipeline
     html, md = build_report(inputs, image_dir=img_dir)
     assert EVIL not in html and "<script>" not in html
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &quot;q&quot;" in html
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &#34;q&#34;" in html  # Jinja2 autoescape (markupsafe)
     assert "Lung &lt;Opacity&gt;" in html and "Lung <Opacity>" not in html  # table cells and SVG titles
     assert "Lung \\<Opacity>" in md and "Lung <Opacity>" not in md  # a literal "<" in CommonMark
+
+
+def test_templates_escape_every_field_but_trusted_svg():
+    """The HTML template autoescapes every value a block carries (text, captions, keys, cells, names, alt
+    text, section titles and absence reasons); only SVG markup from cxr.report.charts goes in as is."""
+    from cxr.report.blocks import Gallery, Image as ImageBlock, Section, Svg, Table, Text
+    from cxr.report.render import to_html, to_markdown
+
+    png = _png(0, (4, 4))
+    blocks = (Text(EVIL), Table(EVIL, EVIL, (EVIL, "n"), ((EVIL, "0.5"),)), ImageBlock(EVIL, EVIL, png, EVIL),
+              Gallery(EVIL, EVIL, (((EVIL, png, EVIL), (EVIL, None, EVIL)),)),
+              Svg("chart", EVIL, '<svg data-trusted="1"><title>t</title></svg>'))
+    sections = [Section(EVIL, EVIL, blocks), Section("gone", "Gone", absent=EVIL)]
+    page = to_html(EVIL, sections)
+    assert "<script" not in page and "alert('x')" not in page
+    escaped = "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &#34;q&#34;"
+    # title x2, nav (href + text), section id + h2, text, table key/caption/th/td, image key/alt/caption,
+    # gallery key/caption + 2 x (title, caption) + 1 alt, svg caption, absence reason
+    assert page.count(escaped) == 2 + 2 + 2 + 1 + 4 + 3 + 2 + 4 + 1 + 1 + 1, page.count(escaped)
+    assert '<svg data-trusted="1"><title>t</title></svg>' in page  # trusted markup kept
+    assert '<td class="num">0.5</td>' in page and '<section id="gone" data-absent="yes">' in page
+    md = to_markdown(EVIL, sections)
+    assert not re.search(r"(?<!\\)<", md.split("\n", 1)[1])  # below the title line, every "<" is escaped
+
+
+def test_report_templates_are_package_data(repo_root):
+    """`pip install .` ships the Jinja2 templates: every data file of the cxr package matches a package-data glob."""
+    import tomllib
+
+    globs = tomllib.loads((repo_root / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]["*"]
+    pkg = repo_root / "cxr"
+    shipped = {p for g in globs for p in pkg.glob(g)}
+    data = {p for p in pkg.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts}
+    templates = set((pkg / "report/templates").glob("*.j2"))
+    assert {t.name for t in templates} >= {"report.html.j2", "report.md.j2"}
+    assert data - shipped == set(), sorted(str(p.relative_to(pkg)) for p in data - shipped)
 
 
 def test_sections_of_stages_missing_from_the_dag_say_so(tmp_path, monkeypatch):
