@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 from functools import lru_cache
+from importlib import resources
 from typing import Sequence
 
 import jinja2
@@ -77,10 +78,16 @@ def _md_cell(c) -> str:
     return _md(c).replace("|", "\\|").replace("\n", " ")
 
 
+def _template_source(name: str) -> str | None:
+    # importlib.resources: package data of any install (and a dependency of the report stage for cxr.depgraph)
+    f = resources.files("cxr.report") / "templates" / name
+    return f.read_text(encoding="utf-8") if f.is_file() else None
+
+
 @lru_cache(maxsize=None)
 def _environment(autoescape: bool) -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("cxr.report", "templates"),
+        loader=jinja2.FunctionLoader(_template_source),
         autoescape=autoescape,
         undefined=jinja2.StrictUndefined,  # a misspelt field is an error, not an empty cell
         keep_trailing_newline=True,

@@ -151,14 +151,16 @@ def training_section(dag: Dag, inputs: ReportInputs) -> Section:
             continue
         series, axis = _by_epoch(curves, per_epoch)
         best = best_epoch(series)
+        # (train/loss, val/loss: the names of logs written before the DVCLive metrics were renamed)
         loss_key = next((k for k in ("loss/training", "train/loss") if k in series), None)
+        val_key = next((k for k in ("loss/validation", "val/loss") if k in series), "loss/validation")
         first = fmt(float(series[loss_key][1][0])) if loss_key and len(series[loss_key][1]) else "n/a"
         last = fmt(_at(series, loss_key, None, last=True)) if loss_key else "n/a"
         points = max(len(x) for x, _ in series.values()) if series else 0
         rows.append((model, stage, f"{points} {axis}{'s' if points != 1 else ''}",
                      f"{best[0]:g}" if best else "n/a (no validation curve)",
                      f"{best[1]:.3f} (chance 0.500)" if best else "n/a",
-                     f"{first} -> {last}", fmt(_at(series, "loss/validation", best[0])) if best else "n/a"))
+                     f"{first} -> {last}", fmt(_at(series, val_key, best[0])) if best else "n/a"))
         panels.append(f'<div class="roc-grid" data-training-model="{html.escape(model, quote=True)}">{_panels(model, series, axis, best)}</div>')
     blocks: list = [table("training", "Training per model: logged points, the kept (best) epoch and its validation "
                                       "macro AUROC beside chance, training loss from the first to the last point, "
