@@ -49,7 +49,7 @@ TINY = {
     "detector.rpn_post_nms_top_n_test": 30,
     "detector.box_detections_per_img": 20,
     "unet.image_size": 64,
-    "evaluate.bootstrap": 50,
+    "evaluate.bootstrap": 200,  # enough that the 90 % and 95 % CI ends differ (walkthrough step 3)
     "localize.heatmap_thresholds": [0.5],
     "localize.gallery_size": 2,
 }
