@@ -23,7 +23,11 @@ pytestmark = pytest.mark.slow
 
 def _run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     # generous: on a loaded 2-core machine the tiny DAG alone has taken over 15 minutes
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=2400)
+    t0 = time.monotonic()
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=2400)
+    # where the time goes, step by step: shown with `pytest -rP` (or on a failure)
+    print(f"{time.monotonic() - t0:7.1f} s  rc {out.returncode}  {' '.join(cmd)[:140]}")
+    return out
 
 
 def _ok(cmd: list[str], cwd: Path, env: dict) -> str:
