@@ -178,7 +178,7 @@ def line_svg(title: str, series: Mapping[str, tuple[np.ndarray, np.ndarray]], co
     if mark is not None and np.isfinite(mark):
         mx = px(float(mark))
         parts.append(f'<path d="M{mx},{top} V{top + ph}" stroke="#57606a" stroke-dasharray="3,3" data-mark="{mark:g}"/>'
-                     f'<text x="{mx + 3:.1f}" y="{top + 9:.1f}" fill="#57606a">{_e(mark_label)}</text>')
+                     f'<text x="{mx + 3:.1f}" y="{top + ph - 4:.1f}" fill="#57606a">{_e(mark_label)}</text>')  # legends: top right
     for i, (name, (x, y)) in enumerate(series.items()):
         pts = [(px(float(a)), py(float(b))) for a, b in zip(x, y) if np.isfinite(b)]
         color = colors[name]
