@@ -33,6 +33,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", required=True, help="model comparison (reports/models.json)")
     p.add_argument("--localization", required=True, help="localize@M outputs (data/processed/localization)")
     p.add_argument("--retrieval", required=True, help="retrieve@M outputs (data/processed/retrieval)")
+    p.add_argument("--training", default=None,
+                   help="DVCLive logs of train@M / train_hash@M, one folder per model (reports/training)")
+    p.add_argument("--detector-live", default=None, help="detector DVCLive plots (reports/detector/live/plots/metrics)")
+    p.add_argument("--unet-live", default=None, help="UNet DVCLive plots (reports/unet/live/plots/metrics)")
     p.add_argument("--html", required=True, help="report page (reports/index.html)")
     p.add_argument("--summary", required=True, help="markdown summary (reports/summary.md)")
     return p
@@ -44,6 +48,7 @@ def _run(args: argparse.Namespace, *, log: logging.Logger) -> int | None:
         label=Path(args.label), split=Path(args.split), coco=Path(args.coco), features=Path(args.features),
         detector=Path(args.detector), unet=Path(args.unet), evaluation=Path(args.evaluation),
         models=Path(args.models), localization=Path(args.localization), retrieval=Path(args.retrieval),
+        **{k: Path(getattr(args, k)) if getattr(args, k) else None for k in ("training", "detector_live", "unet_live")},
     )
     sections = write_report(inputs, Path(args.html), Path(args.summary),
                             image_dir=Path(args.image_dir) if args.image_dir else None)

@@ -1,7 +1,7 @@
 """DVC stage `train@M`: train one model of the zoo (cxr.train) and write its model dir.
 
 Writes models/<M>/model.pt + card.json (label names, input size, normalisation, validation
-thresholds, params, data hashes) and DVCLive training curves under reports/<M>/train.
+thresholds, params, data hashes) and DVCLive training curves under reports/training/<M>.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", default=None, help="region feature dir (anatomy models)")
     p.add_argument("--unet", default=None, help="UNet model dir (segfusion_van_gcn)")
     p.add_argument("--out", required=True, help="model dir (models/<M>)")
-    p.add_argument("--log-dir", default=None, help="DVCLive dir (reports/<M>/train)")
+    p.add_argument("--log-dir", default=None, help="DVCLive dir (reports/training/<M>)")
     p.add_argument("--cache-dir", default=None, help="image cache dir (default: a temporary dir)")
     return p
 

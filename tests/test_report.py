@@ -39,13 +39,17 @@ DVC_YAML = {
         "coco": {"cmd": "x", "deps": ["data/raw", "data/processed/splits.parquet"], "outs": ["data/processed/coco"],
                  "metrics": [{"reports/coco.json": {"cache": False}}]},
         "detector": {"cmd": "x", "deps": ["data/processed/coco", "data/interim/images"], "outs": ["models/detector"],
-                     "metrics": [{"reports/detector/metrics.json": {"cache": False}}]},
+                     "metrics": [{"reports/detector/metrics.json": {"cache": False}}],
+                     "plots": [{"reports/detector/live/plots/metrics": {"x": "step"}}]},
         "features": {"cmd": "x", "deps": ["models/detector", "data/interim/images"], "outs": ["data/processed/features"],
                      "metrics": [{"reports/features.json": {"cache": False}}]},
         "unet": {"cmd": "x", "deps": ["data/raw", "data/interim/images"], "outs": ["models/unet"],
-                 "metrics": [{"reports/unet/metrics.json": {"cache": False}}]},
+                 "metrics": [{"reports/unet/metrics.json": {"cache": False}}],
+                 "plots": [{"reports/unet/live/plots/metrics": {"x": "step"}}]},
         "train": {"matrix": {"model": "${train.models}"}, "cmd": "x",
-                  "deps": ["data/processed/splits.parquet", "data/processed/features"], "outs": ["models/${item.model}"]},
+                  "deps": ["data/processed/splits.parquet", "data/processed/features"],
+                  "outs": ["models/${item.model}", "reports/training/${item.model}/metrics.json"],
+                  "plots": [{"reports/training/${item.model}/plots/metrics": {"x": "step"}}]},
         "evaluate": {"matrix": {"model": "${train.models}"}, "cmd": "x", "deps": ["models/${item.model}"],
                      "outs": ["data/processed/evaluation/${item.model}"],
                      "metrics": [{"reports/${item.model}/metrics.json": {"cache": False}}]},
@@ -54,7 +58,8 @@ DVC_YAML = {
                      "outs": ["data/processed/localization/${item.model}"]},
         "retrieve": {"matrix": {"model": "${train.models}"}, "cmd": "x", "deps": ["models/${item.model}"],
                      "outs": ["data/processed/retrieval/${item.model}"]},
-        "report": {"cmd": "x", "deps": ["data/processed/evaluation", "reports/models.json"],
+        "report": {"cmd": "x", "deps": ["data/processed/evaluation", "reports/models.json", "reports/training",
+                                        "reports/detector/live/plots/metrics", "reports/unet/live/plots/metrics"],
                    "outs": [{"reports/index.html": {"cache": False}}]},
     }
 }
@@ -204,6 +209,7 @@ def make_pipeline(root: Path, stages: dict | None = None) -> tuple[ReportInputs,
                                    "test_images": 1, "test_patients": 1, "per_class_auroc": {c: 0.65 for c in classes}}
     models["baseline:prevalence"] = {"macro_auroc": 0.5, "test_images": 1, "test_patients": 1}
     _write_json(root / "reports/models.json", models)
+    write_training_logs(root)
     inputs = ReportInputs(
         params=root / "params.yaml", dvc_yaml=root / "dvc.yaml", raw=root / "data/raw",
         images=root / "data/interim/images.parquet", label=root / "reports/label.json",
@@ -211,13 +217,36 @@ def make_pipeline(root: Path, stages: dict | None = None) -> tuple[ReportInputs,
         detector=root / "reports/detector/metrics.json", unet=root / "reports/unet/metrics.json",
         evaluation=root / "data/processed/evaluation", models=root / "reports/models.json",
         localization=root / "data/processed/localization", retrieval=root / "data/processed/retrieval",
+        training=root / "reports/training", detector_live=root / "reports/detector/live/plots/metrics",
+        unet_live=root / "reports/unet/live/plots/metrics",
     )
     return inputs, img_dir
 
 
+def _tsv(path: Path, name: str, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"step\t{name}\n" + "".join(f"{a}\t{b}\n" for a, b in rows), encoding="utf-8")
+
+
+def write_training_logs(root: Path) -> None:
+    """DVCLive tables as the training stages write them: densenet121 over 3 epochs (steps 4, 8, 12; its val
+    macro AUROC peaks at epoch 1 and ties there at epoch 2: the first is kept), no log for anaxnet, per-step
+    detector losses, and a UNet table with the wrong column (a damaged log)."""
+    live = root / "reports/training/densenet121/plots/metrics"
+    _tsv(live / "epoch.tsv", "epoch", [(4, 0), (8, 1), (12, 2)])
+    _tsv(live / "loss/training.tsv", "training", [(4, 0.9), (8, 0.6), (12, 0.4)])
+    _tsv(live / "loss/validation.tsv", "validation", [(4, 0.8), (8, 0.7), (12, 0.75)])
+    _tsv(live / "val/macro_auroc.tsv", "macro_auroc", [(4, 0.61), (8, 0.72), (12, 0.72)])
+    det = root / "reports/detector/live/plots/metrics"
+    _tsv(det / "epoch.tsv", "epoch", [(1, 0), (2, 0)])
+    _tsv(det / "train/loss.tsv", "loss", [(1, 4.5), (2, 3.25)])
+    _tsv(det / "train/loss_classifier.tsv", "loss_classifier", [(1, 3.0), (2, 2.0)])
+    _tsv(root / "reports/unet/live/plots/metrics/train/loss.tsv", "wrong", [(1, 0.5)])
+
+
 def _rel(inputs: ReportInputs, root: Path) -> ReportInputs:
     """The same inputs as repository-relative paths (as the stage gets them), for DAG look-ups."""
-    return ReportInputs(**{k: Path(v).relative_to(root) for k, v in vars(inputs).items()})
+    return ReportInputs(**{k: None if v is None else Path(v).relative_to(root) for k, v in vars(inputs).items()})
 
 
 @pytest.fixture()
@@ -265,9 +294,9 @@ def test_dag_errors_name_the_problem(tmp_path):
 
 # -- rendering ------------------------------------------------------------------------------------
 
-SECTIONS = ("summary", "classifiers", "roc", "diagnostics", "anatomy", "localization", "retrieval", "labeller", "data", "failures",
+SECTIONS = ("summary", "classifiers", "roc", "diagnostics", "training", "anatomy", "localization", "retrieval", "labeller", "data", "failures",
             "pipeline")
-TABLES = ("summary_best", "confusion_counts", "stages", "params_train", "ingest", "convert", "views", "label_sources", "label_counts", "splits",
+TABLES = ("summary_best", "confusion_counts", "training", "stages", "params_train", "ingest", "convert", "views", "label_sources", "label_counts", "splits",
           "prevalence", "coco", "features", "failures", "convert_failures", "models", "per_class_auroc",
           "per_class_f1", "detector", "detector_regions", "unet", "unet_structures", "labeller_f1",
           "localization", "localization_gt", "localization_densenet121", "localization_densenet121_threshold", "localization_anaxnet",
@@ -293,7 +322,7 @@ def test_report_has_every_section_and_is_deterministic(pipeline):
     assert "images with status error" in html and "region not detected: b" in html and "Hernia?" in html
     assert "malformed scene graphs" in html and "images without any label" in html
     assert "query-class pairs with no relevant image in the database" in html  # retrieve@anaxnet
-    assert "box label not in the model&#x27;s label space: Mass" in html  # localize: once for both models
+    assert "box label not in the model&#39;s label space: Mass" in html  # localize: once for both models
     assert "localize@densenet121, localize@anaxnet" in html
     # no timings
     assert "9.9" not in html and "train_seconds" not in html
@@ -386,9 +415,81 @@ def test_text_is_escaped(pipeline):
     inputs, img_dir = pipeline
     html, md = build_report(inputs, image_dir=img_dir)
     assert EVIL not in html and "<script>" not in html
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &quot;q&quot;" in html
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &#34;q&#34;" in html  # Jinja2 autoescape (markupsafe)
     assert "Lung &lt;Opacity&gt;" in html and "Lung <Opacity>" not in html  # table cells and SVG titles
     assert "Lung \\<Opacity>" in md and "Lung <Opacity>" not in md  # a literal "<" in CommonMark
+
+
+def test_training_curves_mark_the_kept_epoch_and_explain_missing_logs(pipeline):
+    inputs, img_dir = pipeline
+    html, md = build_report(inputs, image_dir=img_dir)
+    rows = _md_table(md, "Training per model")
+    dn = next(r for r in rows if r.startswith("| densenet121 "))
+    # 3 epochs, the first of the tied maxima kept (epoch 1, as cxr.train.BestState), beside chance
+    assert "| train@densenet121 | 3 epochs | 1 | 0.720 (chance 0.500) | 0.900 -> 0.400 | 0.700 |" in dn, dn
+    det = next(r for r in rows if r.startswith("| detector "))
+    assert "| detector | detector | 2 steps | n/a (no validation curve) | n/a | 4.500 -> 3.250 | n/a |" in det, det
+    assert next(r for r in rows if r.startswith("| anaxnet ")).count("absent") == 1
+    assert any(r.startswith("| unet | unet | absent |") for r in rows)
+    # the missing and the damaged log are explained, not errors
+    assert "anaxnet (train@anaxnet): no training curves: no DVCLive log at reports/training/anaxnet/plots/metrics; " \
+           "run `dvc repro train@anaxnet` (or `dvc pull`)." in md
+    assert "unet (unet): no training curves: reports/unet/live/plots/metrics/train/loss.tsv: expected the columns " \
+           "step and loss" in md
+    # drawn: densenet121's loss panel (training + validation) and AUROC panel, both marking epoch 1
+    dn_html = html[html.index('data-training-model="densenet121"'):]
+    dn_html = dn_html[:dn_html.index("</div>")]
+    assert dn_html.count("<svg") == 2 and dn_html.count('data-mark="1"') == 2
+    assert 'data-series="loss/training"' in dn_html and 'data-series="loss/validation"' in dn_html
+    assert html.count('data-training-model="detector"') == 1 and 'data-training-model="anaxnet"' not in html
+
+
+def test_training_section_without_logs_in_the_dag(tmp_path, monkeypatch):
+    stages = {k: v for k, v in DVC_YAML["stages"].items() if k not in ("train", "detector", "unet")}
+    inputs, img_dir = make_pipeline(tmp_path, {"stages": stages})
+    monkeypatch.chdir(tmp_path)
+    html, md = build_report(_rel(inputs, tmp_path), image_dir=img_dir.relative_to(tmp_path))
+    assert '<section id="training" data-absent="no">' in html  # the detector and UNet rows say why they are absent
+    assert "detector: no training curves: no stage of dvc.yaml declares reports/detector/live/plots/metrics." in md
+    inputs = ReportInputs(**{**vars(_rel(inputs, tmp_path)), "training": None, "detector_live": None, "unet_live": None})
+    html, _ = build_report(inputs, image_dir=None)
+    assert '<section id="training" data-absent="yes">' in html
+
+
+def test_templates_escape_every_field_but_trusted_svg():
+    """The HTML template autoescapes every value a block carries (text, captions, keys, cells, names, alt
+    text, section titles and absence reasons); only SVG markup from cxr.report.charts goes in as is."""
+    from cxr.report.blocks import Gallery, Image as ImageBlock, Section, Svg, Table, Text
+    from cxr.report.render import to_html, to_markdown
+
+    png = _png(0, (4, 4))
+    blocks = (Text(EVIL), Table(EVIL, EVIL, (EVIL, "n"), ((EVIL, "0.5"),)), ImageBlock(EVIL, EVIL, png, EVIL),
+              Gallery(EVIL, EVIL, (((EVIL, png, EVIL), (EVIL, None, EVIL)),)),
+              Svg("chart", EVIL, '<svg data-trusted="1"><title>t</title></svg>'))
+    sections = [Section(EVIL, EVIL, blocks), Section("gone", "Gone", absent=EVIL)]
+    page = to_html(EVIL, sections)
+    assert "<script" not in page and "alert('x')" not in page
+    escaped = "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &#34;q&#34;"
+    # title x2, nav (href + text), section id + h2, text, table key/caption/th/td, image key/alt/caption,
+    # gallery key/caption + 2 x (title, caption) + 1 alt, svg caption, absence reason
+    assert page.count(escaped) == 2 + 2 + 2 + 1 + 4 + 3 + 2 + 4 + 1 + 1 + 1, page.count(escaped)
+    assert '<svg data-trusted="1"><title>t</title></svg>' in page  # trusted markup kept
+    assert '<td class="num">0.5</td>' in page and '<section id="gone" data-absent="yes">' in page
+    md = to_markdown(EVIL, sections)
+    assert not re.search(r"(?<!\\)<", md.split("\n", 1)[1])  # below the title line, every "<" is escaped
+
+
+def test_report_templates_are_package_data(repo_root):
+    """`pip install .` ships the Jinja2 templates: every data file of the cxr package matches a package-data glob."""
+    import tomllib
+
+    globs = tomllib.loads((repo_root / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]["*"]
+    pkg = repo_root / "cxr"
+    shipped = {p for g in globs for p in pkg.glob(g)}
+    data = {p for p in pkg.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts}
+    templates = set((pkg / "report/templates").glob("*.j2"))
+    assert {t.name for t in templates} >= {"report.html.j2", "report.md.j2"}
+    assert data - shipped == set(), sorted(str(p.relative_to(pkg)) for p in data - shipped)
 
 
 def test_sections_of_stages_missing_from_the_dag_say_so(tmp_path, monkeypatch):

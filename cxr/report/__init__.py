@@ -5,7 +5,7 @@ external resource) and opens from disk. ``summary.md`` holds the same tables as 
 ``git diff``. Both are deterministic: no timestamps, no timings, stable ordering.
 
 Sections: pipeline (DAG drawn from dvc.yaml, every parameter), data counts, failures and
-exclusions, classifier comparison with CIs, ROC curves, detector and UNet metrics, weak
+exclusions, classifier comparison with CIs, ROC curves, DVCLive training curves, detector and UNet metrics, weak
 localisation, retrieval, labeller F1. A section whose stage is not in dvc.yaml says so; a
 declared input that is missing or malformed raises :class:`ReportError`.
 """

@@ -14,6 +14,7 @@ from cxr.report.inputs import ReportInputs
 from cxr.report.render import to_html, to_markdown
 from cxr.report.results import localization_section, retrieval_section
 from cxr.report.summary import summary_section
+from cxr.report.training import training_section
 from cxr.report.sections import (
     anatomy_section,
     classifiers_section,
@@ -53,6 +54,7 @@ def build_sections(inputs: ReportInputs, image_dir: Path | None = None, thumb_si
         classifiers_section(dag, inputs, evals),
         roc_section(dag, inputs, evals),
         diagnostics_section(dag, inputs, evals, image_dir=image_dir, thumb_size=thumb_size),
+        training_section(dag, inputs),
         anatomy_section(dag, inputs),
         loc,
         ret,

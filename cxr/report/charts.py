@@ -136,6 +136,62 @@ def curve_svg(title: str, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], c
     return "".join(parts)
 
 
+def _ticks(lo: float, hi: float) -> tuple[float, float]:
+    """A padded [lo, hi] axis range (a flat series gets a visible band around its value)."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return 0.0, 1.0
+    if hi - lo < 1e-12:
+        pad = abs(hi) * 0.05 or 0.5
+        return lo - pad, hi + pad
+    return lo, hi
+
+
+def line_svg(title: str, series: Mapping[str, tuple[np.ndarray, np.ndarray]], colors: Mapping[str, str], xlabel: str,
+             ylabel: str, *, mark: float | None = None, mark_label: str = "", attr: str = "data-training") -> str:
+    """One panel of lines on the data's own ranges (training curves): a polyline (and dots, for short series)
+    per named series, the axis ends labelled, and an optional dashed vertical ``mark`` at x = ``mark``."""
+    width, height, left, top, right, bottom = 260.0, 170.0, 44.0, 22.0, 10.0, 40.0
+    pw, ph = width - left - right, height - top - bottom
+    xs = np.concatenate([np.asarray(x, np.float64) for x, _ in series.values()]) if series else np.zeros(0)
+    ys = np.concatenate([np.asarray(y, np.float64) for _, y in series.values()]) if series else np.zeros(0)
+    ok = np.isfinite(ys)
+    x0, x1 = _ticks(float(xs.min()) if len(xs) else 0.0, float(xs.max()) if len(xs) else 1.0)
+    y0, y1 = _ticks(float(ys[ok].min()) if ok.any() else 0.0, float(ys[ok].max()) if ok.any() else 1.0)
+
+    def px(x: float) -> float:
+        return round(left + (x - x0) / (x1 - x0) * pw, 1)
+
+    def py(y: float) -> float:
+        return round(top + (1.0 - (y - y0) / (y1 - y0)) * ph, 1)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" width="{width:.0f}" '
+             f'height="{height:.0f}" role="img" aria-label="{_e(ylabel)} vs {_e(xlabel)}: {_e(title)}" '
+             f'font-family="sans-serif" font-size="9" {attr}="{_e(title)}">',
+             f'<text x="{left + pw / 2:.1f}" y="14" text-anchor="middle" font-size="11" font-weight="600">{_e(title)}</text>',
+             f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fff" stroke="#8c959f"/>',
+             f'<text x="{left:.1f}" y="{top + ph + 11:.1f}" text-anchor="start">{x0:g}</text>'
+             f'<text x="{left + pw:.1f}" y="{top + ph + 11:.1f}" text-anchor="end">{x1:g}</text>'
+             f'<text x="{left - 3:.1f}" y="{top + ph:.1f}" text-anchor="end">{y0:.3g}</text>'
+             f'<text x="{left - 3:.1f}" y="{top + 7:.1f}" text-anchor="end">{y1:.3g}</text>'
+             f'<text x="{left + pw / 2:.1f}" y="{top + ph + 22:.1f}" text-anchor="middle">{_e(xlabel)}</text>'
+             f'<text transform="translate(9,{top + ph / 2:.1f}) rotate(-90)" text-anchor="middle">{_e(ylabel)}</text>']
+    if mark is not None and np.isfinite(mark):
+        mx = px(float(mark))
+        parts.append(f'<path d="M{mx},{top} V{top + ph}" stroke="#57606a" stroke-dasharray="3,3" data-mark="{mark:g}"/>'
+                     f'<text x="{mx + 3:.1f}" y="{top + ph - 4:.1f}" fill="#57606a">{_e(mark_label)}</text>')  # legends: top right
+    for i, (name, (x, y)) in enumerate(series.items()):
+        pts = [(px(float(a)), py(float(b))) for a, b in zip(x, y) if np.isfinite(b)]
+        color = colors[name]
+        if len(pts) > 1:
+            parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.4" data-series="{_e(name)}" '
+                         f'points="{" ".join(f"{a},{b}" for a, b in pts)}"/>')
+        if len(pts) <= 30:  # dots show single epochs (a one-epoch run is one point, not an empty panel)
+            parts += [f'<circle cx="{a}" cy="{b}" r="2.2" fill="{color}" data-series="{_e(name)}"/>' for a, b in pts]
+        parts.append(f'<text x="{left + pw - 4:.1f}" y="{top + 10 + 11 * i:.1f}" text-anchor="end" fill="{color}">{_e(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def roc_svg(title: str, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], colors: Mapping[str, str],
             aurocs: Mapping[str, float | None]) -> str:
     """One ROC panel: a curve per model, the chance diagonal, AUROC per model in the corner."""

@@ -32,6 +32,8 @@ class ReportInputs:
         evaluation: parent dir of the evaluate@M outputs (``<M>/metrics.json``, ``<M>/roc.csv``).
         models: ``reports/models.json`` of models_table.
         localization, retrieval: parent dirs of the localize@M / retrieve@M outputs.
+        training: parent dir of the DVCLive logs of train@M / train_hash@M (``<M>/plots/metrics``); None: none.
+        detector_live, unet_live: the DVCLive plots dirs of the detector and the UNet; None: none.
     """
 
     params: Path
@@ -48,6 +50,9 @@ class ReportInputs:
     models: Path
     localization: Path
     retrieval: Path
+    training: Path | None = None
+    detector_live: Path | None = None
+    unet_live: Path | None = None
 
 
 def _stage_hint(dag: Dag, path: Path) -> str:

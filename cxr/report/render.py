@@ -1,15 +1,20 @@
 """Render report sections to one self-contained HTML page and to git-diff-friendly markdown.
 
-The HTML has no external resource of any kind: styles inline, images as base64 data URIs,
-charts as inline SVG, no script. Every piece of text goes through :func:`html.escape`. Both
-outputs depend only on the sections (no timestamps), so the same inputs give the same bytes.
+Both come from Jinja2 templates (package data: ``cxr/report/templates/report.html.j2`` and
+``report.md.j2``). The HTML has no external resource of any kind: styles inline, images as base64
+data URIs, charts as inline SVG, no script. The HTML environment autoescapes every value; only the
+CSS below and SVG blocks (built by :mod:`cxr.report.charts`, which escapes their text) are marked
+safe. Both outputs depend only on the sections (no timestamps), so the same inputs give the same bytes.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+from functools import lru_cache
+from importlib import resources
 from typing import Sequence
+
+import jinja2
 
 from cxr.report.blocks import Gallery, Image, Section, Svg, Table, Text
 
@@ -41,12 +46,18 @@ overflow-wrap:anywhere}
 """
 
 
-def _e(text: str) -> str:
-    return html.escape(str(text), quote=True)
+_KINDS = {Text: "text", Table: "table", Image: "image", Gallery: "gallery", Svg: "svg"}
+
+
+def _block_kind(b) -> str:
+    try:
+        return _KINDS[type(b)]
+    except KeyError:
+        raise TypeError(f"unknown report block {type(b).__name__}") from None
 
 
 def _is_num(cell: str) -> bool:
-    head = cell.split(" ", 1)[0].rstrip("%")
+    head = str(cell).split(" ", 1)[0].rstrip("%")
     try:
         float(head)
     except ValueError:
@@ -58,91 +69,41 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _html_table(t: Table) -> str:
-    head = "".join(f"<th>{_e(c)}</th>" for c in t.columns)
-    body = "".join(
-        "<tr>" + "".join(f'<td class="num">{_e(c)}</td>' if _is_num(c) else f"<td>{_e(c)}</td>" for c in row) + "</tr>"
-        for row in t.rows
-    )
-    return (f'<div class="scroll"><table data-table="{_e(t.key)}"><caption>{_e(t.caption)}</caption>'
-            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
-
-
-def _html_block(b) -> str:
-    if isinstance(b, Text):
-        return f"<p>{_e(b.text)}</p>"
-    if isinstance(b, Table):
-        return _html_table(b)
-    if isinstance(b, Image):
-        return (f'<figure data-figure="{_e(b.key)}"><img class="full" src="{_data_uri(b.png)}" alt="{_e(b.alt)}">'
-                f"<figcaption>{_e(b.caption)}</figcaption></figure>")
-    if isinstance(b, Gallery):
-        rows = []
-        for row in b.rows:
-            cells = "".join(f'<figure title="{_e(name)}">'
-                            + (f'<img src="{_data_uri(png)}" alt="{_e(name)}">' if png is not None else "")
-                            + f"<figcaption>{_e(cap)}</figcaption></figure>" for cap, png, name in row)
-            rows.append(f'<div class="gallery-row">{cells}</div>')
-        return (f'<div data-gallery="{_e(b.key)}"><h3>{_e(b.caption)}</h3>{"".join(rows)}</div>')
-    if isinstance(b, Svg):
-        return f'<figure data-figure="{_e(b.key)}">{b.svg}<figcaption>{_e(b.caption)}</figcaption></figure>'
-    raise TypeError(f"unknown report block {type(b).__name__}")
-
-
-def to_html(title: str, sections: Sequence[Section]) -> str:
-    """The whole page. SVG blocks are trusted markup (built by :mod:`cxr.report.charts`, text escaped there)."""
-    nav = " ".join(f'<a href="#{_e(s.key)}">{_e(s.title)}</a>' for s in sections)
-    parts = []
-    for s in sections:
-        inner = f'<p class="absent">{_e(s.absent)}</p>' if s.absent else "".join(_html_block(b) for b in s.blocks)
-        parts.append(f'<section id="{_e(s.key)}" data-absent="{"yes" if s.absent else "no"}">'
-                     f"<h2>{_e(s.title)}</h2>{inner}</section>")
-    return (
-        "<!DOCTYPE html>\n"
-        f'<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n"
-        f"<body><header><h1>{_e(title)}</h1></header><nav>{nav}</nav><main>\n"
-        + "\n".join(parts)
-        + "\n</main></body></html>\n"
-    )
-
-
-def _md(text: str) -> str:
+def _md(text) -> str:
     # a backslash-escaped "<" is a literal "<" in CommonMark, so no text can become raw HTML
     return str(text).replace("\\", "\\\\").replace("<", "\\<")
 
 
-def _md_cell(c: str) -> str:
+def _md_cell(c) -> str:
     return _md(c).replace("|", "\\|").replace("\n", " ")
 
 
-def _md_block(b) -> str:
-    if isinstance(b, Text):
-        return _md(b.text)
-    if isinstance(b, Table):
-        lines = [f"**{_md_cell(b.caption)}**", "", "| " + " | ".join(_md_cell(c) for c in b.columns) + " |",
-                 "|" + "---|" * len(b.columns)]
-        lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows]
-        return "\n".join(lines)
-    if isinstance(b, Image):
-        return f"_Figure (in index.html): {_md(b.caption)}_"
-    if isinstance(b, Gallery):
-        lines = [f"**{_md(b.caption)}**", ""]
-        lines += ["- " + " -> ".join(_md(f"{name} ({cap})".replace("\n", ": ")) for cap, _, name in row) for row in b.rows]
-        return "\n".join(lines)
-    if isinstance(b, Svg):
-        return b.fallback or f"_Figure (in index.html): {_md(b.caption)}_"
-    raise TypeError(f"unknown report block {type(b).__name__}")
+def _template_source(name: str) -> str | None:
+    # importlib.resources: package data of any install (and a dependency of the report stage for cxr.depgraph)
+    f = resources.files("cxr.report") / "templates" / name
+    return f.read_text(encoding="utf-8") if f.is_file() else None
+
+
+@lru_cache(maxsize=None)
+def _environment(autoescape: bool) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(_template_source),
+        autoescape=autoescape,
+        undefined=jinja2.StrictUndefined,  # a misspelt field is an error, not an empty cell
+        keep_trailing_newline=True,
+    )
+    env.filters.update(block_kind=_block_kind, data_uri=_data_uri, md=_md, md_cell=_md_cell)
+    env.tests["numeric_cell"] = _is_num
+    return env
+
+
+def to_html(title: str, sections: Sequence[Section]) -> str:
+    """The whole page (``templates/report.html.j2``, autoescaped)."""
+    page = _environment(True).get_template("report.html.j2")
+    return page.render(title=title, sections=sections, css=_CSS)
 
 
 def to_markdown(title: str, sections: Sequence[Section]) -> str:
-    """The same sections as plain markdown tables (figures are named, not drawn)."""
-    out = [f"# {title}", ""]
-    for s in sections:
-        out += [f"## {_md(s.title)}", ""]
-        if s.absent:
-            out += [f"> {_md(s.absent)}", ""]
-            continue
-        for b in s.blocks:
-            out += [_md_block(b), ""]
-    return "\n".join(out).rstrip("\n") + "\n"
+    """The same sections as plain markdown tables (``templates/report.md.j2``; figures are named, not drawn)."""
+    doc = _environment(False).get_template("report.md.j2")
+    return doc.render(title=title, sections=sections).rstrip("\n") + "\n"
