@@ -43,7 +43,6 @@ import json
 import logging
 import math
 import re
-import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, Sequence, get_args
@@ -514,8 +513,10 @@ def _wrap(text: str, font: Any, width: int) -> list[str]:
     lines: list[str] = []
     cur = ""
     for word in text.split():
-        while not fits(word) and len(word) > 1:  # e.g. a 44-character DICOM UID
-            cut = max(1, max(n for n in range(1, len(word) + 1) if n == 1 or fits(word[:n])))
+        while len(word) > 1 and not fits(word):  # e.g. a 44-character DICOM UID
+            cut = 1
+            while cut < len(word) and fits(word[:cut + 1]):
+                cut += 1
             if cur:
                 lines.append(cur)
                 cur = ""
@@ -530,12 +531,12 @@ def _wrap(text: str, font: Any, width: int) -> list[str]:
     return lines + ([cur] if cur else [])
 
 
-def _text_block(width: int, lines: Sequence[str], size: int, min_lines: int = 0) -> Image.Image:
+def _text_block(width: int, lines: Sequence[str], size: int) -> Image.Image:
     """White text on black, ``width`` px wide, the lines wrapped to fit."""
     font, pad = _font(size), max(2, size // 3)
     wrapped = [w for line in lines for w in _wrap(line, font, width - 2 * pad)]
     step = size + max(2, size // 4)
-    im = Image.new("RGB", (width, 2 * pad + step * max(len(wrapped), min_lines)), (0, 0, 0))
+    im = Image.new("RGB", (width, 2 * pad + step * len(wrapped)), (0, 0, 0))
     draw = ImageDraw.Draw(im)
     for i, line in enumerate(wrapped):
         draw.text((pad, pad + i * step), line, font=font, fill=(255, 255, 255))
@@ -600,7 +601,8 @@ def _tile(png: np.ndarray | None) -> Image.Image:
         ImageDraw.Draw(tile).text((8, TILE // 2 - 6), "image not found", font=_font(12), fill=(255, 255, 255))
         return tile
     im = Image.fromarray(_base_rgb(png))
-    im.thumbnail((TILE, TILE), Image.Resampling.LANCZOS)
+    scale = TILE / max(im.width, im.height)  # fit the tile, up or down
+    im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.LANCZOS)
     tile.paste(im, ((TILE - im.width) // 2, (TILE - im.height) // 2))
     return tile
 
@@ -623,7 +625,7 @@ def similar_sheet(query_png: np.ndarray, query_name: str, hits: Sequence[dict[st
         if h.get("png_path"):
             try:
                 with Image.open(images_dir / h["png_path"]) as im:
-                    img = np.asarray(im)
+                    img = np.asarray(im if im.mode in ("L", "I;16") else im.convert("L"))
             except (OSError, ValueError):
                 img = None
         missing += img is None

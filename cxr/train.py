@@ -336,7 +336,8 @@ def train_model(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits
         "train_targets": {n: {"positives": int((tr.targets[:, c][tr.mask[:, c]] == 1).sum()),
                               "negatives": int((tr.targets[:, c][tr.mask[:, c]] == 0).sum()),
                               "masked": int((~tr.mask[:, c]).sum())} for c, n in enumerate(names)},
-        "params": params.model_dump(),
+        # pretrained files by name only: a card holds no machine path (the sha256 above identifies an xrv file)
+        "params": {**params.model_dump(), "pretrained": {k: Path(v).name for k, v in params.pretrained.items()}},
         "seed": seed,
         "data_source": dict(data_source) if data_source is not None else None,
         "data_hashes": dict(data_hashes or {}),

@@ -125,7 +125,9 @@ def test_predict_is_deterministic(tiny, realdata, tmp_path):
     assert _predict(tiny, files, tmp_path / "a") == 0
     assert _predict(tiny, files, tmp_path / "b") == 0
     written = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert written == sorted(p.name for p in (tmp_path / "b").iterdir()) and len(written) == 1 + 1 + 1
+    rec = json.loads((tmp_path / "a" / f"{files[0].stem}.json").read_text())
+    assert len(rec["heatmaps"]) + len(rec["skipped_heatmaps"]) == 1  # the one positive class: a figure or a reason
+    assert written == sorted(p.name for p in (tmp_path / "b").iterdir()) and len(written) == 2 + len(rec["heatmaps"])
     for name in written:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
@@ -458,7 +460,7 @@ def test_console_says_when_the_model_was_trained_on_synthetic_data(tiny, realdat
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             assert _predict(tiny, [f], tmp_path / "o", "--no-heatmaps", model=d) == 0
-        assert "synthetic" not in caplog.text
+        assert "trained on synthetic data" not in caplog.text
         assert (expect is None) or expect in caplog.text
 
 
@@ -467,3 +469,22 @@ def test_heatmap_methods_are_the_cam_modules():
     from cxr.predict import HEATMAP_METHODS
 
     assert tuple(METHODS) == tuple(HEATMAP_METHODS)
+
+
+def test_similar_sheet_tiles_and_captions(tmp_path):
+    """Query + 2 neighbours (one PNG present, one missing); a 44-character UID wraps inside its tile."""
+    from cxr.predict import TILE, _font, _wrap, similar_sheet
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (50, 40), dtype=np.uint8)).save(tmp_path / "a.png")
+    uid = "1.2.276.0.7230010.3.1.4.8323329.6904.151787"
+    hits = [{"rank": 1, "image_id": uid, "patient_id": "p1", "split": "train", "score": 0.93, "png_path": "a.png"},
+            {"rank": 2, "image_id": "b", "patient_id": "p2", "split": None, "score": 0.5, "png_path": "gone.png"}]
+    sheet, missing = similar_sheet(rng.integers(0, 255, (64, 64), dtype=np.uint8), "q.dcm", hits, tmp_path,
+                                   "cosine similarity", note="synthetic")
+    assert missing == 1 and sheet.shape[1] == 3 * TILE + 2 * 4 and sheet.shape[0] > TILE
+    tiles = [sheet[:TILE, i * (TILE + 4):i * (TILE + 4) + TILE].astype(int) for i in range(3)]
+    assert tiles[0].std() > 20 and tiles[1].std() > 20  # query and the found neighbour: images
+    assert (tiles[2] == 40).mean() > 0.9  # the missing one: the placeholder
+    lines = _wrap(f"image {uid}", _font(11), TILE - 6)
+    assert "".join(lines).replace(" ", "") == f"image{uid}" and len(lines) > 1

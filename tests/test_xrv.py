@@ -153,7 +153,8 @@ def test_training_starts_from_xrv_weights(tiny_processed, xrv_file, tmp_path, ca
     assert card["model_kwargs"]["weights"] is None  # no machine path; model.pt alone rebuilds the model
     assert card["data_source"] == {"kind": "synthetic", "source": "synthetic://tiny"}
     saved = json.loads((tmp_path / "m" / "card.json").read_text())
-    assert saved["pretrained"]["file"] == "xrv.pt" and str(tmp_path) not in json.dumps(saved["pretrained"])
+    assert saved["pretrained"]["file"] == "xrv.pt" and saved["params"]["pretrained"] == {"densenet121": "xrv.pt"}
+    assert str(tmp_path) not in json.dumps(saved)  # no machine path anywhere in the card
     local.unlink()  # the model dir does not need the pretrained file any more
     model, _ = load_model_dir(tmp_path / "m")
     theirs = torch.load(xrv_file, weights_only=True)

@@ -148,7 +148,7 @@ def read_xrv_checkpoint(path: str | Path) -> XrvCheckpoint | None:
     except PretrainedError:
         raise
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile,
-            AttributeError, ImportError, KeyError) as exc:
+            AttributeError, ImportError, KeyError, TypeError, IndexError) as exc:
         raise PretrainedError(f"{path}: not a readable torch weights file ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0][:200]}); is it truncated or another format?") from None
     pathologies: Sequence[str] | None = None
