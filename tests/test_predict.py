@@ -385,7 +385,7 @@ def test_heatmap_figure_is_the_overlay_with_caption_and_colour_bar():
     for v in (0.0, 1.0):  # the colour bar spans the overlay's colour map
         c = _colormap(np.array([v]))[0]
         assert (np.abs(below.astype(int) - c).sum(1) <= 3).any(), v
-    assert (below == 255).all(1).any()  # caption text
+    assert (below.min(1) > 150).any()  # caption text (anti-aliased, so not always pure white)
     lines = heatmap_caption("Edema", 0.73, 0.412, "Youden J on the validation split", "gradcam", "synthetic!")
     assert lines[0] == "Edema: p = 0.730 >= threshold 0.412 (Youden J on the validation split)"
     assert "relative to this map's maximum" in lines[1] and lines[2] == "synthetic!"
