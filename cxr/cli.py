@@ -54,12 +54,18 @@ def _cmd_exp_run(args: argparse.Namespace) -> int:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cxr", description="cxr-pipeline command line")
-    p.add_argument("--version", action="version", version=f"cxr-pipeline {__version__}")
+    p = argparse.ArgumentParser(prog="cxr", description="cxr-pipeline command line: the pipeline's library for "
+                                "people (the DVC stages live in stages/); `cxr VERB --help` for each verb")
+    p.add_argument("--version", action="version", version=f"cxr-pipeline {__version__}",
+                   help="print the version of cxr-pipeline and exit")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("synth", help="generate the synthetic cohort")
+    s = sub.add_parser("synth", help="generate the synthetic cohort",
+                       description="Write a synthetic cohort in the real datasets' layouts (MIMIC-CXR DICOMs and "
+                                   "reports, Chest ImaGenome scene graphs, PadChest, NIH boxes) for tests and demos; "
+                                   "its images and labels are made up.")
     s.add_argument("-o", "--out", required=True, type=Path, help="output directory (replaced atomically)")
-    s.add_argument("--profile", default="default", choices=["default", "tiny"])
+    s.add_argument("--profile", default="default", choices=["default", "tiny"],
+                   help="cohort size: default (about 600 images) or tiny (about 35, for tests)")
     s.add_argument("--seed", type=int, default=None, help="seed (default: base.seed of --params, else 42)")
     s.add_argument("--signal", type=float, default=None, help="override ingest.synthetic.signal")
     s.add_argument("--params", type=Path, default=None, help="take ingest.synthetic from this params.yaml")

@@ -22,6 +22,10 @@ class ModelDirError(CxrError, ValueError):
     """Not a model dir, or a model dir of another architecture than the caller loads."""
 
 
+class PretrainedError(CxrError, ValueError):
+    """A pretrained weights file that cannot be used: missing, corrupt, or not what it claims (names the file)."""
+
+
 class AnatomyError(CxrError, ValueError):
     """Bad anatomy input: missing files, empty splits, unknown names (the message names the value)."""
 

@@ -1,7 +1,8 @@
 """The intensity normalisation every image model of the zoo expects, and the function applying it.
 
 Images travel as uint8 ``[B, 1, S, S]``; a model sees ``(pixel / scale - mean) / std``. The model
-card records :data:`NORMALISATION` so inference applies exactly what training did.
+card records the constants it was trained with (:data:`NORMALISATION`, or :data:`XRV_NORMALISATION`
+for a model started from torchxrayvision weights) so inference applies exactly what training did.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from cxr.errors import DataError
 
 #: intensity normalisation: x = (pixel / scale - mean) / std
 NORMALISATION = {"scale": 255.0, "mean": 0.5, "std": 0.25}
+
+#: torchxrayvision's convention (``xrv.datasets.normalize(img, 255)``): pixels linearly onto [-1024, 1024],
+#: i.e. ``(2 * pixel / 255 - 1) * 1024`` = ``(pixel / 255 - 0.5) / (1 / 2048)``; its weights expect it
+XRV_NORMALISATION = {"scale": 255.0, "mean": 0.5, "std": 1.0 / 2048}
 
 
 def normalise(x: torch.Tensor, norm: dict | None = None) -> torch.Tensor:

@@ -161,6 +161,15 @@ class IngestParams(_Section):
             raise ValueError(f"unsupported source scheme {scheme!r}; use one of {', '.join(_SOURCE_SCHEMES)}")
         return v
 
+    def source_kind(self) -> dict[str, str]:
+        """What the model card records of the data source: ``{"kind": "synthetic", "source": "synthetic://<profile>"}``,
+        else only ``{"kind": "gcs"}`` or ``{"kind": "local"}`` (no bucket, path or name that could identify a site)."""
+        v = self.source.strip()
+        scheme = v.split("://", 1)[0].lower() if "://" in v else "file"
+        if scheme == "synthetic":
+            return {"kind": "synthetic", "source": v.lower()}
+        return {"kind": "gcs" if scheme == "gs" else "local"}
+
 
 class ConvertParams(_Section):
     """Every source image -> a normalised PNG + one row of images.parquet (see cxr.convert)."""
@@ -450,7 +459,8 @@ class TrainParams(_Section):
     datasets: list[str] | None = Field(
         None, description="train and evaluate on images of these datasets only (e.g. [nih]); None = every dataset"
     )
-    pretrained: dict[str, str] = Field(default_factory=dict, description="model name -> local backbone weights file")
+    pretrained: dict[str, str] = Field(default_factory=dict, description="model name -> local backbone weights file "
+                                       "(densenet121 also takes a torchxrayvision DenseNet checkpoint)")
     device: Device = Field("auto", description=_DEVICE_DOC)
     precision: Literal["auto", "32", "bf16", "16"] = Field("auto", description="auto = bf16/fp16 mixed on GPU; bf16 mixed for image models on a CPU with native bf16, else 32")
     devices: int | Literal["auto"] = Field("auto", description="number of devices (GPUs) or auto")

@@ -80,7 +80,8 @@ def _cmd_plots(args: argparse.Namespace) -> int:
     if dvc is None:
         log.error("dvc is not on PATH (activate the project's virtual environment)")
         return 2
-    cmd = [dvc, "plots", args.action, "--html-template", str(template), *args.dvc_args]
+    out = ["-o", str(args.out)] if args.out is not None else []
+    cmd = [dvc, "plots", args.action, "--html-template", str(template), *out, *args.dvc_args]
     log.info("running: %s", " ".join(cmd))
     return subprocess.call(cmd)
 
@@ -94,6 +95,8 @@ def add_plots_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dvc_args", nargs=argparse.REMAINDER, help="more dvc plots arguments (revisions, -o DIR, --json, ...)")
     p.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE,
                    help=f"where the template is written (default: {DEFAULT_TEMPLATE})")
+    p.add_argument("-o", "--out", type=Path, default=None,
+                   help="folder of the HTML page, passed to dvc plots as -o (default: dvc's ./dvc_plots)")
     p.add_argument("--vega-dir", type=Path, default=None,
                    help=f"folder with {', '.join(LIBRARIES)} (default: ${ENV}, else <venv>/share/vega)")
     p.set_defaults(func=_cmd_plots)

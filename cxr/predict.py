@@ -17,10 +17,15 @@ same file would have given it inside ``dvc repro``:
    :func:`cxr.anatomy.features.image_region_features` with ``features.score_thresh``.
 3. outputs per image ``<out>/<stem>.json``: per-class probabilities, the card's validation
    thresholds (``thresholds``, Youden's J on the validation split), the positive classes
-   (probability >= threshold), for CNN models a heatmap overlay PNG per positive class
-   (:func:`cxr.localize.cam.heatmaps`, ``--method``), for anatomy models per-region finding
-   probabilities and a region overlay PNG, and with ``--similar K`` the K nearest cases of the
-   retrieval index (``--index``, default ``data/processed/retrieval/<model name>``).
+   (probability >= threshold), for CNN models a heatmap figure per positive class
+   (:func:`cxr.localize.cam.heatmaps`, ``--method``; the overlay captioned with class, probability,
+   threshold and a colour bar); a map that shows nothing (all zero, constant, non-finite) is not
+   drawn but listed in ``skipped_heatmaps`` with its reason and counted in ``summary.json``. For
+   anatomy models per-region finding probabilities and a region overlay PNG; with ``--similar K``
+   the K nearest cases of the retrieval index (``--index``, default
+   ``data/processed/retrieval/<model name>``) and a contact sheet of their thumbnails (``--images``).
+4. the card's ``data_source`` (written by the train stage) is repeated in the outputs; a model
+   trained on synthetic data is said so on the console and in every figure.
 
 Errors: a bad model dir, params file or index stops everything (:class:`PredictError`, exit 2);
 a bad input file (:class:`InputError`: unreadable, corrupt, not an image, not a chest
@@ -40,14 +45,14 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, Sequence, get_args
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cxr.io import write_bytes, write_json
-from cxr.params import ConvertParams, FeaturesParams, ParamsError, load_section
+from cxr.params import ConvertParams, FeaturesParams, LocalizeParams, ParamsError, load_section
 from cxr.errors import CxrError
 
 # "lazy: torch stack" below: torch and the cxr modules built on it are imported where they are used, so that
@@ -60,6 +65,18 @@ log = logging.getLogger("cxr.predict")
 #: heatmap blending weight over the radiograph
 ALPHA = 0.45
 DEFAULT_INDEX_ROOT = Path("data/processed/retrieval")
+#: where the index's ``png_path`` values live (the convert stage's output), for the neighbours' thumbnails
+DEFAULT_IMAGES = Path("data/interim/images")
+#: the heatmap methods of :mod:`cxr.localize.cam`, from the localize params' vocabulary (no torch import for the parser)
+HEATMAP_METHODS: tuple[str, ...] = get_args(LocalizeParams.model_fields["method"].annotation)
+#: why a heatmap is not written: code -> explanation (a map that shows nothing is no result)
+HEATMAP_PROBLEMS = {
+    "non_finite": "non-finite values (NaN / inf) in the map",
+    "all_zero": "all zero: the method found no positive evidence for this class",
+    "constant": "constant: the map localises nothing",
+}
+#: side of one tile of the --similar contact sheet (px)
+TILE = 160
 
 
 class PredictError(CxrError, RuntimeError):
@@ -238,6 +255,8 @@ class Predictor:
         self.model.to(self.device).eval()
         self.names = list(self.card["label_names"])
         self.kind = self.card["input"]["kind"]
+        src = self.card.get("data_source")
+        self.data_source: dict[str, Any] | None = src if isinstance(src, dict) else None
         if convert is not None:
             self.options = Options.from_params(convert)
         else:
@@ -254,6 +273,20 @@ class Predictor:
                 log.warning("features.boxes is 'gt' (scene-graph boxes) in the params, but a new image has no scene "
                             "graph: its regions come from the detector, unlike the features the model was trained on")
             self._load_detector(detector_dir)
+
+    @property
+    def synthetic(self) -> bool:
+        """The card says the model was trained on a synthetic cohort (``data_source.kind``)."""
+        return (self.data_source or {}).get("kind") == "synthetic"
+
+    def data_note(self) -> str | None:
+        """The console / caption note on the training data: synthetic, or not recorded (older cards)."""
+        if self.synthetic:
+            return (f"model trained on synthetic data ({self.data_source.get('source', 'synthetic')}): "
+                    "its outputs mean nothing clinically")
+        if self.data_source is None:
+            return "the model card does not record its training data (trained before cards did): check its origin"
+        return None
 
     # ------------------------------------------------------------------ loading
 
@@ -346,7 +379,8 @@ class Predictor:
         thresholds = {n: None if t is None else round(t, 6) for n, t in raw.items()}
         rec: dict[str, Any] = {
             "input": str(prep.source),
-            "model": {"dir": str(self.model_dir), "architecture": self.card["architecture"]},
+            "model": {"dir": str(self.model_dir), "architecture": self.card["architecture"],
+                      "data_source": self.data_source},
             "label_names": self.names,
             "probabilities": {n: _num(p) for n, p in zip(self.names, probs)},
             "thresholds": thresholds,
@@ -452,6 +486,167 @@ def overlay_regions(png: np.ndarray, regions: dict[str, Any]) -> np.ndarray:
     return np.asarray(im)
 
 
+def heatmap_problem(heat: np.ndarray) -> str | None:
+    """Why ``heat`` is no result (a key of :data:`HEATMAP_PROBLEMS`), or None for a map worth showing.
+
+    The CAM family min-max normalises each map and keeps positive evidence only, so a class the
+    method cannot localise comes back all zero (or constant); a numerical failure gives NaN.
+    """
+    h = np.asarray(heat, dtype=np.float64)
+    if h.size == 0 or not np.isfinite(h).all():
+        return "non_finite"
+    if not np.any(h > 0):
+        return "all_zero"
+    if float(h.max() - h.min()) <= 1e-6 * float(np.abs(h).max()):
+        return "constant"
+    return None
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)  # Pillow's bundled font: the same pixels on every machine
+
+
+def _wrap(text: str, font: Any, width: int) -> list[str]:
+    """``text`` in lines no wider than ``width`` px (at spaces; a longer token is cut between characters)."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    fits = lambda t: measure.textlength(t, font=font) <= width  # noqa: E731
+    lines: list[str] = []
+    cur = ""
+    for word in text.split():
+        while len(word) > 1 and not fits(word):  # e.g. a 44-character DICOM UID
+            cut = 1
+            while cut < len(word) and fits(word[:cut + 1]):
+                cut += 1
+            if cur:
+                lines.append(cur)
+                cur = ""
+            lines.append(word[:cut])
+            word = word[cut:]
+        trial = f"{cur} {word}".strip()
+        if cur and not fits(trial):
+            lines.append(cur)
+            cur = word
+        else:
+            cur = trial
+    return lines + ([cur] if cur else [])
+
+
+def _text_block(width: int, lines: Sequence[str], size: int) -> Image.Image:
+    """White text on black, ``width`` px wide, the lines wrapped to fit."""
+    font, pad = _font(size), max(2, size // 3)
+    wrapped = [w for line in lines for w in _wrap(line, font, width - 2 * pad)]
+    step = size + max(2, size // 4)
+    im = Image.new("RGB", (width, 2 * pad + step * len(wrapped)), (0, 0, 0))
+    draw = ImageDraw.Draw(im)
+    for i, line in enumerate(wrapped):
+        draw.text((pad, pad + i * step), line, font=font, fill=(255, 255, 255))
+    return im
+
+
+def _colour_bar(width: int, size: int) -> Image.Image:
+    """The overlay's colour map from 0 (no evidence) to 1 (this map's maximum), with ticks."""
+    pad, bar_h = max(4, size // 2), max(6, size)
+    inner = max(2, width - 2 * pad)
+    im = Image.new("RGB", (width, pad + bar_h + size + pad), (0, 0, 0))
+    ramp = np.repeat(_colormap(np.linspace(0.0, 1.0, inner))[None], bar_h, axis=0)
+    im.paste(Image.fromarray(ramp), (pad, pad))
+    draw, font = ImageDraw.Draw(im), _font(size)
+    for v in (0.0, 0.5, 1.0):
+        text = f"{v:g}"
+        x = pad + v * (inner - 1) - draw.textlength(text, font=font) * v
+        draw.text((x, pad + bar_h + 1), text, font=font, fill=(255, 255, 255))
+    return im
+
+
+def _stack(parts: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
+    ims = [p if isinstance(p, Image.Image) else Image.fromarray(p) for p in parts]
+    out = Image.new("RGB", (max(i.width for i in ims), sum(i.height for i in ims)), (0, 0, 0))
+    y = 0
+    for i in ims:
+        out.paste(i, (0, y))
+        y += i.height
+    return np.asarray(out)
+
+
+def _fmt(v: float | None) -> str:
+    return "none" if v is None else f"{v:.3f}"
+
+
+def heatmap_caption(label: str, probability: float | None, threshold: float | None, rule: str, method: str,
+                    note: str | None = None) -> list[str]:
+    """The caption lines of a heatmap figure: class, probability beside the validation threshold and the
+    rule that chose it, the method and what the colours mean; ``note`` adds a line (synthetic data)."""
+    if threshold is None or probability is None:
+        verdict = f"p = {_fmt(probability)}, no validation threshold"
+    else:
+        verdict = f"p = {probability:.3f} {'>=' if probability >= threshold else '<'} threshold {threshold:.3f} ({rule})"
+    lines = [f"{label}: {verdict}", f"{method} heatmap: colour = evidence relative to this map's maximum"]
+    return lines + ([note] if note else [])
+
+
+def heatmap_figure(png: np.ndarray, heat: np.ndarray, *, label: str, probability: float | None,
+                   threshold: float | None, rule: str, method: str, note: str | None = None) -> np.ndarray:
+    """The overlay of :func:`overlay_heatmap` (top, pixel for pixel) above the :func:`heatmap_caption`
+    and a colour bar of the overlay's colour map (0 .. 1)."""
+    top = overlay_heatmap(png, heat)
+    width = top.shape[1]
+    size = max(10, min(24, width // 32))
+    lines = heatmap_caption(label, probability, threshold, rule, method, note)
+    return _stack([top, _text_block(width, lines, size), _colour_bar(width, size)])
+
+
+def _tile(png: np.ndarray | None) -> Image.Image:
+    tile = Image.new("RGB", (TILE, TILE), (40, 40, 40))
+    if png is None:
+        ImageDraw.Draw(tile).text((8, TILE // 2 - 6), "image not found", font=_font(12), fill=(255, 255, 255))
+        return tile
+    im = Image.fromarray(_base_rgb(png))
+    scale = TILE / max(im.width, im.height)  # fit the tile, up or down
+    im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.LANCZOS)
+    tile.paste(im, ((TILE - im.width) // 2, (TILE - im.height) // 2))
+    return tile
+
+
+def similar_sheet(query_png: np.ndarray, query_name: str, hits: Sequence[dict[str, Any]], images_dir: Path,
+                  metric: str, note: str | None = None) -> tuple[np.ndarray, int]:
+    """A contact sheet: the query, then each neighbour's thumbnail with its rank, score, image and patient id.
+
+    Args:
+        hits: :meth:`Similar.query` records (``png_path`` relative to ``images_dir``).
+        metric: what ``score`` is, e.g. ``cosine similarity`` or ``hamming distance``.
+
+    Returns:
+        the sheet (RGB uint8) and the number of neighbours whose image was not found.
+    """
+    cells = [(_tile(query_png), ["query", query_name])]
+    missing = 0
+    for h in hits:
+        img = None
+        if h.get("png_path"):
+            try:
+                with Image.open(images_dir / h["png_path"]) as im:
+                    img = np.asarray(im if im.mode in ("L", "I;16") else im.convert("L"))
+            except (OSError, ValueError):
+                img = None
+        missing += img is None
+        where = f"patient {h['patient_id']}" + (f", {h['split']}" if h.get("split") else "")
+        cells.append((_tile(img), [f"#{h['rank']} {metric} {_fmt(h.get('score'))}", f"image {h['image_id']}", where]))
+    blocks = [_text_block(TILE, lines, 11) for _, lines in cells]
+    cap_h = max(b.height for b in blocks)
+    cols = min(len(cells), 4)
+    rows = -(-len(cells) // cols)
+    gap = 4
+    sheet = Image.new("RGB", (cols * (TILE + gap) - gap, rows * (TILE + cap_h + gap) - gap), (0, 0, 0))
+    for i, ((tile, _), block) in enumerate(zip(cells, blocks)):
+        x, y = (i % cols) * (TILE + gap), (i // cols) * (TILE + cap_h + gap)
+        sheet.paste(tile, (x, y))
+        sheet.paste(block, (x, y + TILE))
+    parts: list[Image.Image | np.ndarray] = [sheet]
+    if note:
+        parts.append(_text_block(sheet.width, [note], 11))
+    return _stack(parts), missing
+
+
 def png_bytes(rgb: np.ndarray) -> bytes:
     """An image array (grey or RGB, uint8) as PNG bytes."""
     buf = io.BytesIO()
@@ -465,7 +660,7 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 class Similar:
     """The retrieval index of a model and the query side (embedding of a prepared input)."""
 
-    def __init__(self, predictor: Predictor, index_dir: str | Path):
+    def __init__(self, predictor: Predictor, index_dir: str | Path, images_dir: str | Path | None = DEFAULT_IMAGES):
         try:
             from cxr.retrieve import SearchIndex  # lazy: torch stack
         except ImportError as exc:
@@ -479,6 +674,13 @@ class Similar:
         except Exception as exc:
             raise PredictError(f"{self.dir}: cannot load the retrieval index ({type(exc).__name__}: {exc})") from None
         self.predictor = predictor
+        self.metric = {"inner_product": "cosine similarity", "hamming": "hamming distance"}.get(
+            str(self.index.meta.get("metric")), "score")
+        self.images_dir = None if images_dir is None else Path(images_dir)
+        if self.images_dir is not None and not self.images_dir.is_dir():
+            log.warning("--images %s is not a folder: the neighbours are listed without thumbnails (pass --images, "
+                        "the convert stage's data/interim/images the index was built from)", self.images_dir)
+            self.images_dir = None
 
     def query(self, prep: Prepared, k: int) -> list[dict[str, Any]]:
         """The ``k`` nearest indexed cases of one prepared file: rank, image_id, patient_id, split, score, labels.
@@ -498,6 +700,7 @@ class Similar:
             out.append({
                 "rank": int(h["rank"]), "image_id": str(h["image_id"]), "patient_id": str(h["patient_id"]),
                 "split": None if h.get("split") is None else str(h["split"]), "score": _num(h["score"]),
+                "png_path": None if h.get("png_path") is None else str(h["png_path"]),
                 "labels": {n: _num(h[n]) for n in self.index.label_names if n in h},
             })
         return out
@@ -539,9 +742,10 @@ def decode_input(path: Path, options: Any) -> tuple[np.ndarray, dict, dict]:
 
 
 def run_each(paths: Sequence[str | Path], out_dir: str | Path, model_dir: str | Path,
-             one: Callable[[Path, str], str]) -> int:
+             one: Callable[[Path, str], str], notes: dict[str, Any] | None = None) -> int:
     """Run ``one(path, stem)`` on every input (it writes ``<out>/<stem>...`` and returns a log line);
-    an :class:`InputError` is logged and listed, the others go on. Writes ``<out>/summary.json``.
+    an :class:`InputError` is logged and listed, the others go on. Writes ``<out>/summary.json``
+    (with ``notes``, which ``one`` may fill while it runs).
 
     Returns:
         0 when every file succeeded, 1 when some failed.
@@ -559,7 +763,7 @@ def run_each(paths: Sequence[str | Path], out_dir: str | Path, model_dir: str | 
             continue
         ok[str(path)] = f"{stem}.json"
         log.info("%s: %s", path, msg)
-    write_json(out_dir / "summary.json", {"model": str(model_dir), "ok": ok, "failed": failed})
+    write_json(out_dir / "summary.json", {"model": str(model_dir), "ok": ok, "failed": failed, **(notes or {})})
     if failed:
         log.error("%d of %d file(s) failed: %s", len(failed), len(paths), ", ".join(failed))
     return 1 if failed else 0
@@ -567,7 +771,11 @@ def run_each(paths: Sequence[str | Path], out_dir: str | Path, model_dir: str | 
 
 def predict_file(predictor: Predictor, path: str | Path, out_dir: str | Path, stem: str | None = None,
                  heatmaps: bool = True, similar: Similar | None = None, k: int = 0) -> dict[str, Any]:
-    """Predict one file and write ``<out_dir>/<stem>.json`` (+ overlay PNGs). Returns the record.
+    """Predict one file and write ``<out_dir>/<stem>.json`` (+ figures). Returns the record.
+
+    Figures: ``<stem>.heatmap.<class>.png`` per positive class whose heatmap shows something (a map that
+    is all zero, constant or non-finite is listed in ``skipped_heatmaps`` with its reason instead),
+    ``<stem>.regions.png`` for anatomy models, ``<stem>.similar.png`` (the neighbours' thumbnails).
 
     Raises:
         InputError: the file cannot be used (nothing is written for it).
@@ -577,76 +785,118 @@ def predict_file(predictor: Predictor, path: str | Path, out_dir: str | Path, st
     prep = predictor.prepare(path)
     pred = predictor.predict(prep, heatmaps=heatmaps)
     rec = pred.record
+    note = predictor.data_note() if predictor.synthetic else None
     files: dict[str, str] = {}
+    skipped: dict[str, str] = {}
     for cls, heat in pred.heatmaps.items():
+        problem = heatmap_problem(heat)
+        if problem is not None:
+            skipped[cls] = problem
+            log.warning("%s: no heatmap written for %s (%s)", path, cls, HEATMAP_PROBLEMS[problem])
+            continue
         name = f"{stem}.heatmap.{_slug(cls)}.png"
-        write_bytes(out_dir / name, png_bytes(overlay_heatmap(prep.png, heat)))
+        fig = heatmap_figure(prep.png, heat, label=cls, probability=rec["probabilities"][cls],
+                             threshold=rec["thresholds"][cls], rule=rec["threshold_rule"], method=predictor.method,
+                             note=note)
+        write_bytes(out_dir / name, png_bytes(fig))
         files[cls] = name
     if pred.heatmaps:
         rec["heatmaps"] = files
-        # Grad-CAM keeps only positive evidence: a class can have an all-zero map
-        rec["empty_heatmaps"] = [c for c, h in pred.heatmaps.items() if not np.any(h > 0)]
+        rec["skipped_heatmaps"] = skipped
     if "regions" in rec:
         name = f"{stem}.regions.png"
         write_bytes(out_dir / name, png_bytes(overlay_regions(prep.png, rec["regions"])))
         rec["region_overlay"] = name
     if similar is not None and k > 0:
         rec["similar"] = similar.query(prep, k)
+        rec["similar_metric"] = similar.metric
+        rec["similar_sheet"] = None
+        if similar.images_dir is not None:
+            sheet, missing = similar_sheet(prep.png, path.name, rec["similar"], similar.images_dir, similar.metric,
+                                           note=note)
+            name = f"{stem}.similar.png"
+            write_bytes(out_dir / name, png_bytes(sheet))
+            rec["similar_sheet"] = name
+            if missing:
+                log.warning("%s: %d of %d neighbour image(s) not found under %s", path, missing, len(rec["similar"]),
+                            similar.images_dir)
+                rec["similar_missing_thumbnails"] = int(missing)
     write_json(out_dir / f"{stem}.json", rec)
     return rec
 
 
 def run(paths: Sequence[str | Path], model_dir: str | Path, out_dir: str | Path, *, params: str | Path | None = None,
         similar: int = 0, index_dir: str | Path | None = None, method: str = "gradcam", device: str = "auto",
-        detector_dir: str | Path | None = None, heatmaps: bool = True) -> int:
+        detector_dir: str | Path | None = None, heatmaps: bool = True,
+        images_dir: str | Path | None = DEFAULT_IMAGES) -> int:
     """Predict every file; return 0 when all succeeded, 1 when some failed (each one logged with its path).
+
+    ``summary.json`` also counts the heatmaps written and those skipped per reason, and repeats the
+    card's training data source (a model trained on synthetic data is said so on the console too).
 
     Raises:
         PredictError, ParamsError: nothing can be predicted (bad model dir, params, detector, index).
     """
     if similar < 0:
         raise PredictError(f"--similar must be >= 0, got {similar}")
-    if heatmaps:
-        from cxr.localize.cam import METHODS  # lazy: torch stack
-
-        if method not in METHODS:
-            raise PredictError(f"--method {method!r} is not a heatmap method; choose one of {list(METHODS)}")
+    if heatmaps and method not in HEATMAP_METHODS:
+        raise PredictError(f"--method {method!r} is not a heatmap method; choose one of {list(HEATMAP_METHODS)}")
     features = load_section("features", params) if params is not None else FeaturesParams()
     predictor = Predictor(model_dir, features=features, detector_dir=detector_dir, device=device,
                           method=method, params=params)
+    note = predictor.data_note()
+    if note is not None:
+        log.warning("%s: %s", model_dir, note)
     search = None
     if similar:
-        search = Similar(predictor, index_dir or DEFAULT_INDEX_ROOT / Path(model_dir).name)
+        search = Similar(predictor, index_dir or DEFAULT_INDEX_ROOT / Path(model_dir).name, images_dir)
     out_dir = Path(out_dir)
+    counts: dict[str, Any] = {"written": 0, "skipped": {}}
+    notes: dict[str, Any] = {"data_source": predictor.data_source, "data_note": note}
+    if heatmaps and predictor.kind == "image":
+        notes["heatmaps"] = counts
 
     def one(path: Path, stem: str) -> str:
         rec = predict_file(predictor, path, out_dir, stem, heatmaps=heatmaps, similar=search, k=similar)
+        counts["written"] += len(rec.get("heatmaps", {}))
+        for problem in rec.get("skipped_heatmaps", {}).values():
+            counts["skipped"][problem] = counts["skipped"].get(problem, 0) + 1
         return f"positive {rec['positive'] or 'none'} -> {out_dir / (stem + '.json')}"
 
-    return run_each(paths, out_dir, model_dir, one)
+    rc = run_each(paths, out_dir, model_dir, one, notes)
+    if counts["skipped"]:
+        log.warning("heatmaps: %d written, %d skipped (%s)", counts["written"], sum(counts["skipped"].values()),
+                    ", ".join(f"{n} {HEATMAP_PROBLEMS[p].split(':')[0]}" for p, n in sorted(counts["skipped"].items())))
+    return rc
 
 
 def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``cxr predict`` on the ``cxr`` command's subparsers."""
     p = sub.add_parser("predict", help="predict findings on DICOM / PNG / JPEG files with a trained model",
-                       description="Per-class probabilities, validation thresholds, positives, heatmaps and "
-                                   "similar cases for new images (outputs of synthetic-trained models mean nothing "
-                                   "clinically).")
+                       description="Per-class probabilities beside the model's validation thresholds, the positive "
+                                   "classes, captioned heatmaps and similar cases for new images; <out>/summary.json "
+                                   "lists what succeeded, what failed and why a heatmap was not written. Outputs of "
+                                   "models trained on synthetic data mean nothing clinically (said on the console).")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="DICOM (.dcm), PNG or JPEG files")
     p.add_argument("--model", required=True, type=Path, help="model dir (model.pt + card.json), e.g. models/densenet121")
     p.add_argument("-o", "--out", type=Path, default=Path("predictions"), help="output folder (default: ./predictions)")
     p.add_argument("--params", type=Path, default=None,
                    help="params.yaml whose convert section overrides the decoding settings the model card records "
                         "(and whose features section is used for anatomy models)")
-    p.add_argument("--similar", type=int, default=0, metavar="K", help="also list the K most similar indexed cases")
+    p.add_argument("--similar", type=int, default=0, metavar="K",
+                   help="also list the K most similar indexed cases, with a contact sheet of their thumbnails")
     p.add_argument("--index", type=Path, default=None,
                    help="retrieval index dir (default: data/processed/retrieval/<model dir name>)")
-    p.add_argument("--method", default="gradcam", help="heatmap method of cxr.localize.cam: cam | gradcam | gradcam++ (default gradcam)")
+    p.add_argument("--images", dest="images_dir", type=Path, default=DEFAULT_IMAGES, metavar="DIR",
+                   help=f"folder of the indexed PNGs, for the --similar thumbnails (default: {DEFAULT_IMAGES})")
+    p.add_argument("--method", default="gradcam", choices=HEATMAP_METHODS,
+                   help="heatmap method of cxr.localize.cam (default: gradcam)")
     p.add_argument("--heatmaps", action=argparse.BooleanOptionalAction, default=True,
-                   help="write a heatmap overlay per positive class (CNN models)")
+                   help="write a captioned heatmap overlay per positive class (CNN models)")
     p.add_argument("--detector", type=Path, default=None,
                    help="region detector for anatomy models (default: models/detector beside --model)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="where the model runs (default: auto = a GPU when there is one)")
     p.set_defaults(func=_cmd_predict)
     return p
 
@@ -654,7 +904,8 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
 def _cmd_predict(args: argparse.Namespace) -> int:
     try:
         return run(args.images, args.model, args.out, params=args.params, similar=args.similar, index_dir=args.index,
-                   method=args.method, device=args.device, detector_dir=args.detector, heatmaps=args.heatmaps)
+                   method=args.method, device=args.device, detector_dir=args.detector, heatmaps=args.heatmaps,
+                   images_dir=args.images_dir)
     except (PredictError, ParamsError) as exc:
         log.error("%s", exc)
         return 2

@@ -217,7 +217,8 @@ def add_segment_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("-o", "--out", type=Path, default=Path("segmentations"), help="output folder (default: ./segmentations)")
     p.add_argument("--params", type=Path, default=None,
                    help="params.yaml whose convert section overrides the decoding settings the model card records")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="where the model runs (default: auto = a GPU when there is one)")
     p.set_defaults(func=_cmd_segment)
     return p
 

@@ -42,9 +42,10 @@ from cxr import modeldir
 from cxr.engine import TrainError, fit_module, make_logger
 from cxr.evaluate.metrics import macro_auroc, val_thresholds  # noqa: F401  (re-exported: cxr.train.val_thresholds)
 from cxr.inference import build_datasets, load_model_dir, model_inputs, predict  # noqa: F401  (re-exported)
-from cxr.intensity import NORMALISATION
+from cxr.intensity import NORMALISATION, XRV_NORMALISATION
 from cxr.models.losses import masked_bce, train_pos_weight  # noqa: F401  (re-exported: cxr.train.masked_bce)
 from cxr.models.registry import TrainStats
+from cxr.models.xrv import XRV_INPUT_SIZE, apply_xrv, read_xrv_checkpoint
 from cxr.models.zoo import create_model, input_kind, model_kwargs
 from cxr.precision import cpu_has_bf16, precision_for  # noqa: F401  (re-exported: cxr.train.precision_for)
 from cxr.quiet import quiet
@@ -192,8 +193,10 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, seed: int, epoc
         focal_gamma: float = 0.0, graph_importance: float = 1.0, augment_images: bool = True, patience: int = 3,
         device: str = "auto", precision: str = "auto", devices: str | int = "auto", strategy: str = "auto",
         num_nodes: int = 1, num_workers: int = 0, log_dir: str | Path | None = None, hparams: Mapping | None = None,
-        progress: bool = True) -> dict[str, Any]:
+        progress: bool = True, norm: Mapping | None = None) -> dict[str, Any]:
     """Train ``model`` in place and load its best-epoch weights.
+
+    ``norm``: the image normalisation (default :data:`~cxr.intensity.NORMALISATION`; the model card records it).
 
     Returns:
         ``{"best_epoch", "best_val_macro_auroc", "epochs_run", "history", "precision"}`` (``precision``:
@@ -204,7 +207,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, seed: int, epoc
     L.seed_everything(seed, workers=True, verbose=False)
     module = Classifier(model, lr=lr, weight_decay=weight_decay, schedule=schedule, epochs=epochs, pos_weight=pos_weight,
                         focal_gamma=focal_gamma, graph_importance=graph_importance,
-                        augment_seed=seed if augment_images else None)
+                        augment_seed=seed if augment_images else None, norm=norm)
     best = BestState()
     callbacks: list[L.Callback] = [best, L.pytorch.callbacks.EarlyStopping("val/macro_auroc", mode="max", patience=patience)]
     accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu", "gpu": "gpu", "mps": "mps"}[device]
@@ -250,8 +253,12 @@ def train_model(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits
                 names: Sequence[str], uncertainty: Mapping[str, Any], params: Any, seed: int, out_dir: str | Path,
                 log_dir: str | Path | None, cache_dir: str | Path, features_dir: str | Path | None = None,
                 unet_dir: str | None = None, data_hashes: Mapping[str, str] | None = None,
-                progress: bool = True, convert: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                progress: bool = True, convert: Mapping[str, Any] | None = None,
+                data_source: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Train model ``name`` on the TRAIN split, select the epoch and the thresholds on VAL, write the model dir.
+
+    ``data_source``: the kind of data trained on (:meth:`cxr.params.IngestParams.source_kind`, e.g.
+    ``{"kind": "synthetic", "source": "synthetic://default"}``); ``cxr predict`` warns on synthetic-trained models.
 
     ``convert``: the convert settings the training PNGs were made with (``cxr.convert.card_settings``),
     recorded in the card so that ``cxr predict`` decodes new files the same way.
@@ -273,8 +280,24 @@ def train_model(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits
                        "train_presence": f.presence[tr._rows]}
     kwargs = model_kwargs(name, params, TrainStats(num_classes=len(names), targets=tr.targets, mask=tr.mask,
                                                    regions=region_info, unet_dir=unet_dir))
+    # a torchxrayvision DenseNet file is mapped here (it needs the label names), any other file by the factory
+    xrv = read_xrv_checkpoint(kwargs["weights"]) if kwargs.get("weights") else None
+    if xrv is not None:
+        kwargs = {**kwargs, "weights": None}
     L.seed_everything(seed, workers=True, verbose=False)
     model = create_model(name, **kwargs)
+    norm, pretrained = NORMALISATION, None
+    if xrv is not None:
+        pretrained = apply_xrv(model, xrv, names)
+        norm = XRV_NORMALISATION
+        if params.image_size != XRV_INPUT_SIZE:
+            log.warning("%s: torchxrayvision weights were trained at %d px, train.image_size is %d", name,
+                        XRV_INPUT_SIZE, params.image_size)
+        if params.pool != "avg":
+            log.warning("%s: torchxrayvision's classifier reads average-pooled features, train.pool is %r", name,
+                        params.pool)
+    elif kwargs.get("weights"):
+        pretrained = {"kind": "backbone state_dict", "file": Path(kwargs["weights"]).name}
     graph_importance = params.graph.graph_importance if regions else 1.0
     hparams = {"model": name, **params.model_dump(exclude={"models"})}
     summary = fit(model, tr, va, seed=seed, epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
@@ -283,23 +306,26 @@ def train_model(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits
                   focal_gamma=params.focal_gamma if params.loss == "focal" else 0.0,
                   graph_importance=graph_importance, augment_images=params.augment, patience=params.patience,
                   device=params.device, precision=params.precision, devices=params.devices, strategy=params.strategy,
-                  num_nodes=params.num_nodes, num_workers=params.num_workers, log_dir=log_dir, hparams=hparams, progress=progress)
+                  num_nodes=params.num_nodes, num_workers=params.num_workers, log_dir=log_dir, hparams=hparams, progress=progress,
+                  norm=norm)
     if summary["global_rank"] != 0:
         return {}  # DDP: only rank 0 writes the model dir (and DVCLive logs, through Lightning)
     if not summary["ranks_agree"]:
         raise TrainError(f"the {summary['world_size']} DDP ranks ended with different weights; not saving")
     model.cpu()
-    val_probs = predict(model, va, batch_size=params.batch_size)
+    val_probs = predict(model, va, batch_size=params.batch_size, norm=norm)
     thresholds = val_thresholds(val_probs, va.targets, va.mask, names)
     card = {
         "architecture": name,
-        "model_kwargs": kwargs,
+        # the weights file is read once, here: a model dir is rebuilt from model.pt alone
+        "model_kwargs": {**kwargs, "weights": None} if "weights" in kwargs else kwargs,
         "label_names": list(names),
-        "input": ({"kind": "image", "size": params.image_size, "channels": 1, "dtype": "uint8", "normalisation": NORMALISATION}
+        "input": ({"kind": "image", "size": params.image_size, "channels": 1, "dtype": "uint8", "normalisation": dict(norm)}
                   if not regions else {"kind": "region_features", "num_regions": kwargs["num_regions"],
                                        "feature_dim": kwargs["feature_dim"],
                                        # GT scene-graph boxes at test time are an oracle: say so everywhere
                                        "box_source": tr.feats.meta.get("box_source")}),
+        "pretrained": pretrained,
         "thresholds": thresholds,
         "threshold_rule": "Youden J on the validation split",
         "uncertainty": dict(uncertainty),
@@ -310,8 +336,10 @@ def train_model(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits
         "train_targets": {n: {"positives": int((tr.targets[:, c][tr.mask[:, c]] == 1).sum()),
                               "negatives": int((tr.targets[:, c][tr.mask[:, c]] == 0).sum()),
                               "masked": int((~tr.mask[:, c]).sum())} for c, n in enumerate(names)},
-        "params": params.model_dump(),
+        # pretrained files by name only: a card holds no machine path (the sha256 above identifies an xrv file)
+        "params": {**params.model_dump(), "pretrained": {k: Path(v).name for k, v in params.pretrained.items()}},
         "seed": seed,
+        "data_source": dict(data_source) if data_source is not None else None,
         "data_hashes": dict(data_hashes or {}),
         "train": {"images": len(tr), "val_images": len(va), **{k: v for k, v in summary.items()}},
     }

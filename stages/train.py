@@ -35,7 +35,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(args: argparse.Namespace, base, label, params, convert, *, log: logging.Logger) -> int | None:
+def _run(args: argparse.Namespace, base, label, params, convert, ingest, *, log: logging.Logger) -> int | None:
     hashes = {k: sha256_file(v) for k, v in (("images", args.table), ("labels", args.labels), ("splits", args.splits))}
     with scratch_dir("cxr-cache") as tmp:
         train_model(
@@ -44,13 +44,13 @@ def _run(args: argparse.Namespace, base, label, params, convert, *, log: logging
             uncertainty={"policy": dict(label.uncertainty.per_class), "default": label.uncertainty.default,
                          "blank": label.uncertainty.blank}, params=params, seed=base.seed, out_dir=args.out,
             log_dir=args.log_dir, cache_dir=args.cache_dir or tmp, features_dir=args.features, unet_dir=args.unet,
-            data_hashes=hashes, convert=card_settings(convert),
+            data_hashes=hashes, convert=card_settings(convert), data_source=ingest.source_kind(),
         )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run("train", get_args_parser(), argv, ("base", "label", "train", "convert"), _run)
+    return run("train", get_args_parser(), argv, ("base", "label", "train", "convert", "ingest"), _run)
 
 
 if __name__ == "__main__":

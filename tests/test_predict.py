@@ -67,12 +67,16 @@ def test_predict_real_files_writes_json_and_heatmaps(tiny, realdata, tmp_path):
         assert rec["positive"] == [names[2]]  # threshold 0 -> positive, 1.01 -> never
         assert rec["image"]["model_input_size"] == 64 and max(rec["image"]["converted"]["rows"],
                                                               rec["image"]["converted"]["cols"]) == 128
-        assert set(rec["heatmaps"]) == {names[2]} and rec["heatmap_method"] == "gradcam"
+        assert rec["heatmap_method"] == "gradcam" and rec["model"]["data_source"]["kind"] == "synthetic"
+        # the positive class has either a figure or a reason why not, never both
+        assert set(rec["heatmaps"]) | set(rec["skipped_heatmaps"]) == {names[2]}
+        assert not set(rec["heatmaps"]) & set(rec["skipped_heatmaps"])
+        rows, cols = rec["image"]["converted"]["rows"], rec["image"]["converted"]["cols"]
         for cls, name in rec["heatmaps"].items():
             with Image.open(tmp_path / "a" / name) as im:
-                assert im.mode == "RGB" and im.size == (rec["image"]["converted"]["cols"], rec["image"]["converted"]["rows"])
+                assert im.mode == "RGB" and im.width == cols and im.height > rows  # overlay + caption + colour bar
                 rgb = np.asarray(im).astype(int)
-            assert (cls in rec["empty_heatmaps"]) == (rgb[..., 0] == rgb[..., 2]).all()  # colour only where heat
+            assert not (rgb[:rows, :, 0] == rgb[:rows, :, 2]).all()  # a written map shows colour on the image
     # the two SIIM files differ only in the MONOCHROME1 tag: the reader inverts one of them
     a, b = (json.loads((tmp_path / "a" / f"{f.stem}.json").read_text()) for f in files[:2])
     assert a["image"]["photometric"] == "MONOCHROME2" and b["image"]["photometric"] == "MONOCHROME1"
@@ -121,7 +125,9 @@ def test_predict_is_deterministic(tiny, realdata, tmp_path):
     assert _predict(tiny, files, tmp_path / "a") == 0
     assert _predict(tiny, files, tmp_path / "b") == 0
     written = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert written == sorted(p.name for p in (tmp_path / "b").iterdir()) and len(written) == 1 + 1 + 1
+    rec = json.loads((tmp_path / "a" / f"{files[0].stem}.json").read_text())
+    assert len(rec["heatmaps"]) + len(rec["skipped_heatmaps"]) == 1  # the one positive class: a figure or a reason
+    assert written == sorted(p.name for p in (tmp_path / "b").iterdir()) and len(written) == 2 + len(rec["heatmaps"])
     for name in written:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
@@ -171,8 +177,12 @@ def test_model_dir_errors(tiny, realdata, tmp_path, caplog):
     (wrong / "card.json").write_text(json.dumps(card))
     assert _predict(tiny, [img], tmp_path / "o", model=wrong) == 2
     assert "cannot rebuild the model" in caplog.text
-    assert _predict(tiny, [img], tmp_path / "o", "--method", "nope") == 2
-    assert "choose one of" in caplog.text
+    with pytest.raises(SystemExit):  # argparse choices
+        _predict(tiny, [img], tmp_path / "o", "--method", "nope")
+    from cxr.predict import PredictError, run
+
+    with pytest.raises(PredictError, match="choose one of"):  # the library entry point checks it too
+        run([img], tiny["model"], tmp_path / "o", method="nope")
     assert _predict(tiny, [img], tmp_path / "o", "--similar", "2", "--index", str(tmp_path / "noindex")) == 2
     assert "retrieval index" in caplog.text
 
@@ -207,9 +217,33 @@ def test_similar_queries_a_small_index(tiny, tmp_path):
     assert np.allclose(q[0], vectors[5], atol=1e-5)
     expected = index.results(q, 3)  # (the tiny model's embeddings are nearly parallel: ranks hinge on float noise)
     assert _predict(tiny, [src], tmp_path / "o", "--similar", "3", "--index", str(tmp_path / "index"),
-                    "--no-heatmaps", model=tiny["model"]) == 0
+                    "--images", str(r / "images"), "--no-heatmaps", model=tiny["model"]) == 0
     rec = json.loads((tmp_path / "o" / f"{src.stem}.json").read_text())
     hits = rec["similar"]
+    # the contact sheet: query + 3 thumbnails (one row of 4 tiles), all found
+    assert rec["similar_metric"] == "cosine similarity" and "similar_missing_thumbnails" not in rec
+    assert [h["png_path"] for h in hits] == list(expected["png_path"])
+    from cxr.predict import TILE
+
+    with Image.open(tmp_path / "o" / rec["similar_sheet"]) as im:
+        sheet = np.asarray(im)
+    assert sheet.shape[1] == 4 * TILE + 3 * 4 and sheet.shape[0] > TILE
+    for i in range(4):
+        tile = sheet[:TILE, i * (TILE + 4):i * (TILE + 4) + TILE]
+        assert tile.std() > 5, i  # an image, not the "image not found" placeholder
+    # no PNG folder for the thumbnails: the neighbours are still listed; a folder without them: placeholders
+    assert _predict(tiny, [src], tmp_path / "o2", "--similar", "3", "--index", str(tmp_path / "index"),
+                    "--images", str(tmp_path / "nowhere"), "--no-heatmaps", model=tiny["model"]) == 0
+    rec2 = json.loads((tmp_path / "o2" / f"{src.stem}.json").read_text())
+    assert rec2["similar_sheet"] is None and rec2["similar"] == hits
+    (tmp_path / "empty").mkdir()
+    assert _predict(tiny, [src], tmp_path / "o3", "--similar", "3", "--index", str(tmp_path / "index"),
+                    "--images", str(tmp_path / "empty"), "--no-heatmaps", model=tiny["model"]) == 0
+    rec3 = json.loads((tmp_path / "o3" / f"{src.stem}.json").read_text())
+    assert rec3["similar_missing_thumbnails"] == 3
+    with Image.open(tmp_path / "o3" / rec3["similar_sheet"]) as im:
+        sheet = np.asarray(im)
+    assert sheet[:TILE, TILE + 4:2 * TILE + 4].std() < sheet[:TILE, :TILE].std()  # placeholder vs the query
     assert [h["rank"] for h in hits] == [1, 2, 3]
     assert [h["image_id"] for h in hits] == list(expected["image_id"])
     assert [h["patient_id"] for h in hits] == list(expected["patient_id"])
@@ -335,3 +369,122 @@ def test_predict_cli_reports_a_bad_card_without_a_traceback(tmp_path, realdata, 
     rc = cli_main(["predict", str(realdata / "nih" / "00000001_000.png"), "--model", str(d), "--out",
                    str(tmp_path / "o"), "--params", str(REPO / "params.yaml"), "--device", "cpu"])
     assert rc == 2 and "field input = 'notadict'" in caplog.text and "Traceback" not in caplog.text
+
+
+def test_heatmap_figure_is_the_overlay_with_caption_and_colour_bar():
+    from cxr.predict import _colormap, heatmap_caption, heatmap_figure, overlay_heatmap
+
+    png = np.full((60, 80), 100, np.uint8)
+    heat = np.zeros((16, 16), np.float32)
+    heat[4:8, 4:8] = 1.0
+    fig = heatmap_figure(png, heat, label="Edema", probability=0.73, threshold=0.412,
+                         rule="Youden J on the validation split", method="gradcam", note="synthetic!")
+    assert fig.shape[1] == 80 and fig.shape[0] > 60
+    assert np.array_equal(fig[:60], overlay_heatmap(png, heat))  # the overlay itself is untouched
+    below = fig[60:].reshape(-1, 3)
+    for v in (0.0, 1.0):  # the colour bar spans the overlay's colour map
+        c = _colormap(np.array([v]))[0]
+        assert (np.abs(below.astype(int) - c).sum(1) <= 3).any(), v
+    assert (below.min(1) > 150).any()  # caption text (anti-aliased, so not always pure white)
+    lines = heatmap_caption("Edema", 0.73, 0.412, "Youden J on the validation split", "gradcam", "synthetic!")
+    assert lines[0] == "Edema: p = 0.730 >= threshold 0.412 (Youden J on the validation split)"
+    assert "relative to this map's maximum" in lines[1] and lines[2] == "synthetic!"
+    assert heatmap_caption("A", 0.2, None, "r", "cam")[0] == "A: p = 0.200, no validation threshold"
+    assert heatmap_caption("A", 0.2, 0.3, "r", "cam")[0].startswith("A: p = 0.200 < threshold 0.300")
+
+
+@pytest.mark.parametrize("heat, problem", [
+    (np.zeros((4, 4)), "all_zero"),
+    (np.full((4, 4), np.nan), "non_finite"),
+    (np.array([[0.5, np.inf], [0, 0]]), "non_finite"),
+    (np.full((4, 4), 0.5), "constant"),
+    (np.array([[0.0, 0.2], [1.0, 0.0]]), None),
+])
+def test_heatmap_problem(heat, problem):
+    from cxr.predict import heatmap_problem
+
+    assert heatmap_problem(heat) == problem
+
+
+def test_empty_heatmaps_are_skipped_and_counted(tiny, realdata, tmp_path, monkeypatch, caplog):
+    """Four positive classes whose maps are fine / all zero / NaN / constant: one figure, three reasons."""
+    import logging
+
+    from cxr.predict import Predictor
+
+    names = tiny["names"]
+    d = tmp_path / "m4"
+    shutil.copytree(tiny["model"], d)
+    card = json.loads((d / "card.json").read_text())
+    card["thresholds"] = {n: (0.0 if n in names[:4] else 1.01) for n in names}
+    (d / "card.json").write_text(json.dumps(card))
+    good = np.zeros((64, 64), np.float32)
+    good[10:30, 20:40] = 1.0
+    maps = {names[0]: good, names[1]: np.zeros((64, 64), np.float32),
+            names[2]: np.full((64, 64), np.nan, np.float32), names[3]: np.full((64, 64), 0.3, np.float32)}
+    monkeypatch.setattr(Predictor, "_heatmaps", lambda self, image, classes: {c: maps[c] for c in classes})
+    f = realdata / "nih" / "00000001_000.png"
+    with caplog.at_level(logging.WARNING):
+        assert _predict(tiny, [f], tmp_path / "o", model=d) == 0
+    rec = json.loads((tmp_path / "o" / f"{f.stem}.json").read_text())
+    assert rec["positive"] == names[:4]
+    assert list(rec["heatmaps"]) == [names[0]]
+    assert rec["skipped_heatmaps"] == {names[1]: "all_zero", names[2]: "non_finite", names[3]: "constant"}
+    written = sorted(p.name for p in (tmp_path / "o").glob("*.heatmap.*.png"))
+    assert written == [rec["heatmaps"][names[0]]]
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["heatmaps"] == {"written": 1, "skipped": {"all_zero": 1, "constant": 1, "non_finite": 1}}
+    assert f"no heatmap written for {names[1]} (all zero" in caplog.text
+    assert "heatmaps: 1 written, 3 skipped" in caplog.text
+
+
+def test_console_says_when_the_model_was_trained_on_synthetic_data(tiny, realdata, tmp_path, caplog):
+    import logging
+
+    f = realdata / "nih" / "00000001_000.png"
+    card = json.loads((tiny["model"] / "card.json").read_text())
+    assert card["data_source"] == {"kind": "synthetic", "source": "synthetic://default"}  # the train stage wrote it
+    with caplog.at_level(logging.WARNING):
+        assert _predict(tiny, [f], tmp_path / "o", "--no-heatmaps", model=tiny["model"]) == 0
+    assert "trained on synthetic data (synthetic://default)" in caplog.text
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["data_source"]["kind"] == "synthetic"
+    for source, expect in (({"kind": "local"}, None), (None, "does not record its training data")):
+        d = tmp_path / f"m-{source and source['kind']}"
+        shutil.copytree(tiny["model"], d)
+        c = dict(card)
+        if source is None:
+            c.pop("data_source")
+        else:
+            c["data_source"] = source
+        (d / "card.json").write_text(json.dumps(c))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert _predict(tiny, [f], tmp_path / "o", "--no-heatmaps", model=d) == 0
+        assert "trained on synthetic data" not in caplog.text
+        assert (expect is None) or expect in caplog.text
+
+
+def test_heatmap_methods_are_the_cam_modules():
+    from cxr.localize.cam import METHODS
+    from cxr.predict import HEATMAP_METHODS
+
+    assert tuple(METHODS) == tuple(HEATMAP_METHODS)
+
+
+def test_similar_sheet_tiles_and_captions(tmp_path):
+    """Query + 2 neighbours (one PNG present, one missing); a 44-character UID wraps inside its tile."""
+    from cxr.predict import TILE, _font, _wrap, similar_sheet
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (50, 40), dtype=np.uint8)).save(tmp_path / "a.png")
+    uid = "1.2.276.0.7230010.3.1.4.8323329.6904.151787"
+    hits = [{"rank": 1, "image_id": uid, "patient_id": "p1", "split": "train", "score": 0.93, "png_path": "a.png"},
+            {"rank": 2, "image_id": "b", "patient_id": "p2", "split": None, "score": 0.5, "png_path": "gone.png"}]
+    sheet, missing = similar_sheet(rng.integers(0, 255, (64, 64), dtype=np.uint8), "q.dcm", hits, tmp_path,
+                                   "cosine similarity", note="synthetic")
+    assert missing == 1 and sheet.shape[1] == 3 * TILE + 2 * 4 and sheet.shape[0] > TILE
+    tiles = [sheet[:TILE, i * (TILE + 4):i * (TILE + 4) + TILE].astype(int) for i in range(3)]
+    assert tiles[0].std() > 20 and tiles[1].std() > 20  # query and the found neighbour: images
+    assert (tiles[2] == 40).mean() > 0.9  # the missing one: the placeholder
+    lines = _wrap(f"image {uid}", _font(11), TILE - 6)
+    assert "".join(lines).replace(" ", "") == f"image{uid}" and len(lines) > 1

@@ -67,7 +67,9 @@ def label_csv(
 
 def add_label_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the ``label`` subcommand on a ``cxr`` subparsers object."""
-    p = sub.add_parser("label", help="label a CSV of free-text reports (CheXpert labeller format)")
+    p = sub.add_parser("label", help="label a CSV of free-text reports (CheXpert labeller format)",
+                       description="Rule-based labels (1 positive, 0 negative, -1 uncertain, blank not mentioned) "
+                                   "for each report of a CSV, written in the CheXpert labeller's CSV format.")
     _add_arguments(p)
     p.set_defaults(func=_run)
     return p

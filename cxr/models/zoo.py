@@ -62,6 +62,8 @@ def load_classifier(model_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     for k in ("adjacency", "cooccurrence"):
         if kwargs.get(k) is not None:
             kwargs[k] = np.asarray(kwargs[k], dtype=np.float32)
+    if kwargs.get("weights") is not None:  # older cards: model.pt replaces them, and the file need not be here
+        kwargs["weights"] = None
     model = create_model(card["architecture"], **kwargs)
     model.load_state_dict(load_state(d))
     return model.eval(), card
