@@ -1,6 +1,6 @@
 """Run by tests/test_ddp.py under ``torchrun --nproc-per-node 2``: extract region features of the tiny set
 made by :func:`make_set` (gloo on CPU); rank 0 writes the folder, every rank writes ``rank<k>.json``
-with the rows it extracted. Usage: python -m torch.distributed.run --nproc-per-node 2 ddp_features.py ROOT"""
+(its rank, the world size, meta["processes"]). Usage: python -m torch.distributed.run --standalone --nproc-per-node 2 ddp_features.py ROOT"""
 
 from __future__ import annotations
 
