@@ -179,9 +179,9 @@ def extract_features(
         raise AnatomyError(f"features.boxes = {boxes!r}; choose 'pred' (detector) or 'gt' (scene graph)")
     model, card = load_detector(model_dir)
     dev = pick_device(device)
-    rank, size = init_from_env(dev)  # under torchrun: every rank extracts every size-th batch
-    if size > 1 and not digests_agree(model):
-        raise AnatomyError(f"{model_dir}: the {size} processes loaded different detector weights")
+    rank, procs = init_from_env(dev)  # under torchrun: every rank extracts every procs-th batch
+    if procs > 1 and not digests_agree(model):
+        raise AnatomyError(f"{model_dir}: the {procs} processes loaded different detector weights")
     model.to(dev)
     regions, findings = list(card["regions"]), list(card["findings"])
     size = int(card["input"]["size"])
@@ -199,7 +199,7 @@ def extract_features(
            "boxes": np.full((n, r, 4), np.nan, np.float32), "scores": np.full((n, r), np.nan, np.float32),
            "labels": np.full((n, r, f), np.nan, np.float32)}
     t0 = time.perf_counter()
-    starts = list(range(0, n, batch_size))[rank::size]  # whole batches per rank: the same batches as one process
+    starts = list(range(0, n, batch_size))[rank::procs]  # whole batches per rank: the same batches as one process
     for start in tqdm(starts, desc=f"features ({boxes} boxes)", unit="batch",
                       disable=not progress or rank > 0, mininterval=2):
         batch = rows.iloc[start:start + batch_size]
@@ -221,11 +221,11 @@ def extract_features(
             g = gt.get(row.image_id)
             if g is not None:
                 arr["labels"][i] = g["labels"]
-    if size > 1:  # every rank's rows, in row order, on every rank (each row computed by exactly one rank)
+    if procs > 1:  # every rank's rows, in row order, on every rank (each row computed by exactly one rank)
         mine = torch.from_numpy(np.concatenate([np.arange(s, min(s + batch_size, n)) for s in starts] or [np.zeros(0, np.int64)]))
         got = gather_by_index(mine, *(torch.from_numpy(arr[k][mine.numpy()]) for k in ARRAYS))
         if not np.array_equal(got[0], np.arange(n)):
-            raise AnatomyError(f"features: the {size} processes returned {len(got[0])} of {n} rows")
+            raise AnatomyError(f"features: the {procs} processes returned {len(got[0])} of {n} rows")
         arr = dict(zip(ARRAYS, got[1:]))
     seconds = time.perf_counter() - t0
     index = pd.DataFrame({
@@ -245,7 +245,7 @@ def extract_features(
         "missing_per_region": {k: v for k, v in missing.items() if v},
         "missing_on_scene_graph_images": int((~arr["mask"][index["has_scene_graph"].to_numpy()]).sum()),
         "detector": {"backbone": card["backbone"], "weights_sha256": sha256_file(Path(model_dir) / "model.pt")},
-        "seconds": round(seconds, 1), "processes": size,
+        "seconds": round(seconds, 1), "processes": procs,
     }
     if rank > 0:
         return meta  # rank 0 writes the folder
