@@ -29,6 +29,14 @@ synthetic cohort) and ages above 89 are recorded as 90 (HIPAA safe harbour).
 is relative to ``raw_dir`` and ``png_path`` relative to ``images_dir``, so the table is the same
 bytes on every machine. Nothing identifying is copied from DICOM headers.
 
+Storage (``convert.storage``): ``files`` writes one PNG per image; ``shards`` packs them into tar
+shards of ``convert.shard_size`` images plus an offset index (:mod:`cxr.shards`), so that ``dvc push``
+/ ``dvc pull`` move a few hundred objects instead of one per image. ``png_path`` is the same in both,
+and every reader resolves ``<images_dir>/<png_path>`` to a file or a shard member, so the images
+table, the training cache and the predictions do not depend on the layout. With shards, new PNGs
+are written to a staging folder beside the output and packed (with the unchanged members of the
+previous shards) when the run completes; the staging folder is then removed.
+
 Incremental: a small state file beside the images dir remembers each source's size and mtime
 and the options used; a rerun converts only new or changed files and deletes PNGs whose source
 disappeared. The state is also saved every ``convert.checkpoint_images`` images, so a killed run
@@ -43,6 +51,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -65,6 +74,7 @@ from cxr.dicom import (
     pseudonym_salt,
     read_image,
 )
+from cxr import shards
 from cxr.executor import Executor, make_executor
 from cxr.io import sha256_file, write_bytes, write_json, write_parquet
 from cxr.params import ConvertParams, load_section
@@ -486,6 +496,22 @@ def _state_path(images_dir: Path) -> Path:
     return images_dir.parent / f".{images_dir.name}.convert-state.json"
 
 
+def _staging_path(images_dir: Path) -> Path:
+    # storage: shards: new PNGs wait here (beside the DVC output) until they are packed
+    return images_dir.parent / f".{images_dir.name}.staging"
+
+
+def _unpack(images_dir: Path) -> None:
+    """A shard folder back into one file per member (``storage`` changed from shards to files)."""
+    with shards.ShardReader(images_dir) as reader:
+        for name in reader.names():
+            write_bytes(images_dir / name, reader.read(name), fsync=False)
+    for f in images_dir.glob("shard-*.tar"):
+        f.unlink()
+    (images_dir / shards.INDEX).unlink()
+    log.info("convert: storage is files: unpacked the previous shards into %d PNG files", len(reader))
+
+
 def _load_state(path: Path, digest: str) -> dict[str, Any]:
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
@@ -564,6 +590,19 @@ def convert(
             f"folders {sorted(NOT_IMAGES)} are ignored by design"
         )
     images_dir.mkdir(parents=True, exist_ok=True)
+    sharded = params.storage == "shards"
+    if not sharded and shards.is_shard_folder(images_dir):
+        _unpack(images_dir)
+    old = shards.ShardReader(images_dir) if sharded and shards.is_shard_folder(images_dir) else None
+    out_dir = _staging_path(images_dir) if sharded else images_dir  # where new PNGs are written
+
+    def have(png: str) -> bool:
+        if (out_dir / png).is_file():
+            return True
+        if not sharded:
+            return False
+        return png in old if old is not None else (images_dir / png).is_file()  # files -> shards: reused
+
     state_path = _state_path(images_dir)
     digest = opt.digest()
     state = _load_state(state_path, digest)
@@ -578,10 +617,10 @@ def convert(
         hit = cache.get(src.source_path)
         if hit and hit["fingerprint"] == fp and hit["source"] == vars(src):
             png = hit["row"].get("png_path")
-            if png is None or (images_dir / png).is_file():
+            if png is None or have(png):
                 rows[src.source_path] = hit["row"]
                 continue
-        todo.append((str(raw_dir), str(images_dir), src, opt))
+        todo.append((str(raw_dir), str(out_dir), src, opt))
     log.info("convert: %d source images, %d to convert, %d unchanged", len(sources), len(todo), len(rows))
 
     if todo:
@@ -609,14 +648,17 @@ def convert(
 
     df = _frame(rows[s.source_path] for s in sources)
     keep = set(df["png_path"].dropna())
-    removed = 0
-    for png in sorted(images_dir.rglob("*.png")):
-        if png.relative_to(images_dir).as_posix() not in keep:
-            png.unlink()
-            removed += 1
-    for d in sorted((p for p in images_dir.rglob("*") if p.is_dir()), reverse=True):
-        if not any(d.iterdir()):
-            d.rmdir()
+    if sharded:
+        removed = _pack(images_dir, out_dir, old, keep, params.shard_size, bool(todo))
+    else:
+        removed = 0
+        for png in sorted(images_dir.rglob("*.png")):
+            if png.relative_to(images_dir).as_posix() not in keep:
+                png.unlink()
+                removed += 1
+        for d in sorted((p for p in images_dir.rglob("*") if p.is_dir()), reverse=True):
+            if not any(d.iterdir()):
+                d.rmdir()
     unchanged = (
         not todo and not removed and set(cache) == set(fingerprints) and _sha256(table_path) == state.get("table")
     )
@@ -648,6 +690,37 @@ def convert(
             f"Most common: {summary['errors_by_reason']}"
         )
     return summary
+
+
+def _pack(images_dir: Path, staging: Path, old: shards.ShardReader | None, keep: set[str], per_shard: int,
+          converted: bool) -> int:
+    """``storage: shards``: write ``images_dir`` as shards of the ``keep`` PNGs (sorted by name), each from
+    the staging folder, the previous shards or a previous PNG file; remove the staging folder.
+
+    Returns:
+        How many previous images are not kept (stale); 0 and nothing written when nothing changed.
+    """
+    before = set(old.names()) if old is not None else {
+        p.relative_to(images_dir).as_posix() for p in images_dir.rglob("*.png")}
+    staged = staging.is_dir() and any(p.is_file() for p in staging.rglob("*"))
+    stale = len(before - keep)
+    if old is not None and not converted and not staged and before == keep:
+        return 0
+
+    def source(png: str):
+        if (staging / png).is_file():
+            return (staging / png).read_bytes
+        if old is not None:
+            return lambda: old.read(png)
+        return (images_dir / png).read_bytes
+
+    written = shards.write_members(((png, source(png)) for png in sorted(keep)), images_dir, per_shard)
+    if old is not None:
+        old.close()
+    shutil.rmtree(staging, ignore_errors=True)
+    log.info("convert: %d images packed into %d shard(s) of up to %d (%d stale removed)",
+             len(keep), len(written), per_shard, stale)
+    return stale
 
 
 def _write_state(

@@ -24,6 +24,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from cxr import shards
 from cxr.io import write_json, write_parquet
 from cxr.labels import apply_uncertainty
 from cxr.errors import DataError
@@ -39,9 +41,13 @@ from cxr.progress import tqdm
 
 log = logging.getLogger(__name__)
 
-def load_png_square(path: str | Path, size: int) -> np.ndarray:
-    """Decode a grey PNG (8 or 16 bit), pad it centred to a square and resize to ``size``: uint8 ``[S, S]``."""
-    with Image.open(path) as im:
+def load_png_square(path: str | Path | IO[bytes], size: int) -> np.ndarray:
+    """Decode a grey PNG (8 or 16 bit), pad it centred to a square and resize to ``size``: uint8 ``[S, S]``.
+
+    ``path``: a file, a member of a shard folder named by its path (:func:`cxr.shards.open_image`),
+    or an open binary stream.
+    """
+    with (Image.open(path) if hasattr(path, "read") else shards.open_image(path)) as im:
         im.load()
         arr = np.asarray(im)
     if arr.ndim == 3:
@@ -65,7 +71,9 @@ class ImageCache:
 
     Layout of ``root``: ``images.npy`` (``np.load(mmap_mode="r")``), ``index.parquet`` (image_id,
     row) and ``meta.json`` (size, count, key = hash of the inputs). :meth:`build` reuses an existing
-    cache whose key matches and otherwise writes a new one (atomically: a tmp file renamed).
+    cache whose key matches and otherwise writes a new one (atomically: a tmp file renamed). The
+    PNGs may be files or members of a shard folder (``convert.storage: shards``, :mod:`cxr.shards`):
+    the same images give the same array either way.
     """
 
     def __init__(self, root: str | Path):
@@ -83,8 +91,8 @@ class ImageCache:
     def key(paths: Sequence[Path], size: int) -> str:
         h = hashlib.sha256(f"v1 {size}".encode())
         for p in paths:
-            st = Path(p).stat()
-            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+            size_, mtime = shards.fingerprint(p)  # a file's, or a shard member's (its shard's mtime)
+            h.update(f"{p}|{size_}|{mtime}".encode())
         return h.hexdigest()[:16]
 
     @classmethod
@@ -93,7 +101,7 @@ class ImageCache:
         """Decode every PNG once into ``root`` (skipped when an identical cache is already there)."""
         root = Path(root)
         paths = [Path(p) for p in paths]
-        missing = [str(p) for p in paths if not p.is_file()]
+        missing = [str(p) for p in paths if not shards.exists(p)]
         if missing:
             raise DataError(f"{len(missing)} image(s) not found, e.g. {missing[:3]} (run the convert stage)")
         key = cls.key(paths, size)

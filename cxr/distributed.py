@@ -31,6 +31,16 @@ def is_rank_zero() -> bool:
     return world()[0] == 0
 
 
+def init_from_env(device: torch.device | str = "cpu") -> tuple[int, int]:
+    """Join the process group a launcher (``torchrun``, SLURM via its env) describes, if any and not yet
+    joined: gloo on CPU, NCCL on CUDA. For work outside Lightning (feature extraction); returns :func:`world`."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
+    return world()
+
+
 def _all_gather_rows(t: torch.Tensor) -> list[torch.Tensor]:
     """Every rank's ``t`` (first dimensions may differ between ranks)."""
     _, size = world()
@@ -61,9 +71,9 @@ def gather_by_index(index: torch.Tensor, *arrays: torch.Tensor) -> tuple[np.ndar
     arrays = tuple(a.cpu() for a in arrays)
     if size > 1:
         index = torch.cat(_all_gather_rows(index))
-        # bool does not travel through every backend: send as uint8
-        arrays = tuple(torch.cat(_all_gather_rows(a.to(torch.uint8) if a.dtype == torch.bool else a)).to(a.dtype)
-                       for a in arrays)
+        # bool and float16 do not travel through every backend: send as uint8 / float32 (exact)
+        wire = {torch.bool: torch.uint8, torch.float16: torch.float32}
+        arrays = tuple(torch.cat(_all_gather_rows(a.to(wire.get(a.dtype, a.dtype)))).to(a.dtype) for a in arrays)
     idx = index.numpy()
     uniq, first = np.unique(idx, return_index=True)  # sorted; padding repeats dropped
     return (uniq, *(a.numpy()[first] for a in arrays))

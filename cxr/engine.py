@@ -17,11 +17,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from cxr.distributed import digests_agree
 from cxr.errors import TrainError
 from cxr.progress import interactive
 from cxr.quiet import quiet
 
-__all__ = ["TrainError", "adamw_onecycle", "check_finite", "fit_module", "make_logger"]
+__all__ = ["TrainError", "adamw_onecycle", "check_finite", "fit_module", "make_logger", "rank_zero_writes"]
 
 
 def make_logger(log_dir: str | Path | None, hparams: Mapping[str, Any] | None = None, dvcyaml: Any = False):
@@ -76,3 +77,22 @@ def fit_module(module: L.LightningModule, train: DataLoader, val: DataLoader | N
     t0 = time.perf_counter()
     trainer.fit(module, train, val)
     return trainer, time.perf_counter() - t0
+
+
+def rank_zero_writes(trainer: L.Trainer, model: torch.nn.Module, what: str) -> bool:
+    """After a fit: True in the one process that scores and writes (rank 0, or the only process).
+
+    Under DDP every rank must call it (the weight digests are compared in a collective); ranks > 0
+    get False and write nothing; validation after training then runs on rank 0 over the whole splits.
+
+    Raises:
+        TrainError: on rank 0, when the ranks ended with different weights.
+    """
+    if trainer.world_size <= 1:
+        return True
+    agree = digests_agree(model)
+    if trainer.global_rank != 0:
+        return False
+    if not agree:
+        raise TrainError(f"the {trainer.world_size} DDP ranks ended with different {what} weights; not saving")
+    return True

@@ -202,6 +202,11 @@ class ConvertParams(_Section):
     upscale: bool = Field(
         True, description="false: images smaller than `size` keep their own size (thumbnails are not enlarged)"
     )
+    storage: Literal["files", "shards"] = Field(
+        "files", description="files: one PNG per image; shards: tar shards + an offset index (cxr.shards), "
+                             "one remote object per shard for dvc push / pull at MIMIC size"
+    )
+    shard_size: int = Field(2000, ge=1, le=1_000_000, description="images per tar shard (storage: shards)")
 
     @field_validator("scheduler")
     @classmethod
@@ -332,6 +337,9 @@ class DetectorParams(_Section):
     box_detections_per_img: int = Field(100, ge=1, description="detections kept per image")
     workers: int = Field(0, ge=0, le=64, description="data-loader worker processes (0 = in the main process)")
     device: Device = Field("auto", description=_DEVICE_DOC)
+    devices: int | Literal["auto"] = Field(1, description="devices (GPUs) per machine; > 1 with strategy ddp: one process each")
+    strategy: str = Field("auto", description="Lightning strategy: auto | ddp | ... (as train.strategy)")
+    num_nodes: int = Field(1, ge=1, le=1024, description="machines of a multi-node DDP run (torchrun / SLURM sets the ranks)")
 
     @field_validator("anchor_sizes")
     @classmethod
@@ -376,6 +384,9 @@ class UnetParams(_Section):
     )
     workers: int = Field(0, ge=0, le=64, description="data-loader worker processes (0 = in the main process)")
     device: Device = Field("auto", description=_DEVICE_DOC)
+    devices: int | Literal["auto"] = Field(1, description="devices (GPUs) per machine; > 1 with strategy ddp: one process each")
+    strategy: str = Field("auto", description="Lightning strategy: auto | ddp | ... (as train.strategy)")
+    num_nodes: int = Field(1, ge=1, le=1024, description="machines of a multi-node DDP run (torchrun / SLURM sets the ranks)")
 
     @model_validator(mode="after")
     def _check_decoder(self) -> UnetParams:
@@ -528,7 +539,7 @@ class RetrieveIndexParams(_Section):
     """faiss index choice (cxr.retrieve.IndexConfig)."""
 
     kind: Literal["auto", "flat", "ivf", "hnsw"] = Field("auto", description="auto = exact up to exact_max items, else `approximate`")
-    exact_max: int = Field(100_000, ge=1, description="largest database searched exactly (kind auto)")
+    exact_max: int = Field(10_000, ge=1, description="largest database searched exactly (kind auto); above, a query costs O(N) exact but O(log N) in HNSW")
     approximate: Literal["ivf", "hnsw"] = Field("hnsw", description="approximate index above exact_max")
     ivf_lists: int = Field(0, ge=0, description="IVF k-means cells; 0 = 4 * sqrt(N)")
     ivf_codec: Literal["flat", "sq8", "pq"] = Field(

@@ -43,6 +43,7 @@ import json
 import logging
 import math
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, Sequence, get_args
@@ -51,6 +52,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cxr import shards
 from cxr.io import write_bytes, write_json
 from cxr.params import ConvertParams, FeaturesParams, LocalizeParams, ParamsError, load_section
 from cxr.errors import CxrError
@@ -720,6 +722,18 @@ def stems(paths: Sequence[Path]) -> list[str]:
     return out
 
 
+def expand_shards(paths: Sequence[str | Path]) -> list[Path]:
+    """Inputs with every shard folder (``convert.storage: shards``) replaced by the paths of its members,
+    in the folder's order; a member is then read by its index (:func:`cxr.shards.read_bytes`)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir() and shards.is_shard_folder(p):
+            out += [p / name for name in shards.ShardReader(p).names()]
+        else:
+            out.append(p)
+    return out
+
+
 def decode_input(path: Path, options: Any) -> tuple[np.ndarray, dict, dict]:
     """One input file through the convert stage's decoder (:func:`cxr.convert.convert_file`).
 
@@ -731,6 +745,15 @@ def decode_input(path: Path, options: Any) -> tuple[np.ndarray, dict, dict]:
 
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not an image file")
+    if not path.is_file() and shards.locate(path) is not None:  # a member of a shard folder (convert.storage: shards)
+        try:
+            data = shards.read_bytes(path)
+        except (FileNotFoundError, shards.ShardError) as exc:
+            raise InputError(str(exc)) from None
+        with tempfile.TemporaryDirectory(prefix="cxr-predict-") as tmp:  # the decoder dispatches on a file's suffix
+            member = Path(tmp) / f"member{path.suffix}"
+            member.write_bytes(data)
+            return decode_input(member, options)
     try:
         return convert_file(path, options)
     except NotRadiograph as exc:
@@ -855,6 +878,7 @@ def run(paths: Sequence[str | Path], model_dir: str | Path, out_dir: str | Path,
     notes: dict[str, Any] = {"data_source": predictor.data_source, "data_note": note}
     if heatmaps and predictor.kind == "image":
         notes["heatmaps"] = counts
+    paths = expand_shards(paths)
 
     def one(path: Path, stem: str) -> str:
         rec = predict_file(predictor, path, out_dir, stem, heatmaps=heatmaps, similar=search, k=similar)
@@ -877,7 +901,8 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
                                    "classes, captioned heatmaps and similar cases for new images; <out>/summary.json "
                                    "lists what succeeded, what failed and why a heatmap was not written. Outputs of "
                                    "models trained on synthetic data mean nothing clinically (said on the console).")
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="DICOM (.dcm), PNG or JPEG files")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="DICOM (.dcm), PNG or JPEG files; a converted-images shard folder "
+                        "(convert.storage: shards) or a path inside it (<folder>/<png_path>) reads its members")
     p.add_argument("--model", required=True, type=Path, help="model dir (model.pt + card.json), e.g. models/densenet121")
     p.add_argument("-o", "--out", type=Path, default=Path("predictions"), help="output folder (default: ./predictions)")
     p.add_argument("--params", type=Path, default=None,

@@ -40,6 +40,8 @@ def _run(args: argparse.Namespace, base, params, convert, *, log: logging.Logger
         return 0
     model, card = train_detector(coco_dir=args.coco, images_dir=args.images, out_dir=args.out, params=params,
                                  seed=base.seed, live_dir=args.live, convert=card_settings(convert))
+    if not card:
+        return 0  # DDP rank > 0: rank 0 evaluates and writes
     metrics = evaluate_detector(model, coco_dir=args.coco, images_dir=args.images,
                                 image_size=params.image_size, device=params.device)
     metrics["train_seconds"] = card["train_seconds"]

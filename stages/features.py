@@ -15,6 +15,7 @@ import pandas as pd
 
 from cxr.anatomy.features import extract_features
 from cxr.applicability import marker, reason_of
+from cxr.distributed import is_rank_zero
 from cxr.io import write_json
 from cxr.stage import run
 
@@ -45,6 +46,8 @@ def _run(args: argparse.Namespace, params, *, log: logging.Logger) -> int | None
         boxes=params.boxes, score_thresh=params.score_thresh, views=params.views,
         batch_size=params.batch_size, device=params.device,
     )
+    if not is_rank_zero():
+        return 0  # torchrun: rank 0 writes the summary (and wrote the folder)
     write_json(args.metrics, meta)
     log.info("features done: %d images, box source %s, %d images missing regions",
              meta["images"], meta["box_source"], meta["images_missing_regions"])

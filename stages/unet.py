@@ -39,6 +39,8 @@ def _run(args: argparse.Namespace, base, params, convert, *, log: logging.Logger
         masks=find_masks(args.raw), out_dir=args.out, params=params, seed=base.seed, live_dir=args.live,
         convert=card_settings(convert),
     )
+    if not metrics:
+        return 0  # DDP rank > 0: rank 0 evaluates and writes
     write_json(args.metrics, metrics)
     log.info("unet done: test mean Dice %s", metrics["test"].get("mean_dice"))
     return 0

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -58,3 +59,35 @@ def test_gather_by_index_without_process_group_sorts_and_drops_repeats():
     assert i.tolist() == [1, 3, 4] and np.allclose(pp[:, 0], [0.1, 0.3, 0.4]) and mm[:, 0].tolist() == [False, True, True]
     a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     assert state_digest(a) == state_digest(a) and state_digest(a) != state_digest(b)
+
+
+def test_feature_extraction_on_two_gloo_ranks_equals_one_process(tmp_path):
+    """torchrun, 2 CPU processes: each extracts every other batch, rank 0 writes the rows of both in
+    order; the arrays equal one process's exactly (a rank's rows missing, repeated or out of order fail)."""
+    sys.path.insert(0, str(ROOT / "tests" / "scripts"))
+    try:
+        from ddp_features import extract, make_set
+    finally:
+        sys.path.remove(str(ROOT / "tests" / "scripts"))
+    from cxr.anatomy.features import ARRAYS, load_features
+
+    make_set(tmp_path)
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
+    for k in ("LOCAL_RANK", "RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          str(ROOT / "tests" / "scripts" / "ddp_features.py"), str(tmp_path)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
+    assert [(r["rank"], r["size"], r["processes"]) for r in ranks] == [(0, 2, 2), (1, 2, 2)]
+    single = extract(tmp_path, tmp_path / "single")
+    assert single["processes"] == 1
+    a, ia, ma = load_features(tmp_path / "single")
+    b, ib, mb = load_features(tmp_path / "ddp")
+    pd.testing.assert_frame_equal(ia, ib)
+    for name in ARRAYS:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)  # NaN == NaN here
+    assert a["mask"].all() and np.isfinite(a["features"]).all()  # gt boxes: every region of every image
+    drop = {"seconds", "processes"}
+    assert {k: v for k, v in ma.items() if k not in drop} == {k: v for k, v in mb.items() if k not in drop}

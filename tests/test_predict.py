@@ -488,3 +488,24 @@ def test_similar_sheet_tiles_and_captions(tmp_path):
     assert (tiles[2] == 40).mean() > 0.9  # the missing one: the placeholder
     lines = _wrap(f"image {uid}", _font(11), TILE - 6)
     assert "".join(lines).replace(" ", "") == f"image{uid}" and len(lines) > 1
+
+
+def test_predict_reads_converted_images_from_shards_as_from_files(tiny, tmp_path):
+    """``cxr predict`` on ``<shard folder>/<png_path>`` (convert.storage: shards) and on the shard folder
+    itself reads each member by its index: the same records as for the PNG files."""
+    from cxr.shards import write_shards
+
+    table = pd.read_parquet(tiny["root"] / "images.parquet")
+    pngs = sorted(table.loc[table["status"] == "ok", "png_path"])[:3]
+    images = tiny["root"] / "images"
+    write_shards([images / p for p in pngs], tmp_path / "shards", per_shard=2, root=images)
+    assert _predict(tiny, [images / p for p in pngs], tmp_path / "files") == 0
+    assert _predict(tiny, [tmp_path / "shards" / p for p in pngs], tmp_path / "members") == 0
+    assert _predict(tiny, [tmp_path / "shards"], tmp_path / "folder") == 0
+    for p in pngs:
+        stem = Path(p).stem
+        a, b, c = (json.loads((tmp_path / d / f"{stem}.json").read_text()) for d in ("files", "members", "folder"))
+        assert b["input"] == c["input"] == str(tmp_path / "shards" / p)
+        a.pop("input"), b.pop("input"), c.pop("input")
+        assert a == b == c
+    assert _predict(tiny, [tmp_path / "shards" / "nope" / "x.png"], tmp_path / "bad") == 1

@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from cxr import shards
 from cxr.modeldir import CARD, WEIGHTS, read_card  # noqa: F401  (re-exported for the anatomy modules)
 from cxr.models.weights import gray_first_conv, load_local_weights  # noqa: F401  (re-exported)
 from cxr.errors import AnatomyError  # noqa: F401  (re-exported: the anatomy layer's error)
@@ -48,9 +49,9 @@ def read_gray(path: str | Path) -> np.ndarray:
         AnatomyError: file missing or not a single-channel image.
     """
     path = Path(path)
-    if not path.is_file():
+    if not shards.exists(path):  # a file, or a member of a shard folder (convert.storage: shards)
         raise AnatomyError(f"{path}: image not found (was the convert stage run on this data?)")
-    with Image.open(path) as im:
+    with shards.open_image(path) as im:
         arr = np.asarray(im)
     return gray_float(arr)
 

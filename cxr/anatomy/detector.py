@@ -36,7 +36,7 @@ from torchvision.models.detection import FasterRCNN
 from cxr.progress import tqdm
 
 from cxr.anatomy.common import AnatomyError, fit_size, lightning_accelerator, pick_device, read_gray, resize_float
-from cxr.engine import adamw_onecycle, check_finite, fit_module, make_logger
+from cxr.engine import adamw_onecycle, check_finite, fit_module, make_logger, rank_zero_writes
 from cxr.io import sha256_file
 from cxr.modeldir import save_model_dir
 from cxr.models.detector import (  # noqa: F401  (re-exported: the network lives with the other models)
@@ -155,8 +155,11 @@ def train_detector(
     if params.max_steps > 0:
         steps = min(steps, params.max_steps)
     module = DetectorModule(model, params.lr, params.weight_decay, steps)
-    _, seconds = fit_module(module, loader, epochs=params.epochs, max_steps=params.max_steps,
-                            accelerator=lightning_accelerator(device), logger=make_logger(live_dir))
+    trainer, seconds = fit_module(module, loader, epochs=params.epochs, max_steps=params.max_steps,
+                                  accelerator=lightning_accelerator(device), devices=params.devices,
+                                  strategy=params.strategy, num_nodes=params.num_nodes, logger=make_logger(live_dir))
+    if not rank_zero_writes(trainer, module.model, "detector"):
+        return module.model.cpu().eval(), {}  # DDP rank > 0: rank 0 writes the model dir
     model = module.model.cpu().eval()
     card = {
         "architecture": ARCHITECTURE,

@@ -18,6 +18,11 @@ Contract (folder written by the ``features`` stage; row ``i`` of every array is 
     index.parquet  row, image_id, dataset, patient_id, split, view, png_path, has_scene_graph, regions_found
     meta.json      regions, findings, dim, box_source (pred | gt), score_thresh, detector card digest, counts
 
+Several processes: under ``torchrun --nproc-per-node P stages/features.py ...`` (or any launcher that
+sets ``WORLD_SIZE`` / ``RANK``), rank k extracts every P-th batch, the rows are gathered in row order
+(:func:`cxr.distributed.gather_by_index`) and rank 0 writes the folder; the arrays are those of one
+process (the same batches, so the same numbers), ``meta["processes"]`` says how many ran.
+
 Load with :func:`load_features`; use ``np.where(mask[..., None], features, 0)`` (or a learned
 "missing" embedding) before feeding a model, and keep the mask for attention / pooling.
 """
@@ -35,6 +40,7 @@ import pandas as pd
 import torch
 
 from cxr.anatomy.common import AnatomyError, fit_size, ok_images, pick_device, read_gray, resize_float
+from cxr.distributed import digests_agree, gather_by_index, init_from_env
 from cxr.io import sha256_file
 from cxr.models.detector import load_detector
 from cxr.io import atomic_dir, write_json, write_parquet
@@ -173,6 +179,9 @@ def extract_features(
         raise AnatomyError(f"features.boxes = {boxes!r}; choose 'pred' (detector) or 'gt' (scene graph)")
     model, card = load_detector(model_dir)
     dev = pick_device(device)
+    rank, procs = init_from_env(dev)  # under torchrun: every rank extracts every procs-th batch
+    if procs > 1 and not digests_agree(model):
+        raise AnatomyError(f"{model_dir}: the {procs} processes loaded different detector weights")
     model.to(dev)
     regions, findings = list(card["regions"]), list(card["findings"])
     size = int(card["input"]["size"])
@@ -190,8 +199,9 @@ def extract_features(
            "boxes": np.full((n, r, 4), np.nan, np.float32), "scores": np.full((n, r), np.nan, np.float32),
            "labels": np.full((n, r, f), np.nan, np.float32)}
     t0 = time.perf_counter()
-    for start in tqdm(range(0, n, batch_size), desc=f"features ({boxes} boxes)", unit="batch",
-                      disable=not progress, mininterval=2):
+    starts = list(range(0, n, batch_size))[rank::procs]  # whole batches per rank: the same batches as one process
+    for start in tqdm(starts, desc=f"features ({boxes} boxes)", unit="batch",
+                      disable=not progress or rank > 0, mininterval=2):
         batch = rows.iloc[start:start + batch_size]
         tensors, scales, box_in = [], [], []
         for row in batch.itertuples(index=False):
@@ -211,6 +221,12 @@ def extract_features(
             g = gt.get(row.image_id)
             if g is not None:
                 arr["labels"][i] = g["labels"]
+    if procs > 1:  # every rank's rows, in row order, on every rank (each row computed by exactly one rank)
+        mine = torch.from_numpy(np.concatenate([np.arange(s, min(s + batch_size, n)) for s in starts] or [np.zeros(0, np.int64)]))
+        got = gather_by_index(mine, *(torch.from_numpy(arr[k][mine.numpy()]) for k in ARRAYS))
+        if not np.array_equal(got[0], np.arange(n)):
+            raise AnatomyError(f"features: the {procs} processes returned {len(got[0])} of {n} rows")
+        arr = dict(zip(ARRAYS, got[1:]))
     seconds = time.perf_counter() - t0
     index = pd.DataFrame({
         "row": np.arange(n), "image_id": rows["image_id"].to_numpy(), "dataset": rows["dataset"].to_numpy(),
@@ -229,8 +245,10 @@ def extract_features(
         "missing_per_region": {k: v for k, v in missing.items() if v},
         "missing_on_scene_graph_images": int((~arr["mask"][index["has_scene_graph"].to_numpy()]).sum()),
         "detector": {"backbone": card["backbone"], "weights_sha256": sha256_file(Path(model_dir) / "model.pt")},
-        "seconds": round(seconds, 1),
+        "seconds": round(seconds, 1), "processes": procs,
     }
+    if rank > 0:
+        return meta  # rank 0 writes the folder
     with atomic_dir(out_dir) as tmp:
         for name in ARRAYS:
             np.save(tmp / f"{name}.npy", arr[name], allow_pickle=False)

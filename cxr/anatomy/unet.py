@@ -39,7 +39,7 @@ from cxr.anatomy.common import (
     resize_float,
 )
 from cxr.anatomy.masks import dice_iou, read_mask, resize_mask, to_png_grid
-from cxr.engine import adamw_onecycle, check_finite, fit_module, make_logger
+from cxr.engine import adamw_onecycle, check_finite, fit_module, make_logger, rank_zero_writes
 from cxr.modeldir import save_model_dir
 from cxr.models.unet import ARCHITECTURE, MEAN, STD, OrganUNet, load_unet  # noqa: F401  (re-exported)
 from cxr.params import UnetParams
@@ -248,8 +248,12 @@ def train_unet(
         steps = min(steps, params.max_steps)
     module = UNetModule(model, params.lr, params.weight_decay, steps, augment_seed=seed if params.augment else None)
     precision = precision_for(params.precision, lightning_accelerator(device))
-    _, seconds = fit_module(module, loader, epochs=params.epochs, max_steps=params.max_steps,
-                            accelerator=lightning_accelerator(device), precision=precision, logger=make_logger(live_dir))
+    trainer, seconds = fit_module(module, loader, epochs=params.epochs, max_steps=params.max_steps,
+                                  accelerator=lightning_accelerator(device), devices=params.devices,
+                                  strategy=params.strategy, num_nodes=params.num_nodes, precision=precision,
+                                  logger=make_logger(live_dir))
+    if not rank_zero_writes(trainer, module.model, "UNet"):
+        return module.model, {}  # DDP rank > 0: rank 0 scores the whole splits and writes the model dir
     model = module.model.to(memory_format=torch.contiguous_format)
     metrics: dict[str, Any] = {"images": counts, "train_seconds": round(seconds, 1), "precision": precision}
     for split in ("val", "test"):

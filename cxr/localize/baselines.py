@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
+from cxr import shards
 from cxr.anatomy.common import pick_device, unet_probabilities
 from cxr.errors import AnatomyError
 from cxr.localize.boxes import Geometry
@@ -102,7 +102,8 @@ def lung_boxes(unet_dir: str | Path, ids: Sequence[str], images: pd.DataFrame, i
     paths = images.set_index("image_id")["png_path"]
     out = {}
     for i in ids:
-        png = np.asarray(Image.open(Path(images_dir) / paths[i]))
+        with shards.open_image(Path(images_dir) / paths[i]) as im:  # a file or a shard member
+            png = np.asarray(im)
         prob = unet_probabilities(model, size, png, dev)
         m = (prob[lungs] > threshold).any(axis=0)
         if not m.any():

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from cxr import shards
 from cxr.localize.boxes import Geometry
 
 GT_COLOUR = (40, 220, 60)
@@ -61,7 +62,7 @@ def heatmap_on_png(heatmap: np.ndarray, geo: Geometry) -> np.ndarray:
 
 def render_tile(tile: Tile, size: int = 256, alpha: float = 0.45) -> Image.Image:
     """One RGB tile ``size x (size + 14)``: caption strip on top, image below."""
-    with Image.open(tile.png) as im:
+    with shards.open_image(tile.png) as im:  # a file or a shard member
         grey = np.asarray(im.convert("L"), dtype=np.float32)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     if tile.heatmap is not None:

@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image as PILImage
 
+from cxr import shards
 from cxr.report.dag import Dag
 
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies.
@@ -213,8 +214,7 @@ def roc_legend(models: Sequence[str], colors: Mapping[str, str]) -> str:
 
 def thumbnail(path, size: int = 96) -> bytes:
     """A PNG of the image at ``path`` scaled to fit ``size`` x ``size`` (deterministic bytes)."""
-    with PILImage.open(path) as im:
-        im.load()
+    with shards.open_image(path) as im:  # a file or a shard member (convert.storage: shards)
         if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
             arr = np.asarray(im, dtype=np.float64)  # 16-bit PNG: stretch to 8 bits for display
             lo, hi = float(arr.min()), float(arr.max())

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxr import shards
 from cxr.report.blocks import Gallery, Section, Svg, Text, fmt, table
 from cxr.report.charts import PALETTE, curve_svg, roc_legend, thumbnail
 from cxr.report.dag import Dag
@@ -84,7 +85,7 @@ def _mistakes(pred: pd.DataFrame, met: dict, png_paths: pd.Series, image_dir: Pa
             png = None
             if image_dir is not None and i in png_paths.index:
                 path = Path(image_dir) / str(png_paths.at[i])
-                png = thumbnail(path, size) if path.is_file() else None
+                png = thumbnail(path, size) if shards.exists(path) else None  # a file or a shard member
             row.append((f"{kind}: {c} p={p:.2f} (threshold {thr:.2f})", png, str(i)))
         if row:
             rows.append(tuple(row))

@@ -87,7 +87,7 @@ class IndexConfig:
     """
 
     kind: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
-    exact_max: int = 100_000
+    exact_max: int = 10_000
     approximate: Literal["ivf", "hnsw"] = "hnsw"
     ivf_lists: int = 0
     ivf_codec: Literal["flat", "sq8", "pq"] = "flat"
