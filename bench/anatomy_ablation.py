@@ -113,52 +113,56 @@ def main() -> None:
           f"{ws.train.image_size}, batch {ws.train.batch_size}, lr {ws.train.lr}; bootstrap {ws.evaluate.bootstrap}")
     print(f"every row is scored on the {n['test'][0]} TEST images with a scene graph")
 
-    # feature folders: detector pred (the stage's), detector GT, classifier ROI on pred and on GT boxes
-    t0 = time.perf_counter()
-    fparams = load_section("features", ws.params_file)
-    det_gt = tmp / "features_detector_gt"
-    if not det_gt.exists():
-        extract_features(ws.model("detector"), ws.coco_dir, ws.images, ws.splits, ws.images_dir, det_gt, boxes="gt",
-                         score_thresh=fparams.score_thresh, views=fparams.views, batch_size=fparams.batch_size,
-                         device="cpu", progress=False)
-    folders = {("detector", "pred"): ws.features_dir, ("detector", "gt"): det_gt}
-    for boxes in ("pred", "gt"):
-        dst = tmp / f"features_classifier_{boxes}"
-        if not dst.exists():
-            classifier_features(folders[("detector", boxes)], dst, ws, ws.model(args.classifier))
-        folders[(args.classifier, boxes)] = dst
-    print(f"feature folders built in {time.perf_counter() - t0:.0f} s")
-
     rows: list[tuple] = []
 
     def row(model: str, feats: str, boxes: str, train_on: str, met: dict) -> None:
         rows.append((model, feats, boxes, train_on, str(met.get("train_images", "-")), auroc_ci(met),
                      f"{met['macro_auroc_common']:.3f}" if met.get("macro_auroc_common") is not None else "-",
                      f"{met.get('seconds', 0):.0f}" if "seconds" in met else "-"))
-        print(f"  {rows[-1]}", flush=True)
+        print(f"  {' | '.join(rows[-1])}", flush=True)
 
     base = baselines(ws, test_sg, tmp / "cache")
     for name in ("prevalence", "metadata", "pixels16"):
         row(f"baseline: {name}", "-", "-", "all frontal", base[name])
     row("densenet121 (default model)", "image", "-", "all frontal", evaluate_dir(ws, ws.model("densenet121"), test_sg))
-    if not args.no_retrain_densenet:
-        row("densenet121", "image", "-", "scene-graph only",
-            train_eval(ws, "densenet121", tmp / "m_densenet121_sg", splits=sg_only, test_splits=test_sg))
     if ws.model("segfusion_van_gcn").is_dir():
         row("segfusion_van_gcn (default model)", "image+UNet", "-", "all frontal",
             evaluate_dir(ws, ws.model("segfusion_van_gcn"), test_sg))
     for model in args.models:
-        default = ws.model(model)
-        if default.is_dir():
+        if ws.model(model).is_dir():
             row(f"{model} (default model)", "detector", "pred", "all frontal",
-                evaluate_dir(ws, default, test_sg, ws.features_dir))
-        for (feats, boxes), folder in folders.items():
-            subsets = [("scene-graph only", sg_only)] if boxes == "gt" else [("all frontal", ws.splits),
-                                                                             ("scene-graph only", sg_only)]
+                evaluate_dir(ws, ws.model(model), test_sg, ws.features_dir))
+
+    # feature folders, cheapest first: detector on pred boxes (the stage's), classifier ROI on pred boxes,
+    # then the detector on GT boxes and the classifier ROI on GT boxes
+    fparams = load_section("features", ws.params_file)
+    folders = {("detector", "pred"): ws.features_dir}
+
+    def build(feats: str, boxes: str) -> Path:
+        t0 = time.perf_counter()
+        dst = tmp / f"features_{feats}_{boxes}"
+        if not dst.exists() and feats == "detector":
+            extract_features(ws.model("detector"), ws.coco_dir, ws.images, ws.splits, ws.images_dir, dst, boxes=boxes,
+                             score_thresh=fparams.score_thresh, views=fparams.views, batch_size=fparams.batch_size,
+                             device="cpu", progress=False)
+        elif not dst.exists():
+            classifier_features(folders[("detector", boxes)], dst, ws, ws.model(args.classifier))
+        print(f"  features {feats} / {boxes} boxes built in {time.perf_counter() - t0:.0f} s", flush=True)
+        return dst
+
+    for feats, boxes in (("detector", "pred"), (args.classifier, "pred"), ("detector", "gt"), (args.classifier, "gt")):
+        folder = folders.get((feats, boxes)) or build(feats, boxes)
+        folders[(feats, boxes)] = folder
+        subsets = [("scene-graph only", sg_only)] if boxes == "gt" else [("all frontal", ws.splits),
+                                                                         ("scene-graph only", sg_only)]
+        for model in args.models:
             for train_on, splits in subsets:
                 tag = f"m_{model}_{feats}_{boxes}_{'sg' if train_on != 'all frontal' else 'all'}"
                 row(model, feats, boxes, train_on,
                     train_eval(ws, model, tmp / tag, splits=splits, test_splits=test_sg, features_dir=folder))
+    if not args.no_retrain_densenet:
+        row("densenet121", "image", "-", "scene-graph only",
+            train_eval(ws, "densenet121", tmp / "m_densenet121_sg", splits=sg_only, test_splits=test_sg))
     print()
     print_table(("model", "region features", "boxes", "trained on", "train images",
                  f"macro AUROC [{ws.evaluate.ci:.0%} CI]", f"macro common (>={ws.evaluate.min_positives} pos)",
