@@ -33,7 +33,8 @@ from _common import cpu_flags
 
 
 def stage_modules(model) -> list[tuple[str, torch.nn.Module, int]]:
-    """(name, module, reduction) of the backbone's timm feature stages, finest last dropped to the last 3."""
+    """(name, module, reduction) of the last 3 timm feature stages of the backbone (densenet121: denseblock2, denseblock3,
+    norm5 = the map the head pools)."""
     net = model.features.net
     info = getattr(net, "feature_info", None)
     out = []
@@ -109,13 +110,12 @@ def main() -> None:
             centres[(i, f"{lab}#{k}")] = h
     gb, gc, gp = peak_stats(centres, geos, size)
     rows.append(("reference: GT box centres", "-", "-", "-", "-", "-", "-", "-", f"{gb:.2f}", f"{gc:.2f}", f"{gp:.2f}"))
+    for r in rows:
+        print(f"  {' | '.join(f'{v:.3f}' if isinstance(v, float) else str(v) for v in r)}", flush=True)
     original = model.cam_target_layers
     stages = stage_modules(model)
     variants = [("features (stage default)", None, "final", params.method)]
     variants += [(n, [m], "x".join([str(size // r)] * 2), params.method) for n, m, r in stages]
-    if len(stages) > 1:  # pytorch-grad-cam averages the min-max scaled maps of several layers
-        variants.append(("+".join(n.split(".")[-1] for n, _, _ in stages), [m for _, m, _ in stages], "mixed",
-                         params.method))
     variants += [("features (stage default)", None, "final", m) for m in ("cam", "gradcam", "gradcam++")
                  if m != params.method]
     if stages:
@@ -139,7 +139,7 @@ def main() -> None:
         rows.append((name, method, grid, f"{thr:g}", s["micro"]["iobb"][t], s["macro"]["iobb"][t], s["micro"]["iou"][t],
                      s["micro"]["mean_iou"], f"{border:.2f}", f"{corner:.2f}", f"{pad:.2f}",
                      f"{ties:.3f}", f"{time.perf_counter() - t0:.1f}"))
-        print(f"  {name} / {method}: IoBB {t} micro {s['micro']['iobb'][t]:.3f} (prior box "
+        print(f"  {' | '.join(f'{v:.3f}' if isinstance(v, float) else str(v) for v in rows[-1])} (prior box IoBB "
               f"{base['micro']['iobb'][t]:.3f})", flush=True)
     model.cam_target_layers = original
     rows = [r if len(r) == 13 else (r[0], "-", *r[1:], *(["-"] * (12 - len(r)))) for r in rows]
