@@ -100,7 +100,7 @@ def main() -> None:
     base = lp.baseline_scores(gt, test, classes, images=images, images_dir=args.images, size=size,
                               thresholds=params.thresholds, unet_dir=None)["prior_box"]["test"]
     rows.append(("baseline: prior box", "-", "-", "-", base["micro"]["iobb"][t], base["macro"]["iobb"][t],
-                 base["micro"]["iou"][t], base["micro"]["mean_iou"], "-", "-", "-"))
+                 base["micro"]["iou"][t], base["micro"]["mean_iou"], "-", "-", "-", "-", "-"))
     # where the findings are: the same position statistics for the centre of each test GT box (input frame)
     centres = {}
     for i, lab, g in test:
@@ -109,7 +109,8 @@ def main() -> None:
             h[int(np.clip((b[1] + b[3]) / 2, 0, size - 1)), int(np.clip((b[0] + b[2]) / 2, 0, size - 1))] = 1
             centres[(i, f"{lab}#{k}")] = h
     gb, gc, gp = peak_stats(centres, geos, size)
-    rows.append(("reference: GT box centres", "-", "-", "-", "-", "-", "-", "-", f"{gb:.2f}", f"{gc:.2f}", f"{gp:.2f}"))
+    rows.append(("reference: GT box centres", "-", "-", "-", "-", "-", "-", "-", f"{gb:.2f}", f"{gc:.2f}", f"{gp:.2f}",
+                 "-", "-"))
     for r in rows:
         print(f"  {' | '.join(f'{v:.3f}' if isinstance(v, float) else str(v) for v in r)}", flush=True)
     original = model.cam_target_layers
@@ -142,7 +143,6 @@ def main() -> None:
         print(f"  {' | '.join(f'{v:.3f}' if isinstance(v, float) else str(v) for v in rows[-1])} (prior box IoBB "
               f"{base['micro']['iobb'][t]:.3f})", flush=True)
     model.cam_target_layers = original
-    rows = [r if len(r) == 13 else (r[0], "-", *r[1:], *(["-"] * (12 - len(r)))) for r in rows]
     head = ("heatmap layer", "method", "grid", "val thr", f"IoBB {t} micro", f"IoBB {t} macro", f"IoU {t} micro",
             "mean IoU", "peaks outer 1/8", "peaks corner", "peaks padding", "max plateau", "s")
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
