@@ -31,18 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import cpu_flags
+
 REPO = Path(__file__).resolve().parents[1]
 STAGE_LINE = re.compile(r"Running stage '([^']+)'")
-
-
-def cpu_flags() -> str:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
-        model = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown"
-    keep = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model.split(':', 1)[1].strip()}; {' '.join(keep) or 'no avx2'}; {os.cpu_count()} cores"
 
 
 def isa_env(isa: str) -> dict[str, str]:
