@@ -23,7 +23,6 @@ A file is a state dict (``torch.save(model.state_dict())``, optionally ``{"state
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import pickle
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 
 from cxr.errors import PretrainedError
+from cxr.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +90,6 @@ class XrvCheckpoint:
     fmt: str
     weights_name: str | None
     sha256: str
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _load_pickled_model(path: Path) -> Any:
@@ -174,7 +166,7 @@ def read_xrv_checkpoint(path: str | Path) -> XrvCheckpoint | None:
             + "; save it as {'state_dict': model.state_dict(), 'pathologies': model.targets}")
     state = {k: v for k, v in obj.items() if k.startswith(("features.", "classifier."))}
     return XrvCheckpoint(path=path, state=state, pathologies=tuple(str(p) for p in pathologies), fmt=fmt,
-                         weights_name=None if weights_name is None else str(weights_name), sha256=_sha256(path))
+                         weights_name=None if weights_name is None else str(weights_name), sha256=sha256_file(path))
 
 
 def apply_xrv(model: nn.Module, ckpt: XrvCheckpoint, names: Sequence[str]) -> dict[str, Any]:
