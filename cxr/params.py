@@ -325,8 +325,12 @@ class DetectorParams(_Section):
     batch_size: int = Field(8, ge=1, le=512, description="images per batch")
     lr: float = Field(0.002, gt=0, le=1, description="AdamW peak learning rate (one-cycle schedule)")
     weight_decay: float = Field(1e-4, ge=0, le=1, description="AdamW weight decay")
-    anchor_sizes: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256], min_length=1,
-                                    description="anchor sizes in input pixels (every FPN level)")
+    anchor_sizes: list[int] | list[list[int]] = Field(
+        default_factory=lambda: [16, 32, 64, 128, 256], min_length=1,
+        description="anchor sizes in input pixels: a flat list (every FPN level gets all) or one list per FPN "
+                    "level, finest first, the same number on each (tiny_fpn has 4 levels, strides 8 / 16 / 32 / 64)")
+    roi_sampling_ratio: int = Field(2, ge=1, le=8, description="RoIAlign sampling points per bin side in the box head "
+                                    "(torchvision default 2; 1 = a quarter of the RoIAlign work)")
     rpn_pre_nms_top_n_train: int = Field(600, ge=1, description="RPN proposals kept before NMS (training)")
     rpn_post_nms_top_n_train: int = Field(300, ge=1, description="RPN proposals kept after NMS (training)")
     rpn_pre_nms_top_n_test: int = Field(300, ge=1, description="RPN proposals kept before NMS (inference)")
@@ -343,9 +347,13 @@ class DetectorParams(_Section):
 
     @field_validator("anchor_sizes")
     @classmethod
-    def _check_anchors(cls, v: list[int]) -> list[int]:
-        if any(a <= 0 for a in v) or sorted(v) != v:
-            raise ValueError(f"anchor sizes must be positive and increasing (got {v})")
+    def _check_anchors(cls, v: list[int] | list[list[int]]) -> list[int] | list[list[int]]:
+        levels = v if isinstance(v[0], list) else [v]
+        for sizes in levels:
+            if not sizes or any(a <= 0 for a in sizes) or sorted(sizes) != sizes:
+                raise ValueError(f"anchor sizes must be positive and increasing on each level (got {v})")
+        if len({len(sizes) for sizes in levels}) > 1:  # the RPN head is one conv shared by every level
+            raise ValueError(f"every FPN level needs the same number of anchor sizes (got {v})")
         return v
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, mobilenet_backbone, resnet_fpn_backbone
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from cxr.errors import AnatomyError
@@ -68,6 +69,17 @@ def tiny_fpn_backbone(out_channels: int = 96) -> BackboneWithFPN:
                            extra_blocks=LastLevelMaxPool())
 
 
+def anchor_sizes(sizes: list[int] | list[list[int]], n_maps: int) -> tuple[tuple[int, ...], ...]:
+    """Per-level anchor sizes: a flat list goes to every one of the ``n_maps`` FPN levels; a list of
+    lists names each level's sizes, finest level first, and must have ``n_maps`` entries."""
+    if sizes and isinstance(sizes[0], list):
+        if len(sizes) != n_maps:
+            raise AnatomyError(f"detector.anchor_sizes has {len(sizes)} levels but the backbone has {n_maps} "
+                               f"feature maps; give {n_maps} lists or one flat list")
+        return tuple(tuple(int(a) for a in level) for level in sizes)
+    return (tuple(int(a) for a in sizes),) * n_maps
+
+
 def build_detector(num_classes: int, params: DetectorParams, pretrained: str | None = None) -> FasterRCNN:
     """Faster R-CNN for ``num_classes`` regions (+ background) on grayscale input.
 
@@ -107,8 +119,10 @@ def build_detector(num_classes: int, params: DetectorParams, pretrained: str | N
         if len(missing) == len(body):
             raise AnatomyError(f"{pretrained}: no key matches the {params.backbone} backbone")
         log.info("loaded %s: %d keys missing, %d unexpected", pretrained, len(missing), len(unexpected))
-    sizes = tuple(int(a) for a in params.anchor_sizes)
-    anchors = AnchorGenerator(sizes=(sizes,) * n_maps, aspect_ratios=((0.5, 1.0, 2.0),) * n_maps)
+    anchors = AnchorGenerator(sizes=anchor_sizes(params.anchor_sizes, n_maps), aspect_ratios=((0.5, 1.0, 2.0),) * n_maps)
+    # torchvision's default pooler (maps "0".."3"; the max-pool level is for the RPN only), with our sampling
+    roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7,
+                                  sampling_ratio=params.roi_sampling_ratio)
     return FasterRCNN(
         backbone,
         num_classes=num_classes + 1,
@@ -117,6 +131,7 @@ def build_detector(num_classes: int, params: DetectorParams, pretrained: str | N
         image_mean=list(MEAN),
         image_std=list(STD),
         rpn_anchor_generator=anchors,
+        box_roi_pool=roi_pool,
         rpn_pre_nms_top_n_train=params.rpn_pre_nms_top_n_train,
         rpn_post_nms_top_n_train=params.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=params.rpn_pre_nms_top_n_test,
