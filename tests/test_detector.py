@@ -110,6 +110,30 @@ def test_backbones_build_on_grayscale(anatomy_data):
         assert set(out[0]) == {"boxes", "labels", "scores"}
 
 
+def test_anchor_sizes_per_level_and_roi_sampling_reach_the_network():
+    """A list per FPN level gives each level its own sizes (the flat list gives every level all of them),
+    and roi_sampling_ratio is the box head's RoIAlign sampling; both change what the network computes."""
+    flat = build_detector(3, DetectorParams(**{**FAST, "anchor_sizes": [16, 32, 64, 128, 256], "roi_sampling_ratio": 2}))
+    assert flat.rpn.anchor_generator.sizes == ((16, 32, 64, 128, 256),) * 4
+    assert flat.roi_heads.box_roi_pool.sampling_ratio == 2
+    per = build_detector(3, DetectorParams(**{**FAST, "anchor_sizes": [[16, 32], [48, 64], [96, 128], [192, 256]],
+                                              "roi_sampling_ratio": 1}))
+    assert per.rpn.anchor_generator.sizes == ((16, 32), (48, 64), (96, 128), (192, 256))
+    assert per.rpn.anchor_generator.num_anchors_per_location() == [6, 6, 6, 6]
+    assert per.roi_heads.box_roi_pool.sampling_ratio == 1
+    images = [torch.rand(1, 128, 128)]
+    feats = per.backbone(per.transform(images)[0].tensors)
+    grids = [list(f.shape[-2:]) for f in feats.values()]
+    anchors = per.rpn.anchor_generator(per.transform(images)[0], list(feats.values()))
+    assert anchors[0].shape[0] == sum(6 * h * w for h, w in grids)  # 6 per location, not 15
+    with pytest.raises(AnatomyError, match="3 levels but the backbone has 4"):
+        build_detector(3, DetectorParams(**{**FAST, "anchor_sizes": [[16], [32], [64]]}))
+    with pytest.raises(ParamsError, match="same number of anchor sizes"):
+        parse_section("detector", {"anchor_sizes": [[16, 32], [64], [128], [256]]})
+    with pytest.raises(ParamsError, match="increasing on each level"):
+        parse_section("detector", {"anchor_sizes": [[32, 16], [64, 96], [128, 160], [256, 320]]})
+
+
 def test_errors_name_the_value(anatomy_data, tmp_path):
     with pytest.raises(ParamsError, match="detector.backbone"):
         parse_section("detector", {"backbone": "yolo"})

@@ -17,7 +17,6 @@ import logging
 import math
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
@@ -53,6 +52,8 @@ class FeatureMap(nn.Module):
             raise ModelError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
         timm_name, self.is_transformer = BACKBONES[name]
         kw = {"img_size": image_size} if self.is_transformer else {}
+        import timm  # here, not at module level: timm pulls in torchvision and torch._dynamo (seconds per process)
+
         self.net = timm.create_model(
             timm_name, pretrained=False, in_chans=in_chans, num_classes=0, global_pool="", **kw
         )

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_geometric.nn import TransformerConv
 
 from cxr.models.anaxnet import region_kwargs, train_region_adjacency
 from cxr.models.registry import ModelError, TrainStats, register_model
@@ -61,6 +60,8 @@ class AnatomyGraphTransformer(nn.Module):
         else:
             self.edge_attr = None
             conv_edge_dim = None
+        from torch_geometric.nn import TransformerConv  # here: torch_geometric imports torch._dynamo (seconds)
+
         self.convs = nn.ModuleList(
             TransformerConv(hidden, hidden // heads, heads=heads, edge_dim=conv_edge_dim, dropout=dropout,
                             beta=residual == "gated", root_weight=True)

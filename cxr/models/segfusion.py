@@ -15,7 +15,6 @@ the model dir is self-contained.
 from __future__ import annotations
 
 import numpy as np
-import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +30,8 @@ from cxr.models.van import VAN
 
 def default_unet(in_chans: int = 1, classes: int = 3) -> nn.Module:
     """A small untrained UNet (segmentation-models-pytorch), used when no ``unet_dir`` is given."""
+    import segmentation_models_pytorch as smp  # here: it imports timm (seconds); only building a UNet needs it
+
     return smp.Unet("resnet18", encoder_weights=None, encoder_depth=3, decoder_channels=(64, 32, 16),
                     in_channels=in_chans, classes=classes)
 

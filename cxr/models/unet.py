@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
@@ -35,6 +34,8 @@ class OrganUNet(nn.Module):
                  decoder_channels: Sequence[int] = (96, 48, 24, 12)):
         super().__init__()
         self.classes = list(classes)
+        import segmentation_models_pytorch as smp  # here: it imports timm (seconds); only building a UNet needs it
+
         self.net = smp.Unet(encoder_name=encoder, encoder_depth=encoder_depth, encoder_weights=None,
                             decoder_channels=list(decoder_channels), in_channels=1, classes=len(self.classes))
         # smp keeps the ResNet stages beyond encoder_depth: dead weights that would never train
