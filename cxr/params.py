@@ -320,16 +320,16 @@ class DetectorParams(_Section):
     )
     pretrained: str | None = Field(None, description="optional local backbone weights file (state_dict); None = from scratch")
     image_size: int = Field(256, ge=64, le=2048, description="detector input side in pixels (long side)")
-    epochs: int = Field(20, ge=1, le=1000, description="training epochs")
+    epochs: int = Field(16, ge=1, le=1000, description="training epochs")
     max_steps: int = Field(-1, ge=-1, description="stop after this many optimiser steps (-1 = epochs decide)")
     batch_size: int = Field(8, ge=1, le=512, description="images per batch")
     lr: float = Field(0.002, gt=0, le=1, description="AdamW peak learning rate (one-cycle schedule)")
     weight_decay: float = Field(1e-4, ge=0, le=1, description="AdamW weight decay")
     anchor_sizes: list[int] | list[list[int]] = Field(
-        default_factory=lambda: [16, 32, 64, 128, 256], min_length=1,
+        default_factory=lambda: [[16, 32], [48, 64], [96, 128], [192, 256]], min_length=1,
         description="anchor sizes in input pixels: a flat list (every FPN level gets all) or one list per FPN "
                     "level, finest first, the same number on each (tiny_fpn has 4 levels, strides 8 / 16 / 32 / 64)")
-    roi_sampling_ratio: int = Field(2, ge=1, le=8, description="RoIAlign sampling points per bin side in the box head "
+    roi_sampling_ratio: int = Field(1, ge=1, le=8, description="RoIAlign sampling points per bin side in the box head "
                                     "(torchvision default 2; 1 = a quarter of the RoIAlign work)")
     rpn_pre_nms_top_n_train: int = Field(600, ge=1, description="RPN proposals kept before NMS (training)")
     rpn_post_nms_top_n_train: int = Field(300, ge=1, description="RPN proposals kept after NMS (training)")
@@ -387,6 +387,8 @@ class UnetParams(_Section):
     weight_decay: float = Field(1e-4, ge=0, le=1, description="AdamW weight decay")
     threshold: float = Field(0.5, gt=0, lt=1, description="probability above which a pixel belongs to a structure")
     augment: bool = Field(True, description="seeded small affine (image + masks) and intensity jitter (image)")
+    prior_bias: bool = Field(True, description="start each output channel's bias at the logit of its TRAIN foreground "
+                             "fraction (small structures such as clavicles then learn in fewer epochs)")
     precision: Literal["auto", "32", "bf16", "16"] = Field(
         "auto", description="auto: bf16 mixed on a GPU or on a CPU with native bf16, else 32 (cxr.precision)"
     )

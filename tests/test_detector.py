@@ -104,7 +104,8 @@ def test_backbones_build_on_grayscale(anatomy_data):
     for name in BACKBONES:
         if name == "resnet50_fpn":
             continue  # slow to build on CPU; same code path as resnet18_fpn
-        model = build_detector(3, DetectorParams(**{**FAST, "backbone": name})).eval()
+        anchors = {} if name == "tiny_fpn" else {"anchor_sizes": [32, 64, 128]}  # the default lists tiny_fpn's 4 levels
+        model = build_detector(3, DetectorParams(**{**FAST, "backbone": name, **anchors})).eval()
         with torch.inference_mode():
             out = model([torch.rand(1, 128, 128)])
         assert set(out[0]) == {"boxes", "labels", "scores"}

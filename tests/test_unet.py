@@ -142,3 +142,27 @@ def test_prior_mask_baseline_by_hand():
     res = prior_mask_baseline(data([a, a, b]), data([a, b]), ["heart"])
     assert res["per_structure"]["heart"]["dice"] == pytest.approx((1.0 + 2 * 4 / (4 + 8)) / 2, abs=1e-4)
     assert res["images"] == 2
+
+
+def test_prior_bias_starts_each_structure_at_its_train_fraction():
+    """unet.prior_bias: each output channel's bias is logit(TRAIN foreground fraction), so an untrained
+    network's mean probability per structure is near that fraction rather than 0.5 everywhere."""
+    from cxr.anatomy.unet import MaskImages, foreground_fraction, set_prior_bias
+
+    rng = np.random.default_rng(0)
+    train = object.__new__(MaskImages)
+    big = np.zeros((2, 32, 32), bool)
+    big[0, :, :16] = True  # a lung: half the image
+    big[1, 10:12, 4:12] = True  # a clavicle: 16 of 1024 pixels
+    train.items = [(rng.integers(0, 255, (1, 32, 32), dtype=np.uint8), big) for _ in range(3)]
+    assert foreground_fraction(train) == pytest.approx([0.5, 16 / 1024])
+    torch.manual_seed(0)
+    model = OrganUNet(["lung", "clavicle"], encoder_depth=3, decoder_channels=(16, 8, 4)).eval()
+    frac = set_prior_bias(model, train)
+    bias = model.net.segmentation_head[0].bias.detach().numpy()
+    assert bias == pytest.approx(np.log(frac / (1 - frac)), abs=1e-5)
+    assert bias[1] < -4 < bias[0] + 4
+    with torch.no_grad():
+        p = torch.sigmoid(model(torch.rand(2, 1, 32, 32))).mean((0, 2, 3)).numpy()
+    assert p[1] < 0.1 and abs(p[0] - 0.5) < 0.2  # at the default zero bias both would start near 0.5
+    assert UnetParams().prior_bias is True and UnetParams(prior_bias=False).prior_bias is False

@@ -75,7 +75,8 @@ def anchor_sizes(sizes: list[int] | list[list[int]], n_maps: int) -> tuple[tuple
     if sizes and isinstance(sizes[0], list):
         if len(sizes) != n_maps:
             raise AnatomyError(f"detector.anchor_sizes has {len(sizes)} levels but the backbone has {n_maps} "
-                               f"feature maps; give {n_maps} lists or one flat list")
+                               f"feature maps; give {n_maps} lists or one flat list for every level, e.g. "
+                               f"-S 'detector.anchor_sizes=[32,64,128,256]'")
         return tuple(tuple(int(a) for a in level) for level in sizes)
     return (tuple(int(a) for a in sizes),) * n_maps
 
