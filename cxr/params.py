@@ -380,7 +380,7 @@ class UnetParams(_Section):
                                         description="decoder channels per stage (one per encoder stage)")
     pretrained: str | None = Field(None, description="optional local encoder weights file (state_dict); None = from scratch")
     image_size: int = Field(192, ge=32, le=2048, description="network input side in pixels")
-    epochs: int = Field(20, ge=1, le=1000, description="training epochs")
+    epochs: int = Field(16, ge=1, le=1000, description="training epochs")
     max_steps: int = Field(-1, ge=-1, description="stop after this many optimiser steps (-1 = epochs decide)")
     batch_size: int = Field(8, ge=1, le=512, description="images per batch")
     lr: float = Field(0.003, gt=0, le=1, description="AdamW peak learning rate (one-cycle schedule)")
