@@ -145,3 +145,23 @@ def test_detector_and_unet_train_on_two_gloo_ranks_like_one_process(tmp_path, an
     assert np.isfinite(a) and abs(a - b) <= 0.10 * b, (a, b)
     a, b = ddp["unet_val_reloaded"]["mean_dice"], one["unet_val_reloaded"]["mean_dice"]
     assert abs(a - b) <= 0.05, (a, b)
+
+
+def test_shard_loader_drops_the_last_batch_only_when_the_shard_has_more_than_one():
+    """batch_size is per process: a rank's pass is ceil(n / world_size) samples, and a shard no bigger
+    than one batch keeps it (the old rule compared the whole dataset, so 2 ranks x 3 images at batch 4
+    trained on nothing)."""
+    from cxr.engine import check_finite, shard_loader
+    from cxr.errors import TrainError
+
+    data = torch.utils.data.TensorDataset(torch.arange(13))
+    assert shard_loader(data, 4, seed=0, world_size=2).drop_last  # 7 per rank: 1 full batch, 3 dropped
+    assert not shard_loader(data, 8, seed=0, world_size=2).drop_last  # 7 per rank < 8: one batch of 7
+    assert not shard_loader(torch.utils.data.TensorDataset(torch.arange(6)), 4, seed=0, world_size=2).drop_last
+    one = shard_loader(data, 4, seed=3)
+    assert one.drop_last and len(one) == 3
+    assert [b[0].tolist() for b in one] == [b[0].tolist() for b in shard_loader(data, 4, seed=3)]  # seeded
+    # the failure message of a finite loss is never built (it reads tensors: a device sync per step)
+    check_finite(torch.tensor(1.0), "x", 0, lambda: pytest.fail("message built for a finite loss"))
+    with pytest.raises(TrainError, match="non-finite x loss nan at step 2; lower it"):
+        check_finite(torch.tensor(float("nan")), "x", 2, lambda: "lower it")
