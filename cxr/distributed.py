@@ -79,6 +79,26 @@ def gather_by_index(index: torch.Tensor, *arrays: torch.Tensor) -> tuple[np.ndar
     return (uniq, *(a.numpy()[first] for a in arrays))
 
 
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank rank ``src``'s buffers (batch-norm running statistics), in place.
+
+    DDP all-reduces gradients, so the parameters of every rank stay equal, but each rank updates its
+    batch-norm running mean / variance from its own batch; DDP copies rank 0's buffers to the others
+    only at the start of the next forward. After the last training step they differ, so a fit with no
+    validation pass after it (the detector, the UNet) must take rank 0's before the ranks compare
+    weights, as DDP itself would. No-op in one process.
+    """
+    _, size = world()
+    if size == 1:
+        return
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    with torch.no_grad():
+        for b in module.buffers():
+            t = b.detach().to(dev)
+            dist.broadcast(t, src)
+            b.copy_(t.to(b.device))
+
+
 def state_digest(module: torch.nn.Module) -> str:
     """SHA-256 of a module's state_dict (to check that every rank holds the same weights)."""
     h = hashlib.sha256()

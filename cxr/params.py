@@ -322,7 +322,8 @@ class DetectorParams(_Section):
     image_size: int = Field(256, ge=64, le=2048, description="detector input side in pixels (long side)")
     epochs: int = Field(16, ge=1, le=1000, description="training epochs")
     max_steps: int = Field(-1, ge=-1, description="stop after this many optimiser steps (-1 = epochs decide)")
-    batch_size: int = Field(8, ge=1, le=512, description="images per batch")
+    batch_size: int = Field(8, ge=1, le=512, description="images per batch per process (DDP: a step sees "
+                            "batch_size x devices x num_nodes images, as train.batch_size)")
     lr: float = Field(0.002, gt=0, le=1, description="AdamW peak learning rate (one-cycle schedule)")
     weight_decay: float = Field(1e-4, ge=0, le=1, description="AdamW weight decay")
     anchor_sizes: list[int] | list[list[int]] = Field(
@@ -382,7 +383,8 @@ class UnetParams(_Section):
     image_size: int = Field(192, ge=32, le=2048, description="network input side in pixels")
     epochs: int = Field(16, ge=1, le=1000, description="training epochs")
     max_steps: int = Field(-1, ge=-1, description="stop after this many optimiser steps (-1 = epochs decide)")
-    batch_size: int = Field(8, ge=1, le=512, description="images per batch")
+    batch_size: int = Field(8, ge=1, le=512, description="images per batch per process (DDP: a step sees "
+                            "batch_size x devices x num_nodes images, as train.batch_size)")
     lr: float = Field(0.003, gt=0, le=1, description="AdamW peak learning rate (one-cycle schedule)")
     weight_decay: float = Field(1e-4, ge=0, le=1, description="AdamW weight decay")
     threshold: float = Field(0.5, gt=0, lt=1, description="probability above which a pixel belongs to a structure")
@@ -466,7 +468,8 @@ class TrainParams(_Section):
                               description="registered models trained by the train@M matrix (cxr.models.zoo.list_models)")
     image_size: int = Field(128, ge=32, le=2048, description="classifier input side in pixels (CPU default 128)")
     epochs: int = Field(3, ge=1, le=1000, description="maximum training epochs")
-    batch_size: int = Field(16, ge=1, le=1024, description="samples per batch")
+    batch_size: int = Field(16, ge=1, le=1024, description="samples per batch per process (DDP: a step sees "
+                            "batch_size x devices x num_nodes samples)")
     lr: float = Field(1e-3, gt=0, le=1, description="AdamW learning rate")
     weight_decay: float = Field(1e-4, ge=0, le=1, description="AdamW weight decay")
     schedule: Literal["cosine", "plateau"] = Field("cosine", description="learning-rate schedule")

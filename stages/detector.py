@@ -45,6 +45,7 @@ def _run(args: argparse.Namespace, base, params, convert, *, log: logging.Logger
     metrics = evaluate_detector(model, coco_dir=args.coco, images_dir=args.images,
                                 image_size=params.image_size, device=params.device)
     metrics["train_seconds"] = card["train_seconds"]
+    metrics["steps"], metrics["world_size"] = card["steps"], card["world_size"]  # optimiser steps, DDP processes
     metrics["backbone"] = params.backbone
     write_json(args.metrics, metrics)
     log.info("detector done: test AP50 %.3f, mAP %.3f", metrics["test"]["AP50"], metrics["test"]["mAP"])

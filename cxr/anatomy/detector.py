@@ -36,7 +36,7 @@ from torchvision.models.detection import FasterRCNN
 from cxr.progress import tqdm
 
 from cxr.anatomy.common import AnatomyError, fit_size, lightning_accelerator, pick_device, read_gray, resize_float
-from cxr.engine import adamw_onecycle, check_finite, fit_module, make_logger, rank_zero_writes
+from cxr.engine import OneCycleModule, check_finite, fit_module, make_logger, rank_zero_writes
 from cxr.io import sha256_file
 from cxr.modeldir import save_model_dir
 from cxr.models.detector import (  # noqa: F401  (re-exported: the network lives with the other models)
@@ -101,13 +101,13 @@ def collate(batch: list) -> tuple[list[torch.Tensor], list[dict]]:
 # ---------------------------------------------------------------------------------- training
 
 
-class DetectorModule(L.LightningModule):
-    """Lightning wrapper: summed Faster R-CNN losses, AdamW, one-cycle LR."""
+class DetectorModule(OneCycleModule):
+    """Lightning wrapper: summed Faster R-CNN losses, AdamW, one-cycle LR (over this process's steps)."""
 
-    def __init__(self, model: FasterRCNN, lr: float, weight_decay: float, total_steps: int):
-        super().__init__()
+    def __init__(self, model: FasterRCNN, train: CocoImages, params: DetectorParams, seed: int):
+        super().__init__(train, params.batch_size, params.lr, params.weight_decay, seed=seed, workers=params.workers,
+                         collate_fn=collate)
         self.model = model
-        self.lr, self.weight_decay, self.total_steps = lr, weight_decay, max(1, total_steps)
 
     def training_step(self, batch, batch_idx):
         images, targets = batch
@@ -115,14 +115,11 @@ class DetectorModule(L.LightningModule):
         losses = self.model(images, targets)
         loss = sum(losses.values())
         check_finite(loss, "detector", self.global_step,
-                     f"parts { {k: float(v) for k, v in losses.items()} }; lower detector.lr")
+                     lambda: f"parts { {k: float(v) for k, v in losses.items()} }; lower detector.lr")
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         for k, v in losses.items():
             self.log(f"train/{k}", v, batch_size=len(images))
         return loss
-
-    def configure_optimizers(self):
-        return adamw_onecycle(self.model.parameters(), self.lr, self.weight_decay, self.total_steps)
 
 
 def train_detector(
@@ -148,14 +145,8 @@ def train_detector(
     if len(train) == 0:
         raise AnatomyError(f"{coco_dir / 'train.json'} has no images; the detector needs training scene graphs")
     model = build_detector(len(train.categories), params, pretrained=params.pretrained)
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train, batch_size=params.batch_size, shuffle=True, collate_fn=collate,
-                        num_workers=params.workers, generator=gen, drop_last=len(train) > params.batch_size)
-    steps = params.epochs * len(loader)
-    if params.max_steps > 0:
-        steps = min(steps, params.max_steps)
-    module = DetectorModule(model, params.lr, params.weight_decay, steps)
-    trainer, seconds = fit_module(module, loader, epochs=params.epochs, max_steps=params.max_steps,
+    module = DetectorModule(model, train, params, seed)  # builds its loader: batch_size per process
+    trainer, seconds = fit_module(module, None, epochs=params.epochs, max_steps=params.max_steps,
                                   accelerator=lightning_accelerator(device), devices=params.devices,
                                   strategy=params.strategy, num_nodes=params.num_nodes, logger=make_logger(live_dir))
     if not rank_zero_writes(trainer, module.model, "detector"):
@@ -175,7 +166,8 @@ def train_detector(
         "seed": seed,
         "data": {"train_json_sha256": sha256_file(coco_dir / "train.json"), "train_images": len(train)},
         "train_seconds": round(seconds, 1),
-        "steps": steps,
+        "steps": trainer.global_step,  # optimiser steps (each of batch_size x world_size images)
+        "world_size": trainer.world_size,
     }
     save_model_dir(out_dir, model, card)
     return model, card

@@ -39,7 +39,7 @@ from cxr.anatomy.common import (
     resize_float,
 )
 from cxr.anatomy.masks import dice_iou, read_mask, resize_mask, to_png_grid
-from cxr.engine import adamw_onecycle, check_finite, fit_module, make_logger, rank_zero_writes
+from cxr.engine import OneCycleModule, check_finite, fit_module, make_logger, rank_zero_writes
 from cxr.modeldir import save_model_dir
 from cxr.models.unet import ARCHITECTURE, MEAN, STD, OrganUNet, load_unet  # noqa: F401  (re-exported)
 from cxr.params import UnetParams
@@ -120,14 +120,14 @@ def augment_pair(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -
     return xa.clamp(0, 1), ya
 
 
-class UNetModule(L.LightningModule):
-    """BCE + soft Dice, AdamW, one-cycle LR; channels_last; optional seeded paired augmentation."""
+class UNetModule(OneCycleModule):
+    """BCE + soft Dice, AdamW, one-cycle LR (over this process's steps); channels_last; optional seeded
+    paired augmentation."""
 
-    def __init__(self, model: OrganUNet, lr: float, weight_decay: float, total_steps: int,
+    def __init__(self, model: OrganUNet, train: MaskImages, params: UnetParams, seed: int,
                  augment_seed: int | None = None):
-        super().__init__()
+        super().__init__(train, params.batch_size, params.lr, params.weight_decay, seed=seed, workers=params.workers)
         self.model = model
-        self.lr, self.weight_decay, self.total_steps = lr, weight_decay, max(1, total_steps)
         self.augment_seed = augment_seed
 
     def on_fit_start(self) -> None:
@@ -150,9 +150,6 @@ class UNetModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(x))
         self.log("train/soft_dice", soft_dice.mean(), batch_size=len(x))
         return loss
-
-    def configure_optimizers(self):
-        return adamw_onecycle(self.model.parameters(), self.lr, self.weight_decay, self.total_steps)
 
 
 @torch.inference_mode()
@@ -265,22 +262,18 @@ def train_unet(
                  len(unexpected))
     if params.prior_bias:
         set_prior_bias(model, data["train"])
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(data["train"], batch_size=params.batch_size, shuffle=True, num_workers=params.workers,
-                        generator=gen, drop_last=len(data["train"]) > params.batch_size)
-    steps = params.epochs * len(loader)
-    if params.max_steps > 0:
-        steps = min(steps, params.max_steps)
-    module = UNetModule(model, params.lr, params.weight_decay, steps, augment_seed=seed if params.augment else None)
+    # the module builds its loader once the trainer knows the processes: batch_size per process
+    module = UNetModule(model, data["train"], params, seed, augment_seed=seed if params.augment else None)
     precision = precision_for(params.precision, lightning_accelerator(device))
-    trainer, seconds = fit_module(module, loader, epochs=params.epochs, max_steps=params.max_steps,
+    trainer, seconds = fit_module(module, None, epochs=params.epochs, max_steps=params.max_steps,
                                   accelerator=lightning_accelerator(device), devices=params.devices,
                                   strategy=params.strategy, num_nodes=params.num_nodes, precision=precision,
                                   logger=make_logger(live_dir))
     if not rank_zero_writes(trainer, module.model, "UNet"):
         return module.model, {}  # DDP rank > 0: rank 0 scores the whole splits and writes the model dir
     model = module.model.to(memory_format=torch.contiguous_format)
-    metrics: dict[str, Any] = {"images": counts, "train_seconds": round(seconds, 1), "precision": precision}
+    metrics: dict[str, Any] = {"images": counts, "train_seconds": round(seconds, 1), "precision": precision,
+                               "steps": trainer.global_step, "world_size": trainer.world_size}
     for split in ("val", "test"):
         metrics[split] = evaluate_unet(model, data[split], params.threshold, device=device)
         metrics[split]["baseline_prior_mask"] = prior_mask_baseline(data["train"], data[split], params.structures)
