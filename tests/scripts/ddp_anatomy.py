@@ -50,6 +50,20 @@ def _mean_detector_loss(model, data: CocoImages) -> float:
     return total / len(data)
 
 
+def _mean_unet_loss(model, data: MaskImages) -> float:
+    """The UNet's training loss (BCE + 1 - soft Dice per structure) over ``data``, eval mode: a smooth
+    score, unlike the thresholded Dice of a 4-step model, whose masks flip with small weight changes."""
+    total = 0.0
+    with torch.no_grad():
+        for x, y in torch.utils.data.DataLoader(data, batch_size=8):
+            logits = model(x).float()
+            p = torch.sigmoid(logits)
+            soft = (2 * (p * y).sum((2, 3)) + 1) / (p.sum((2, 3)) + y.sum((2, 3)) + 1)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y) + (1 - soft).mean()
+            total += float(loss) * len(x)
+    return total / len(data)
+
+
 def run(data: dict, work: Path, devices: int, batch_size: int) -> dict:
     """Both fits with ``devices`` processes; every rank returns its part, rank 0 adds the scores."""
     rank = int(os.environ.get("LOCAL_RANK", "0"))  # set for rank 1 by Lightning's launcher before this runs
@@ -87,6 +101,7 @@ def run(data: dict, work: Path, devices: int, batch_size: int) -> dict:
                        up.structures)
     val = MaskImages(table[table["split"] == "val"], data["image_dir"], up.structures, up.image_size, progress=False)
     out["unet_val_reloaded"] = evaluate_unet(model, val, up.threshold)
+    out["unet_val_loss"] = _mean_unet_loss(model, val)
     out["unet_classes"] = classes
     out["files"] = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file())
     return out
