@@ -93,15 +93,14 @@ class OneCycleModule(L.LightningModule):
         self.train_set, self.batch_size, self.seed, self.workers = train_set, batch_size, seed, workers
         self.collate_fn = collate_fn
         self.lr, self.weight_decay = lr, weight_decay
-        self.total_steps = 0  # set in configure_optimizers
 
     def train_dataloader(self) -> DataLoader:
         return shard_loader(self.train_set, self.batch_size, seed=self.seed, world_size=self.trainer.world_size,
                             workers=self.workers, collate_fn=self.collate_fn)
 
     def configure_optimizers(self):
-        self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        return adamw_onecycle(self.model.parameters(), self.lr, self.weight_decay, self.total_steps)
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        return adamw_onecycle(self.model.parameters(), self.lr, self.weight_decay, steps)
 
 
 @quiet

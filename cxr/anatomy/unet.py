@@ -198,10 +198,7 @@ def prior_mask_baseline(train: MaskImages, data: MaskImages, structures: Sequenc
 
 def foreground_fraction(data: MaskImages) -> np.ndarray:
     """Per structure, the fraction of input pixels inside its mask over ``data`` (padding counts as outside)."""
-    total = np.zeros(len(data.items[0][1]) if data.items else 0, np.float64)
-    for _, y in data.items:
-        total += y.reshape(len(y), -1).mean(1)
-    return total / max(len(data.items), 1)
+    return np.mean([y.reshape(len(y), -1).mean(1) for _, y in data.items], axis=0)
 
 
 def set_prior_bias(model: OrganUNet, train: MaskImages, eps: float = 1e-4) -> np.ndarray:
