@@ -8,8 +8,9 @@ so their region labels (node loss) and, with GT boxes, their regions exist on a 
 This bench varies one thing at a time on a trained default workspace (read only):
 
 * boxes: predicted (detector) | GT (scene graph);
-* region features: the detector's box head (as the stage) | the trained densenet121's own backbone
-  feature map pooled inside each region box (``torchvision.ops.roi_align``);
+* region features: the detector's box head (AnaXNet as published, ``features.extractor: detector``) | the
+  trained densenet121's own feature map pooled inside each region box (``torchvision.ops.roi_align``, the
+  default ``features.extractor: densenet121``);
 * training images: every frontal image with features | only the images with a scene graph;
 * densenet121 retrained on the scene-graph images only (same params), beside the default model;
 * segfusion_van_gcn (default model) and the prevalence / pixels16 / metadata baselines.
@@ -33,58 +34,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
-from torchvision.ops import roi_align
 
 from _common import Workspace, auroc_ci, baselines, evaluate_dir, machine_line, print_table, train_eval, \
     training_precision
 from cxr.anatomy.features import extract_features
-from cxr.data import load_png_square
-from cxr.inference import load_model_dir
-from cxr.intensity import normalise
-from cxr.localize.boxes import Geometry
 from cxr.params import load_section
-
-
-def classifier_features(src: Path, dst: Path, ws: Workspace, model_dir: Path, batch: int = 32) -> dict:
-    """A copy of the features folder ``src`` whose features are the classifier backbone's map pooled inside each
-    region box (roi_align, 2 x 2 bins averaged, on the map the head pools) instead of the detector box head's."""
-    model, card = load_model_dir(model_dir)
-    model.eval()
-    size, norm = int(card["input"]["size"]), card["input"].get("normalisation")
-    index = pd.read_parquet(src / "index.parquet")
-    boxes = np.load(src / "boxes.npy")
-    mask = np.load(src / "mask.npy")
-    rows = ws.images.set_index("image_id")
-    with torch.inference_mode():
-        probe = model.features(torch.zeros(1, 1, size, size))
-    dim, grid = int(probe.shape[1]), int(probe.shape[-1])
-    feats = np.full((len(index), boxes.shape[1], dim), np.nan, np.float16)
-    for s in range(0, len(index), batch):
-        part = index.iloc[s:s + batch]
-        x = np.stack([load_png_square(ws.images_dir / p, size) for p in part["png_path"]])
-        with torch.inference_mode():
-            fmap = model.features(normalise(torch.from_numpy(x)[:, None], dict(norm)))
-            rois = []
-            for j, i in enumerate(part["image_id"]):
-                r = s + j
-                geo = Geometry.from_row({"image_id": i, **rows.loc[i].to_dict()}, size)
-                b = geo.png_to_input(np.nan_to_num(boxes[r]))
-                rois.append(torch.from_numpy(np.concatenate([np.full((len(b), 1), j), b], 1)).float())
-            pooled = roi_align(fmap.float(), torch.cat(rois), output_size=2, spatial_scale=grid / size,
-                               sampling_ratio=2, aligned=True).mean((2, 3))
-        pooled = pooled.reshape(len(part), boxes.shape[1], dim).numpy()
-        feats[s:s + len(part)] = np.where(mask[s:s + len(part), :, None], pooled, np.nan).astype(np.float16)
-    dst.mkdir(parents=True)
-    for f in ("index.parquet", "mask.npy", "boxes.npy", "scores.npy", "labels.npy"):
-        shutil.copy2(src / f, dst / f)
-    np.save(dst / "features.npy", feats, allow_pickle=False)
-    meta = json.loads((src / "meta.json").read_text())
-    meta.update(dim=dim, features_from=f"{card['architecture']} backbone map ({grid}x{grid} at {size} px), roi_align")
-    (dst / "meta.json").write_text(json.dumps(meta, indent=1))
-    return meta
 
 
 def main() -> None:
@@ -128,25 +83,25 @@ def main() -> None:
     if ws.model("segfusion_van_gcn").is_dir():
         row("segfusion_van_gcn (default model)", "image+UNet", "-", "all frontal",
             evaluate_dir(ws, ws.model("segfusion_van_gcn"), test_sg))
+    stage_meta = json.loads((ws.features_dir / "meta.json").read_text())
+    stage_feats = (stage_meta.get("extractor") or {}).get("architecture") or "detector"
     for model in args.models:
         if ws.model(model).is_dir():
-            row(f"{model} (default model)", "detector", "pred", "all frontal",
+            row(f"{model} (default model)", stage_feats, "pred", "all frontal",
                 evaluate_dir(ws, ws.model(model), test_sg, ws.features_dir))
 
-    # feature folders, cheapest first: detector on pred boxes (the stage's), classifier ROI on pred boxes,
-    # then the detector on GT boxes and the classifier ROI on GT boxes
+    # the four feature folders (extractor x boxes); the stage's own is reused, the others built here
     fparams = load_section("features", ws.params_file)
-    folders = {("detector", "pred"): ws.features_dir}
+    folders = {(stage_feats, stage_meta.get("box_source", "pred")): ws.features_dir}
 
     def build(feats: str, boxes: str) -> Path:
         t0 = time.perf_counter()
         dst = tmp / f"features_{feats}_{boxes}"
-        if not dst.exists() and feats == "detector":
+        if not dst.exists():
             extract_features(ws.model("detector"), ws.coco_dir, ws.images, ws.splits, ws.images_dir, dst, boxes=boxes,
                              score_thresh=fparams.score_thresh, views=fparams.views, batch_size=fparams.batch_size,
-                             device="cpu", progress=False)
-        elif not dst.exists():
-            classifier_features(folders[("detector", boxes)], dst, ws, ws.model(args.classifier))
+                             device="cpu", progress=False,
+                             backbone_dir=None if feats == "detector" else ws.model(feats))
         print(f"  features {feats} / {boxes} boxes built in {time.perf_counter() - t0:.0f} s", flush=True)
         return dst
 

@@ -340,6 +340,8 @@ class DetectorParams(_Section):
     box_batch_size_per_image: int = Field(64, ge=1, description="proposals sampled per image for the box-head loss")
     box_score_thresh: float = Field(0.01, ge=0, lt=1, description="minimum detection score kept at inference")
     box_detections_per_img: int = Field(100, ge=1, description="detections kept per image")
+    precision: Literal["auto", "32", "bf16", "16"] = Field(
+        "auto", description="auto: bf16 mixed on a GPU or on a CPU with native bf16, else 32 (cxr.precision)")
     workers: int = Field(0, ge=0, le=64, description="data-loader worker processes (0 = in the main process)")
     device: Device = Field("auto", description=_DEVICE_DOC)
     devices: int | Literal["auto"] = Field(1, description="devices (GPUs) per machine; > 1 with strategy ddp: one process each")
@@ -359,8 +361,12 @@ class DetectorParams(_Section):
 
 
 class FeaturesParams(_Section):
-    """Region features of every image from the trained detector (see cxr.anatomy.features)."""
+    """Region features of every image in the detector's boxes (see cxr.anatomy.features)."""
 
+    extractor: str = Field("densenet121", min_length=1, description=(
+        "what describes each region box: an image classifier of the zoo (the backbone stage trains it with the "
+        "train params; its feature map is pooled in the box) | detector (the detector's box head, AnaXNet as "
+        "published)"))
     boxes: Literal["pred", "gt"] = Field("pred", description="regions from the detector (pred) or the scene graph (gt)")
     score_thresh: float = Field(0.05, ge=0, lt=1, description="a region is present when its best box scores above this")
     views: list[str] = Field(default_factory=lambda: ["PA", "AP"], min_length=1, description="views extracted")

@@ -13,8 +13,10 @@ same file would have given it inside ``dvc repro``:
    training cache's loader :func:`cxr.data.load_png_square` (centred square pad, bilinear resize
    to the card's input size) and normalised with the card's constants (:func:`cxr.data.normalise`).
    Anatomy models (input kind ``region_features``) instead run the region detector
-   (``--detector``, default ``models/detector`` beside the model dir) through
-   :func:`cxr.anatomy.features.image_region_features` with ``features.score_thresh``.
+   (``--detector``, default ``models/detector`` beside the model dir) and, when their card says the
+   features were a classifier's map pooled in the boxes, that classifier (``--backbone``, default
+   ``models/backbone``) through :func:`cxr.anatomy.features.image_region_features` with
+   ``features.score_thresh``.
 3. outputs per image ``<out>/<stem>.json``: per-class probabilities, the card's validation
    thresholds (``thresholds``, Youden's J on the validation split), the positive classes
    (probability >= threshold), for CNN models a heatmap figure per positive class
@@ -53,7 +55,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cxr import shards
-from cxr.io import write_bytes, write_json
+from cxr.io import sha256_file, write_bytes, write_json
 from cxr.params import ConvertParams, FeaturesParams, LocalizeParams, ParamsError, load_section
 from cxr.errors import CxrError
 
@@ -228,6 +230,8 @@ class Predictor:
         convert: the ``convert`` params used to decode inputs (as the pipeline did).
         features: the ``features`` params (``score_thresh``) for anatomy models.
         detector_dir: region detector for anatomy models; default ``<model_dir>/../detector``.
+        backbone_dir: for anatomy models whose features were a classifier's map pooled in the boxes (card
+            ``input.extractor.kind == "backbone"``): that classifier; default ``<model_dir>/../backbone``.
         device: ``auto`` | ``cpu`` | ``cuda`` | ``mps``.
         method: CAM method passed to :func:`cxr.localize.cam.heatmaps` (CNN models).
 
@@ -238,7 +242,8 @@ class Predictor:
 
     def __init__(self, model_dir: str | Path, *, convert: ConvertParams | None = None,
                  features: FeaturesParams | None = None, detector_dir: str | Path | None = None,
-                 device: str = "auto", method: str = "gradcam", params: str | Path | None = None):
+                 device: str = "auto", method: str = "gradcam", params: str | Path | None = None,
+                 backbone_dir: str | Path | None = None):
         from cxr.anatomy.common import AnatomyError, pick_device  # lazy: torch stack
         from cxr.convert import Options, options_for_model  # lazy: torch stack
         from cxr.models.zoo import load_classifier  # lazy: torch stack
@@ -270,11 +275,14 @@ class Predictor:
         self.method = method
         self.detector = self.detector_card = None
         self.detector_dir: Path | None = None
+        self.backbone: tuple[Any, dict[str, Any]] | None = None
         if self.kind == "region_features":
             if self.features.boxes == "gt":
                 log.warning("features.boxes is 'gt' (scene-graph boxes) in the params, but a new image has no scene "
                             "graph: its regions come from the detector, unlike the features the model was trained on")
             self._load_detector(detector_dir)
+            if (self.card["input"].get("extractor") or {}).get("kind") == "backbone":
+                self._load_backbone(backbone_dir)
 
     @property
     def synthetic(self) -> bool:
@@ -311,11 +319,34 @@ class Predictor:
         regions = len(self.detector_card["regions"])
         dim = self.detector.roi_heads.box_head.fc7.out_features
         want = (int(self.card["input"]["num_regions"]), int(self.card["input"]["feature_dim"]))
+        if (self.card["input"].get("extractor") or {}).get("kind") == "backbone":
+            dim = want[1]  # the features come from the backbone (checked by its digest); only the regions here
         if (regions, dim) != want:
             raise PredictError(f"{d}: detector gives {regions} regions x {dim}-d features, but {self.model_dir} "
                                f"was trained on {want[0]} x {want[1]}; use the detector its features came from")
         self.detector.to(self.device)
         self.detector_dir = d
+
+    def _load_backbone(self, backbone_dir: str | Path | None) -> None:
+        from cxr.anatomy.common import AnatomyError  # lazy: torch stack
+        from cxr.anatomy.features import load_backbone  # lazy: torch stack
+
+        want = self.card["input"]["extractor"]
+        d = Path(backbone_dir) if backbone_dir is not None else self.model_dir.parent / "backbone"
+        arch = self.card["architecture"]
+        if not (d / "model.pt").is_file():
+            raise PredictError(f"{self.model_dir}: {arch} was trained on {want.get('architecture')} features pooled "
+                               f"in the region boxes, but {d} holds no model; pass --backbone DIR (the backbone "
+                               "stage's models/backbone)")
+        if sha256_file(d / "model.pt") != want.get("weights_sha256"):
+            raise PredictError(f"{d}: not the backbone {self.model_dir} was trained with (weights digest differs "
+                               f"from its card's {str(want.get('weights_sha256'))[:12]}...); pass the backbone stage's "
+                               "model dir of the same run")
+        try:
+            model, card = load_backbone(d)
+        except AnatomyError as exc:
+            raise PredictError(str(exc)) from None
+        self.backbone = (model.to(self.device), card)
 
     # ------------------------------------------------------------------ one file
 
@@ -342,8 +373,11 @@ class Predictor:
             from cxr.anatomy.common import gray_float  # lazy: torch stack
             from cxr.anatomy.features import image_region_features  # lazy: torch stack
 
+            square = (load_png_square(io.BytesIO(buf.getvalue()), int(self.backbone[1]["input"]["size"]))
+                      if self.backbone is not None else None)
             prep.regions = image_region_features(self.detector, self.detector_card, gray_float(png),
-                                                 self.features.score_thresh, self.device)
+                                                 self.features.score_thresh, self.device, backbone=self.backbone,
+                                                 square=square)
         return prep
 
     def raw_inputs(self, prep: Prepared) -> dict[str, torch.Tensor]:
@@ -851,7 +885,7 @@ def predict_file(predictor: Predictor, path: str | Path, out_dir: str | Path, st
 def run(paths: Sequence[str | Path], model_dir: str | Path, out_dir: str | Path, *, params: str | Path | None = None,
         similar: int = 0, index_dir: str | Path | None = None, method: str = "gradcam", device: str = "auto",
         detector_dir: str | Path | None = None, heatmaps: bool = True,
-        images_dir: str | Path | None = DEFAULT_IMAGES) -> int:
+        images_dir: str | Path | None = DEFAULT_IMAGES, backbone_dir: str | Path | None = None) -> int:
     """Predict every file; return 0 when all succeeded, 1 when some failed (each one logged with its path).
 
     ``summary.json`` also counts the heatmaps written and those skipped per reason, and repeats the
@@ -866,7 +900,7 @@ def run(paths: Sequence[str | Path], model_dir: str | Path, out_dir: str | Path,
         raise PredictError(f"--method {method!r} is not a heatmap method; choose one of {list(HEATMAP_METHODS)}")
     features = load_section("features", params) if params is not None else FeaturesParams()
     predictor = Predictor(model_dir, features=features, detector_dir=detector_dir, device=device,
-                          method=method, params=params)
+                          method=method, params=params, backbone_dir=backbone_dir)
     note = predictor.data_note()
     if note is not None:
         log.warning("%s: %s", model_dir, note)
@@ -920,6 +954,9 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
                    help="write a captioned heatmap overlay per positive class (CNN models)")
     p.add_argument("--detector", type=Path, default=None,
                    help="region detector for anatomy models (default: models/detector beside --model)")
+    p.add_argument("--backbone", type=Path, default=None,
+                   help="classifier whose map gave an anatomy model's region features (default: models/backbone "
+                        "beside --model; checked against the digest its card records)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where the model runs (default: auto = a GPU when there is one)")
     p.set_defaults(func=_cmd_predict)
@@ -930,7 +967,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     try:
         return run(args.images, args.model, args.out, params=args.params, similar=args.similar, index_dir=args.index,
                    method=args.method, device=args.device, detector_dir=args.detector, heatmaps=args.heatmaps,
-                   images_dir=args.images_dir)
+                   images_dir=args.images_dir, backbone_dir=args.backbone)
     except (PredictError, ParamsError) as exc:
         log.error("%s", exc)
         return 2

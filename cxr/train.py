@@ -23,8 +23,10 @@ size, normalisation, thresholds chosen on VALIDATION, params, data hashes).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,8 +39,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from cxr.distributed import digests_agree, gather_by_index
+from cxr.distributed import digests_agree, gather_by_index, is_rank_zero
 from cxr import modeldir
+from cxr.convert import card_settings
+from cxr.io import atomic_dir, scratch_dir, sha256_file
+from cxr.labels import label_names
 from cxr.engine import TrainError, fit_module, make_logger
 from cxr.evaluate.metrics import macro_auroc, val_thresholds  # noqa: F401  (re-exported: cxr.train.val_thresholds)
 from cxr.inference import build_datasets, load_model_dir, model_inputs, predict  # noqa: F401  (re-exported)
@@ -249,6 +254,27 @@ def save_model_dir(out_dir: str | Path, model: nn.Module, card: Mapping[str, Any
     modeldir.save_model_dir(out_dir, model, _jsonable(dict(card)))
 
 
+def card_identity(name: str, *, names: Sequence[str], uncertainty: Mapping[str, Any], convert: Mapping[str, Any] | None,
+                  params: Any, seed: int, data_source: Mapping[str, str] | None,
+                  data_hashes: Mapping[str, str] | None) -> dict[str, Any]:
+    """The card entries that fix what a training run computes (model, labels, label policy, decoding, params,
+    seed, data): two runs with equal identities train the same weights (training is deterministic)."""
+    return {
+        "architecture": name, "label_names": list(names), "uncertainty": dict(uncertainty),
+        "convert": dict(convert) if convert is not None else None,
+        # pretrained files by name only: a card holds no machine path
+        "params": {**params.model_dump(), "pretrained": {k: Path(v).name for k, v in params.pretrained.items()}},
+        "seed": seed, "data_source": dict(data_source) if data_source is not None else None,
+        "data_hashes": dict(data_hashes or {}),
+    }
+
+
+def identity_mismatch(card: Mapping[str, Any], ident: Mapping[str, Any]) -> list[str]:
+    """Keys of :func:`card_identity` on which a saved card differs (as JSON) from ``ident``; [] = the same run."""
+    return [k for k, v in _jsonable(dict(ident)).items()
+            if json.dumps(card.get(k), sort_keys=True) != json.dumps(v, sort_keys=True)]
+
+
 def train_model(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.DataFrame, images_dir: str | Path,
                 names: Sequence[str], uncertainty: Mapping[str, Any], params: Any, seed: int, out_dir: str | Path,
                 log_dir: str | Path | None, cache_dir: str | Path, features_dir: str | Path | None = None,
@@ -315,21 +341,26 @@ def train_model(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits
     model.cpu()
     val_probs = predict(model, va, batch_size=params.batch_size, norm=norm)
     thresholds = val_thresholds(val_probs, va.targets, va.mask, names)
+    ident = card_identity(name, names=names, uncertainty=uncertainty, convert=convert, params=params, seed=seed,
+                          data_source=data_source, data_hashes=data_hashes)
     card = {
         "architecture": name,
         # the weights file is read once, here: a model dir is rebuilt from model.pt alone
         "model_kwargs": {**kwargs, "weights": None} if "weights" in kwargs else kwargs,
-        "label_names": list(names),
+        "label_names": ident["label_names"],
         "input": ({"kind": "image", "size": params.image_size, "channels": 1, "dtype": "uint8", "normalisation": dict(norm)}
                   if not regions else {"kind": "region_features", "num_regions": kwargs["num_regions"],
                                        "feature_dim": kwargs["feature_dim"],
                                        # GT scene-graph boxes at test time are an oracle: say so everywhere
-                                       "box_source": tr.feats.meta.get("box_source")}),
+                                       "box_source": tr.feats.meta.get("box_source"),
+                                       # what computed the features (cxr predict recomputes them the same way)
+                                       "extractor": tr.feats.meta.get("extractor",
+                                                                      {"kind": "detector"})}),
         "pretrained": pretrained,
         "thresholds": thresholds,
         "threshold_rule": "Youden J on the validation split",
-        "uncertainty": dict(uncertainty),
-        "convert": dict(convert) if convert is not None else None,
+        "uncertainty": ident["uncertainty"],
+        "convert": ident["convert"],
         # What the loss saw per class (after the uncertainty/blank policy): a class trained on one
         # value only would show here. "No Finding" blanks where another finding is 1 / -1 are
         # negatives under every blank policy (cxr.labels.apply_uncertainty).
@@ -337,12 +368,79 @@ def train_model(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits
                               "negatives": int((tr.targets[:, c][tr.mask[:, c]] == 0).sum()),
                               "masked": int((~tr.mask[:, c]).sum())} for c, n in enumerate(names)},
         # pretrained files by name only: a card holds no machine path (the sha256 above identifies an xrv file)
-        "params": {**params.model_dump(), "pretrained": {k: Path(v).name for k, v in params.pretrained.items()}},
+        "params": ident["params"],
         "seed": seed,
-        "data_source": dict(data_source) if data_source is not None else None,
-        "data_hashes": dict(data_hashes or {}),
+        "data_source": ident["data_source"],
+        "data_hashes": ident["data_hashes"],
         "train": {"images": len(tr), "val_images": len(va), **{k: v for k, v in summary.items()}},
     }
     save_model_dir(out_dir, model, card)
     log.info("%s: best epoch %d, val macro AUROC %.3f -> %s", name, summary["best_epoch"], summary["best_val_macro_auroc"], out_dir)
     return card
+
+
+# ----------------------------------------------------------------------------- the training stages
+
+
+def reuse_trained(src_dir: str | Path, src_log: str | Path | None, out_dir: str | Path, log_dir: str | Path | None,
+                  ident: Mapping[str, Any]) -> str | None:
+    """Copy the model dir ``src_dir`` (and its DVCLive log) to ``out_dir`` when its card records the same
+    :func:`card_identity`: that run trained exactly what this one would. Returns None when copied, else why not.
+
+    The ``backbone`` stage trains the region-feature classifier (``features.extractor``); ``train@M`` of the same
+    model, with the same params and data, takes its weights instead of training them a second time.
+    """
+    src = Path(src_dir)
+    try:
+        card = modeldir.read_card(src)
+    except Exception as exc:  # noqa: BLE001  (a marker folder or no model dir: train normally)
+        return f"{src} is no model dir ({type(exc).__name__})"
+    if not (src / modeldir.WEIGHTS).is_file():
+        return f"{src} has no {modeldir.WEIGHTS}"
+    diff = identity_mismatch(card, ident)
+    if diff:
+        return f"{src} was trained with other {', '.join(diff)}"
+    if not is_rank_zero():
+        return None  # under a launcher: rank 0 copies
+    with atomic_dir(out_dir) as tmp:
+        for f in src.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+    if log_dir is not None and src_log is not None and Path(src_log).is_dir():
+        with atomic_dir(log_dir) as tmp:
+            shutil.copytree(src_log, tmp, dirs_exist_ok=True)
+    return None
+
+
+def train_stage(name: str, *, table: str | Path, labels: str | Path, splits: str | Path, images_dir: str | Path,
+                base: Any, label: Any, params: Any, convert: Any, ingest: Any, out_dir: str | Path,
+                log_dir: str | Path | None, cache_dir: str | Path | None = None, features_dir: str | Path | None = None,
+                unet_dir: str | Path | None = None, reuse: tuple[str | Path, str | Path | None] | None = None,
+                log: logging.Logger | None = None) -> dict[str, Any]:
+    """What ``train@M`` and ``backbone`` run: read the stage's tables, train ``name`` (:func:`train_model`) with
+    the params sections, or copy ``reuse = (model dir, log dir)`` when it was trained with the same identity.
+
+    Returns:
+        the card written (``{}`` on DDP ranks > 0).
+    """
+    log = log or logging.getLogger(__name__)
+    hashes = {k: sha256_file(v) for k, v in (("images", table), ("labels", labels), ("splits", splits))}
+    names = label_names(base.label_space)
+    unc = {"policy": dict(label.uncertainty.per_class), "default": label.uncertainty.default,
+           "blank": label.uncertainty.blank}
+    conv, source = card_settings(convert), ingest.source_kind()
+    if reuse is not None:
+        ident = card_identity(name, names=names, uncertainty=unc, convert=conv, params=params, seed=base.seed,
+                              data_source=source, data_hashes=hashes)
+        why = reuse_trained(reuse[0], reuse[1], out_dir, log_dir, ident)
+        if why is None:
+            log.info("%s: the same training as %s (model, params, seed, data): its weights copied, not retrained",
+                     name, reuse[0])
+            return modeldir.read_card(out_dir) if is_rank_zero() else {}
+        log.info("%s: trained here, not copied from %s: %s", name, reuse[0], why)
+    with scratch_dir("cxr-cache") as tmp:
+        return train_model(
+            name, images=pd.read_parquet(table), labels=pd.read_parquet(labels), splits=pd.read_parquet(splits),
+            images_dir=images_dir, names=names, uncertainty=unc, params=params, seed=base.seed, out_dir=out_dir,
+            log_dir=log_dir, cache_dir=cache_dir or tmp, features_dir=features_dir, unet_dir=unet_dir,
+            data_hashes=hashes, convert=conv, data_source=source)

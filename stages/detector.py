@@ -46,6 +46,7 @@ def _run(args: argparse.Namespace, base, params, convert, *, log: logging.Logger
                                 image_size=params.image_size, device=params.device)
     metrics["train_seconds"] = card["train_seconds"]
     metrics["steps"], metrics["world_size"] = card["steps"], card["world_size"]  # optimiser steps, DDP processes
+    metrics["precision"] = card["precision"]  # trained in (Lightning precision); evaluation runs in float32
     metrics["backbone"] = params.backbone
     write_json(args.metrics, metrics)
     log.info("detector done: test AP50 %.3f, mAP %.3f", metrics["test"]["AP50"], metrics["test"]["mAP"])

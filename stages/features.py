@@ -1,4 +1,7 @@
-"""DVC stage `features`: 1024-d region features of every image from the trained detector (see cxr.anatomy.features).
+"""DVC stage `features`: region features of every image in the trained detector's boxes (see cxr.anatomy.features).
+
+The features are the backbone stage's classifier map pooled in each box (--backbone), or the detector's
+box-head outputs when that stage is not applicable (features.extractor: detector).
 
 Writes the features folder (features / mask / boxes / scores / labels .npy, index.parquet, meta.json)
 and a copy of meta.json (counts, box source) to --metrics.
@@ -13,7 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr.anatomy.features import extract_features
+from cxr.anatomy.common import AnatomyError
+from cxr.anatomy.features import DETECTOR, extract_features
 from cxr.applicability import marker, reason_of
 from cxr.distributed import is_rank_zero
 from cxr.io import write_json
@@ -24,6 +28,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("--model", required=True, help="detector model dir (models/detector)")
+    p.add_argument("--backbone", default=None, help="the backbone stage's classifier (models/backbone); a "
+                                                     "not-applicable marker there = the detector's box head")
     p.add_argument("--coco", required=True, help="COCO folder (ground-truth boxes and region labels)")
     p.add_argument("--images", required=True, help="images table (data/interim/images.parquet)")
     p.add_argument("--image-dir", required=True, help="PNG folder (data/interim/images)")
@@ -40,11 +46,15 @@ def _run(args: argparse.Namespace, params, *, log: logging.Logger) -> int | None
         write_json(Path(args.out) / "marker.json", marker(reason))
         write_json(args.metrics, marker(reason))
         return 0
+    backbone = args.backbone if args.backbone and not reason_of(args.backbone) else None
+    if backbone is None and params.extractor != DETECTOR:
+        raise AnatomyError(f"features.extractor = {params.extractor!r} but no backbone model dir was given "
+                           f"(--backbone {args.backbone}); run the backbone stage first")
     meta = extract_features(
         model_dir=args.model, coco_dir=args.coco, images=pd.read_parquet(args.images),
         splits=pd.read_parquet(args.splits), images_dir=args.image_dir, out_dir=args.out,
         boxes=params.boxes, score_thresh=params.score_thresh, views=params.views,
-        batch_size=params.batch_size, device=params.device,
+        batch_size=params.batch_size, device=params.device, backbone_dir=backbone,
     )
     if not is_rank_zero():
         return 0  # torchrun: rank 0 writes the summary (and wrote the folder)

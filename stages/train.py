@@ -2,6 +2,8 @@
 
 Writes models/<M>/model.pt + card.json (label names, input size, normalisation, validation
 thresholds, params, data hashes) and DVCLive training curves under reports/training/<M>.
+With --backbone: when that model dir (the `backbone` stage's) was trained as M with the same
+params, seed and data, its weights and log are copied instead of training M a second time.
 """
 
 from __future__ import annotations
@@ -10,12 +12,7 @@ import argparse
 import logging
 import sys
 
-import pandas as pd
-
-from cxr.labels import label_names
-from cxr.convert import card_settings
-from cxr.io import scratch_dir, sha256_file
-from cxr.train import train_model
+from cxr.train import train_stage
 from cxr.stage import run
 
 
@@ -29,6 +26,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", required=True, help="splits table (data/processed/splits.parquet)")
     p.add_argument("--features", default=None, help="region feature dir (anatomy models)")
     p.add_argument("--unet", default=None, help="UNet model dir (segfusion_van_gcn)")
+    p.add_argument("--backbone", default=None, help="the backbone stage's model dir (models/backbone): reused when "
+                                                     "it is this model trained the same way")
+    p.add_argument("--backbone-log", default=None, help="its DVCLive dir (reports/backbone/live), copied with it")
     p.add_argument("--out", required=True, help="model dir (models/<M>)")
     p.add_argument("--log-dir", default=None, help="DVCLive dir (reports/training/<M>)")
     p.add_argument("--cache-dir", default=None, help="image cache dir (default: a temporary dir)")
@@ -36,16 +36,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, base, label, params, convert, ingest, *, log: logging.Logger) -> int | None:
-    hashes = {k: sha256_file(v) for k, v in (("images", args.table), ("labels", args.labels), ("splits", args.splits))}
-    with scratch_dir("cxr-cache") as tmp:
-        train_model(
-            args.model, images=pd.read_parquet(args.table), labels=pd.read_parquet(args.labels),
-            splits=pd.read_parquet(args.splits), images_dir=args.images, names=label_names(base.label_space),
-            uncertainty={"policy": dict(label.uncertainty.per_class), "default": label.uncertainty.default,
-                         "blank": label.uncertainty.blank}, params=params, seed=base.seed, out_dir=args.out,
-            log_dir=args.log_dir, cache_dir=args.cache_dir or tmp, features_dir=args.features, unet_dir=args.unet,
-            data_hashes=hashes, convert=card_settings(convert), data_source=ingest.source_kind(),
-        )
+    train_stage(args.model, table=args.table, labels=args.labels, splits=args.splits, images_dir=args.images,
+                base=base, label=label, params=params, convert=convert, ingest=ingest, out_dir=args.out,
+                log_dir=args.log_dir, cache_dir=args.cache_dir, features_dir=args.features, unet_dir=args.unet,
+                reuse=(args.backbone, args.backbone_log) if args.backbone else None, log=log)
     return 0
 
 

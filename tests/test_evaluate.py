@@ -211,6 +211,11 @@ def test_models_table_shows_auroc_per_view_and_flags_gt_boxes_at_test():
     assert "AP views" in text and data["anaxnet"]["by_view"]["PA"]["test_images"] == n // 2
     assert data["anaxnet"]["region_boxes"]["source"] == "gt"
     assert region_box_note({"input": {"box_source": "pred"}})["source"] == "pred"
+    # and what described each box: the classifier backbone (default) or, in older cards, the detector's box head
+    note = region_box_note({"input": {"box_source": "pred", "extractor": {"kind": "backbone",
+                                                                          "architecture": "densenet121"}}})
+    assert note["features"] == "densenet121" and "densenet121 feature map pooled" in note["note"]
+    assert "box-head" in region_box_note({"input": {"box_source": "pred"}})["note"]
 
 
 def test_reliability_bins_give_back_the_ece_and_counts_add_up():

@@ -107,7 +107,7 @@ def test_errors_name_the_value(anatomy_data, detector_dir, tmp_path):
 def test_stage_writes_the_folder_and_summary(anatomy_data, detector_dir, tmp_path):
     d = anatomy_data
     params = tmp_path / "params.yaml"
-    params.write_text("features: {boxes: gt}\n")
+    params.write_text("features: {boxes: gt, extractor: detector}\n")
     rc = features_stage.main(["--params", str(params), "--model", str(detector_dir), "--coco", str(d["coco"]),
                               "--images", str(d["images"]), "--image-dir", str(d["image_dir"]),
                               "--splits", str(d["splits"]), "--out", str(tmp_path / "f"),
@@ -115,3 +115,79 @@ def test_stage_writes_the_folder_and_summary(anatomy_data, detector_dir, tmp_pat
     assert rc == 0
     assert json.loads((tmp_path / "features.json").read_text())["box_source"] == "gt"
     load_features(tmp_path / "f")
+    assert json.loads((tmp_path / "features.json").read_text())["extractor"]["kind"] == "detector"
+
+
+@pytest.fixture(scope="module")
+def backbone_dir(tmp_path_factory):
+    """An untrained resnet18 classifier model dir at 64 px: what the backbone stage writes."""
+    from cxr.intensity import NORMALISATION
+    from cxr.modeldir import save_model_dir
+    from cxr.models.zoo import create_model
+
+    torch.manual_seed(3)
+    kw = {"num_classes": 2, "image_size": 64}
+    model = create_model("resnet18", **kw).eval()
+    out = tmp_path_factory.mktemp("bb") / "backbone"
+    save_model_dir(out, model, {"architecture": "resnet18", "model_kwargs": kw, "label_names": ["A", "B"],
+                                "input": {"kind": "image", "size": 64, "channels": 1, "normalisation": dict(NORMALISATION)}})
+    return out
+
+
+def test_backbone_features_are_the_classifier_map_pooled_in_each_box(anatomy_data, detector_dir, backbone_dir,
+                                                                     tmp_path):
+    """features.extractor = a classifier: its feature map, roi-aligned in each region box mapped onto its square
+    input the way the localisation code maps boxes (cxr.localize.boxes.Geometry)."""
+    from torchvision.ops import roi_align
+
+    from cxr.data import load_png_square, normalise
+    from cxr.inference import load_model_dir
+    from cxr.localize.boxes import Geometry
+
+    d = anatomy_data
+    meta = _extract(d, detector_dir, tmp_path / "f", boxes="gt", backbone_dir=backbone_dir)
+    arrays, index, _ = load_features(tmp_path / "f")
+    model, card = load_model_dir(backbone_dir)
+    dim = model.features.num_features
+    assert meta["extractor"]["kind"] == "backbone" and meta["extractor"]["architecture"] == "resnet18"
+    assert meta["dim"] == dim and arrays["features"].shape == (len(index), len(meta["regions"]), dim)
+    m = arrays["mask"]
+    assert np.isnan(arrays["features"][~m].astype(np.float32)).all()
+    assert np.isfinite(arrays["features"][m].astype(np.float32)).all()
+    # the same regions and boxes as the detector's own features: only the description of each box changed
+    ref = _extract(d, detector_dir, tmp_path / "h", boxes="gt")
+    head, _, _ = load_features(tmp_path / "h")
+    assert (head["mask"] == m).all() and np.array_equal(head["boxes"], arrays["boxes"], equal_nan=True)
+    assert ref["extractor"]["kind"] == "detector" and ref["dim"] == 1024
+    # one row recomputed by hand
+    images = pd.read_parquet(d["images"]).set_index("image_id")
+    i = int(np.flatnonzero(m.any(1))[-1])
+    row = images.loc[index.at[i, "image_id"]]
+    geo = Geometry.from_row({"image_id": index.at[i, "image_id"], **row.to_dict()}, 64)
+    x = np.array(load_png_square(d["image_dir"] / index.at[i, "png_path"], 64))
+    with torch.inference_mode():
+        fmap = model.features(normalise(torch.from_numpy(x)[None, None]))
+        b = torch.from_numpy(geo.png_to_input(arrays["boxes"][i][m[i]])).float()
+        want = roi_align(fmap, [b], output_size=2, spatial_scale=fmap.shape[-1] / 64, sampling_ratio=2,
+                         aligned=True).mean((2, 3))
+    np.testing.assert_allclose(arrays["features"][i][m[i]].astype(np.float32), want.numpy(), rtol=1e-2, atol=1e-2)
+
+
+def test_stage_needs_the_backbone_it_is_told_to_use(anatomy_data, detector_dir, backbone_dir, tmp_path, caplog):
+    from cxr.applicability import marker
+    from cxr.io import write_json
+
+    d = anatomy_data
+    params = tmp_path / "params.yaml"
+    params.write_text("features: {boxes: gt, extractor: resnet18}\n")
+    args = ["--params", str(params), "--model", str(detector_dir), "--coco", str(d["coco"]), "--images",
+            str(d["images"]), "--image-dir", str(d["image_dir"]), "--splits", str(d["splits"]),
+            "--out", str(tmp_path / "f"), "--metrics", str(tmp_path / "features.json")]
+    write_json(tmp_path / "marker" / "marker.json", marker("features.extractor is 'detector'"))
+    for bad in ([], ["--backbone", str(tmp_path / "marker")]):
+        caplog.clear()
+        assert features_stage.main([*args, *bad]) == 1
+        assert "features.extractor = 'resnet18'" in caplog.text and "backbone stage" in caplog.text
+    assert not (tmp_path / "f").exists()
+    assert features_stage.main([*args, "--backbone", str(backbone_dir)]) == 0
+    assert json.loads((tmp_path / "features.json").read_text())["extractor"]["architecture"] == "resnet18"

@@ -509,3 +509,47 @@ def test_predict_reads_converted_images_from_shards_as_from_files(tiny, tmp_path
         a.pop("input"), b.pop("input"), c.pop("input")
         assert a == b == c
     assert _predict(tiny, [tmp_path / "shards" / "nope" / "x.png"], tmp_path / "bad") == 1
+
+
+def test_anatomy_model_on_backbone_features_needs_that_backbone(tiny, realdata, tmp_path, caplog):
+    """A region model trained on a classifier's map pooled in the boxes (features.extractor) recomputes them with
+    that very classifier: a missing or different backbone is refused, naming --backbone."""
+    from cxr.anatomy.detector import ARCHITECTURE, build_detector
+    from cxr.intensity import NORMALISATION
+    from cxr.io import sha256_file
+    from cxr.models.zoo import create_model
+    from cxr.modeldir import save_model_dir
+    from cxr.params import DetectorParams
+
+    regions, findings = ["right lung", "left lung"], ["lung opacity"]
+    dp = DetectorParams(backbone="tiny_fpn", image_size=64)
+    torch.manual_seed(0)
+    save_model_dir(tmp_path / "models" / "detector", build_detector(len(regions), dp),
+                   {"architecture": ARCHITECTURE, "backbone": "tiny_fpn", "regions": regions, "findings": findings,
+                    "input": {"size": 64}, "params": dp.model_dump()})
+    bkw = {"num_classes": 2, "image_size": 64}
+    bcard = {"architecture": "resnet18", "model_kwargs": bkw, "label_names": ["A", "B"],
+             "input": {"kind": "image", "size": 64, "channels": 1, "normalisation": dict(NORMALISATION)}}
+    for name, seed in (("backbone", 1), ("other", 2)):
+        torch.manual_seed(seed)
+        save_model_dir(tmp_path / name, create_model("resnet18", **bkw).eval(), bcard)
+    dim = 512  # resnet18's feature map
+    names = tiny["names"][:2]
+    kw = {"num_classes": 2, "num_regions": len(regions), "feature_dim": dim, "num_findings": len(findings), "hidden": 16}
+    adj = np.eye(len(regions), dtype=np.float32)
+    extractor = {"kind": "backbone", "architecture": "resnet18", "input_size": 64,
+                 "weights_sha256": sha256_file(tmp_path / "backbone" / "model.pt")}
+    save_model_dir(tmp_path / "models" / "anaxnet", create_model("anaxnet", **kw, adjacency=adj),
+                   {"architecture": "anaxnet", "model_kwargs": {**kw, "adjacency": adj.tolist()}, "label_names": names,
+                    "input": {"kind": "region_features", "num_regions": len(regions), "feature_dim": dim,
+                              "extractor": extractor}, "thresholds": {names[0]: 0.0, names[1]: 1.01}})
+    img = realdata / "siim" / "Fake_MONOHR1.dcm"
+    model = tmp_path / "models" / "anaxnet"
+    assert _predict(tiny, [img], tmp_path / "o", model=model) == 2  # no models/backbone beside it
+    assert "pass --backbone" in caplog.text
+    caplog.clear()
+    assert _predict(tiny, [img], tmp_path / "o", "--backbone", str(tmp_path / "other"), model=model) == 2
+    assert "weights digest differs" in caplog.text
+    assert _predict(tiny, [img], tmp_path / "o", "--backbone", str(tmp_path / "backbone"), model=model) == 0
+    rec = json.loads((tmp_path / "o" / "Fake_MONOHR1.json").read_text())
+    assert rec["positive"] == [names[0]] and any(r["present"] for r in rec["regions"].values())

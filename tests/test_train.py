@@ -296,13 +296,16 @@ def test_region_models_train_and_evaluate_on_feature_folder(tiny_proc, tmp_path,
     ids = sorted(images.loc[images["status"] == "ok", "image_id"])
     fdir = _region_dir(tmp_path / "features", n=len(ids), d=8)
     pd.DataFrame({"row": range(len(ids)), "image_id": ids}).to_parquet(fdir / "index.parquet")
+    extractor = {"kind": "backbone", "architecture": "densenet121", "input_size": 64, "weights_sha256": "0" * 64}
     (fdir / "meta.json").write_text(json.dumps({"regions": [f"region{k}" for k in range(18)], "findings": ["a", "b", "c"],
-                                                "box_source": "gt"}))
+                                                "box_source": "gt", "extractor": extractor}))
     params = TrainParams(epochs=1, batch_size=8, graph={"hidden": 16, "edges": "cooccurrence"})
     card = train_model(name, images=images, labels=labels, splits=splits, images_dir=r / "images",
                        names=label_names("chexpert14"), uncertainty={}, params=params, seed=0, out_dir=tmp_path / "m",
                        log_dir=None, cache_dir=tmp_path / "c", features_dir=fdir, progress=False)
-    assert card["input"] == {"kind": "region_features", "num_regions": 18, "feature_dim": 8, "box_source": "gt"}
+    # what computed the features travels into the card (cxr predict recomputes them with the same backbone)
+    assert card["input"] == {"kind": "region_features", "num_regions": 18, "feature_dim": 8, "box_source": "gt",
+                             "extractor": extractor}
     metrics, roc, pr, pred = evaluate_model(tmp_path / "m", images=images, labels=labels, splits=splits,
                                             images_dir=r / "images", cache_dir=tmp_path / "c2", features_dir=fdir,
                                             n_boot=20, progress=False)
@@ -383,3 +386,62 @@ def test_gpu_code_paths_build_on_cpu(monkeypatch):
     # epoch 1 in the same order; later epochs reshuffle (persistent workers draw no new base seed)
     assert with_workers[:3] == in_process[:3]
     assert sorted(sum(with_workers[:3], [])) == sorted(sum(with_workers[3:], [])) == list(range(12))
+
+
+def test_backbone_stage_trains_once_and_train_copies_it(tiny_proc, tmp_path, caplog):
+    """The region-feature classifier (stage `backbone`) is trained exactly as train@M; train@M then copies it,
+    and trains itself as soon as anything that changes the weights differs."""
+    import logging
+
+    from stages import backbone as backbone_stage
+    from stages import train as train_stage
+
+    r = tiny_proc
+    common = ["--images", str(r / "images"), "--table", str(r / "images.parquet"), "--labels", str(r / "labels.parquet"),
+              "--splits", str(r / "splits.parquet")]
+    p = tiny_params(tmp_path / "params.yaml", evaluate={"bootstrap": 50}, features={"extractor": "resnet18"})
+    bb, bb_log = tmp_path / "backbone", tmp_path / "backbone_live"
+    assert backbone_stage.main(["--params", str(p), *common, "--out", str(bb), "--log-dir", str(bb_log)]) == 0
+    assert json.loads((bb / "card.json").read_text())["architecture"] == "resnet18"
+    # train@resnet18 on its own gives the very same weights: the backbone is that training, not another one
+    assert train_stage.main(["--params", str(p), "--model", "resnet18", "--out", str(tmp_path / "alone"), *common]) == 0
+    assert (tmp_path / "alone" / "model.pt").read_bytes() == (bb / "model.pt").read_bytes()
+    caplog.set_level(logging.INFO)
+    reuse = ["--backbone", str(bb), "--backbone-log", str(bb_log)]
+    assert train_stage.main(["--params", str(p), "--model", "resnet18", *reuse, "--out", str(tmp_path / "copy"),
+                             "--log-dir", str(tmp_path / "copy_live"), *common]) == 0
+    assert "weights copied, not retrained" in caplog.text
+    assert (tmp_path / "copy" / "model.pt").read_bytes() == (bb / "model.pt").read_bytes()
+    assert (tmp_path / "copy" / "card.json").read_text() == (bb / "card.json").read_text()
+    assert sorted(f.relative_to(bb_log) for f in bb_log.rglob("*")) == \
+        sorted(f.relative_to(tmp_path / "copy_live") for f in (tmp_path / "copy_live").rglob("*"))
+    # another model, or the same model with another lr: trained here, and the log says why
+    caplog.clear()
+    p2 = tiny_params(tmp_path / "params2.yaml", train={"lr": 0.003}, features={"extractor": "resnet18"})
+    assert train_stage.main(["--params", str(p2), "--model", "resnet18", *reuse, "--out", str(tmp_path / "lr"),
+                             *common]) == 0
+    assert "trained here, not copied" in caplog.text and "params" in caplog.text
+    assert (tmp_path / "lr" / "model.pt").read_bytes() != (bb / "model.pt").read_bytes()
+    caplog.clear()
+    assert train_stage.main(["--params", str(p), "--model", "densenet121", *reuse, "--out", str(tmp_path / "dn"),
+                             *common]) == 0
+    assert "trained here, not copied" in caplog.text and "architecture" in caplog.text
+
+
+def test_backbone_stage_markers_and_bad_extractor(tiny_proc, tmp_path, caplog):
+    from cxr.applicability import reason_of
+    from stages import backbone as backbone_stage
+
+    r = tiny_proc
+    common = ["--images", str(r / "images"), "--table", str(r / "images.parquet"), "--labels", str(r / "labels.parquet"),
+              "--splits", str(r / "splits.parquet"), "--out", str(tmp_path / "bb"), "--log-dir", str(tmp_path / "live")]
+    p = tiny_params(tmp_path / "params.yaml", features={"extractor": "detector"})
+    assert backbone_stage.main(["--params", str(p), *common]) == 0
+    assert "box-head" in reason_of(tmp_path / "bb")
+    for f in ("metrics.json", "params.yaml", "plots/metrics/marker.json"):  # every declared output exists
+        assert reason_of(json.loads((tmp_path / "live" / f).read_text()))
+    for bad in ("anaxnet", "segfusion_van_gcn", "densenet12"):
+        caplog.clear()
+        p = tiny_params(tmp_path / "bad.yaml", features={"extractor": bad})
+        assert backbone_stage.main(["--params", str(p), *common]) == 2
+        assert f"features.extractor = {bad!r}" in caplog.text and "densenet121" in caplog.text

@@ -49,6 +49,7 @@ from cxr.models.detector import (  # noqa: F401  (re-exported: the network lives
     tiny_fpn_backbone,
 )
 from cxr.params import DetectorParams
+from cxr.precision import precision_for
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +147,11 @@ def train_detector(
         raise AnatomyError(f"{coco_dir / 'train.json'} has no images; the detector needs training scene graphs")
     model = build_detector(len(train.categories), params, pretrained=params.pretrained)
     module = DetectorModule(model, train, params, seed)  # builds its loader: batch_size per process
+    precision = precision_for(params.precision, lightning_accelerator(device))
     trainer, seconds = fit_module(module, None, epochs=params.epochs, max_steps=params.max_steps,
                                   accelerator=lightning_accelerator(device), devices=params.devices,
-                                  strategy=params.strategy, num_nodes=params.num_nodes, logger=make_logger(live_dir))
+                                  strategy=params.strategy, num_nodes=params.num_nodes, precision=precision,
+                                  logger=make_logger(live_dir))
     if not rank_zero_writes(trainer, module.model, "detector"):
         return module.model.cpu().eval(), {}  # DDP rank > 0: rank 0 writes the model dir
     model = module.model.cpu().eval()
@@ -166,6 +169,7 @@ def train_detector(
         "seed": seed,
         "data": {"train_json_sha256": sha256_file(coco_dir / "train.json"), "train_images": len(train)},
         "train_seconds": round(seconds, 1),
+        "precision": precision,  # the Lightning precision the weights were trained in
         "steps": trainer.global_step,  # optimiser steps (each of batch_size x world_size images)
         "world_size": trainer.world_size,
     }

@@ -126,7 +126,7 @@ def models_table(metrics: Mapping[str, dict], predictions: Mapping[str, pd.DataF
                          "value only on the test truth): " + "; ".join(f"{k} ({v})" for k, v in left.items()))
     for m in metrics:
         rb = metrics[m].get("region_boxes") or {}
-        if rb.get("source") == "gt":
+        if rb:  # every region model: where its boxes came from and what described them
             notes.append(f"- {m}: {rb.get('note')}")
     tail = ["", *notes] if notes else []
     return "\n".join(head + rows + tail) + "\n", data

@@ -297,7 +297,7 @@ def classifiers_section(dag: Dag, inputs: ReportInputs, evals: dict[str, tuple[d
                          *[(_ci(views[v].get("macro_auroc"), views[v].get("macro_auroc_ci_low"),
                                 views[v].get("macro_auroc_ci_high")) + f" (n={fmt(views[v].get('test_images'))})")
                            if isinstance(views.get(v), dict) else "n/a" for v in ("AP", "PA")], versus))
-            if (r.get("region_boxes") or {}).get("source") == "gt":
+            if r.get("region_boxes"):  # every region model: box source and region features
                 notes.append(Text(f"{m}: {r['region_boxes'].get('note')}."))
         ci = next((e[0].get("ci") for e in evals.values()), None)
         blocks.append(table("models", f"Model comparison ({inputs.models.name}): macro AUROC with "
