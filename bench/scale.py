@@ -251,7 +251,10 @@ def stage_retrieve(n, rng, cache, queries=2000, dim=256):
         t2 = time.perf_counter()
         # the stage's time: the build + every test image queried at the measured per-query cost
         return {"seconds": (t1 - t0) + (t2 - t1) / len(v_q) * len(q), "build_s": t1 - t0,
-                "query_us": (t2 - t1) / len(v_q) * 1e6, "kind": index.kind}
+                "query_us": (t2 - t1) / len(v_q) * 1e6, "kind": index.kind,
+                # the search effort the recall check settled on (efSearch / nprobe) and the recall it measured
+                "effort": (index.meta.get("recall") or {}).get("effort"),
+                "recall": (index.meta.get("recall") or {}).get("recall")}
     return n, run, {"db": len(db), "queries": len(v_q), "test": len(q)}
 
 
@@ -395,7 +398,7 @@ def main(argv=None) -> int:
     for r in retr:
         print(f"retrieve N={r['n']:,}: {r['kind']} index over {r['db']:,} images, build {r['build_s']:.1f} s, "
               f"{r['query_us']:.0f} us per query ({r['queries']:,} timed; the stage time counts all {r['test']:,} "
-              "test images at that cost)")
+              f"test images at that cost); effort {r.get('effort') or 'exact'}, recall@10 {r.get('recall')}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

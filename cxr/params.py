@@ -367,6 +367,9 @@ class FeaturesParams(_Section):
         "what describes each region box: an image classifier of the zoo (the backbone stage trains it with the "
         "train params; its feature map is pooled in the box) | detector (the detector's box head, AnaXNet as "
         "published)"))
+    levels: int = Field(2, ge=1, le=4, description=(
+        "backbone maps pooled in each box: 1 = the final map the classifier's head pools; 2 = also the next finer "
+        "stage (stride 16 for densenet121), concatenated (ignored with extractor: detector)"))
     boxes: Literal["pred", "gt"] = Field("pred", description="regions from the detector (pred) or the scene graph (gt)")
     score_thresh: float = Field(0.05, ge=0, lt=1, description="a region is present when its best box scores above this")
     views: list[str] = Field(default_factory=lambda: ["PA", "AP"], min_length=1, description="views extracted")

@@ -377,7 +377,9 @@ class Predictor:
                       if self.backbone is not None else None)
             prep.regions = image_region_features(self.detector, self.detector_card, gray_float(png),
                                                  self.features.score_thresh, self.device, backbone=self.backbone,
-                                                 square=square)
+                                                 square=square,
+                                                 levels=int(self.card["input"]["extractor"].get("levels", 1))
+                                                 if self.backbone is not None else 1)
         return prep
 
     def raw_inputs(self, prep: Prepared) -> dict[str, torch.Tensor]:

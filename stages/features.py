@@ -54,7 +54,7 @@ def _run(args: argparse.Namespace, params, *, log: logging.Logger) -> int | None
         model_dir=args.model, coco_dir=args.coco, images=pd.read_parquet(args.images),
         splits=pd.read_parquet(args.splits), images_dir=args.image_dir, out_dir=args.out,
         boxes=params.boxes, score_thresh=params.score_thresh, views=params.views,
-        batch_size=params.batch_size, device=params.device, backbone_dir=backbone,
+        batch_size=params.batch_size, device=params.device, backbone_dir=backbone, levels=params.levels,
     )
     if not is_rank_zero():
         return 0  # torchrun: rank 0 writes the summary (and wrote the folder)

@@ -148,8 +148,10 @@ def test_backbone_features_are_the_classifier_map_pooled_in_each_box(anatomy_dat
     meta = _extract(d, detector_dir, tmp_path / "f", boxes="gt", backbone_dir=backbone_dir)
     arrays, index, _ = load_features(tmp_path / "f")
     model, card = load_model_dir(backbone_dir)
-    dim = model.features.num_features
+    stage16 = next(m for n, m, stride in model.cam_stages() if stride == 16)  # resnet18's layer3
+    dim = model.features.num_features + 256  # features.levels 2: the final map (512) + the stride-16 stage (256)
     assert meta["extractor"]["kind"] == "backbone" and meta["extractor"]["architecture"] == "resnet18"
+    assert meta["extractor"]["levels"] == 2 and meta["extractor"]["maps"] == ["final", "layer3"]
     assert meta["dim"] == dim and arrays["features"].shape == (len(index), len(meta["regions"]), dim)
     m = arrays["mask"]
     assert np.isnan(arrays["features"][~m].astype(np.float32)).all()
@@ -165,12 +167,23 @@ def test_backbone_features_are_the_classifier_map_pooled_in_each_box(anatomy_dat
     row = images.loc[index.at[i, "image_id"]]
     geo = Geometry.from_row({"image_id": index.at[i, "image_id"], **row.to_dict()}, 64)
     x = np.array(load_png_square(d["image_dir"] / index.at[i, "png_path"], 64))
+    grabbed = []
+    hook = stage16.register_forward_hook(lambda mod, inp, out: grabbed.append(out))
     with torch.inference_mode():
         fmap = model.features(normalise(torch.from_numpy(x)[None, None]))
         b = torch.from_numpy(geo.png_to_input(arrays["boxes"][i][m[i]])).float()
-        want = roi_align(fmap, [b], output_size=2, spatial_scale=fmap.shape[-1] / 64, sampling_ratio=2,
-                         aligned=True).mean((2, 3))
+        want = torch.cat([roi_align(f, [b], output_size=2, spatial_scale=f.shape[-1] / 64, sampling_ratio=2,
+                                    aligned=True).mean((2, 3)) for f in (fmap, grabbed[0])], 1)
+    hook.remove()
+    assert grabbed[0].shape[-1] == 2 * fmap.shape[-1]  # the finer map has twice the cells per side
     np.testing.assert_allclose(arrays["features"][i][m[i]].astype(np.float32), want.numpy(), rtol=1e-2, atol=1e-2)
+    # levels 1: the final map alone, the first 512 columns of the same features
+    _extract(d, detector_dir, tmp_path / "one", boxes="gt", backbone_dir=backbone_dir, levels=1)
+    one, _, meta1 = load_features(tmp_path / "one")
+    assert meta1["dim"] == 512 and meta1["extractor"]["maps"] == ["final"]
+    np.testing.assert_array_equal(one["features"][m], arrays["features"][m][:, :512])
+    with pytest.raises(AnatomyError, match="features.levels = 7"):
+        _extract(d, detector_dir, tmp_path / "five", boxes="gt", backbone_dir=backbone_dir, levels=7)
 
 
 def test_stage_needs_the_backbone_it_is_told_to_use(anatomy_data, detector_dir, backbone_dir, tmp_path, caplog):

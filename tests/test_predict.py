@@ -533,11 +533,11 @@ def test_anatomy_model_on_backbone_features_needs_that_backbone(tiny, realdata, 
     for name, seed in (("backbone", 1), ("other", 2)):
         torch.manual_seed(seed)
         save_model_dir(tmp_path / name, create_model("resnet18", **bkw).eval(), bcard)
-    dim = 512  # resnet18's feature map
+    dim = 512 + 256  # resnet18's final map and its stride-16 stage (features.levels 2)
     names = tiny["names"][:2]
     kw = {"num_classes": 2, "num_regions": len(regions), "feature_dim": dim, "num_findings": len(findings), "hidden": 16}
     adj = np.eye(len(regions), dtype=np.float32)
-    extractor = {"kind": "backbone", "architecture": "resnet18", "input_size": 64,
+    extractor = {"kind": "backbone", "architecture": "resnet18", "input_size": 64, "levels": 2,
                  "weights_sha256": sha256_file(tmp_path / "backbone" / "model.pt")}
     save_model_dir(tmp_path / "models" / "anaxnet", create_model("anaxnet", **kw, adjacency=adj),
                    {"architecture": "anaxnet", "model_kwargs": {**kw, "adjacency": adj.tolist()}, "label_names": names,

@@ -6,10 +6,12 @@ scene-graph box is used (``boxes: gt``, the CheXtriev setting; images without a 
 have no regions). What describes the region inside that box (``features.extractor``):
 
 * an image classifier's name (default ``densenet121``): the ``backbone`` stage trains that model on
-  the image labels (``train`` params) and its feature map (``model.features``, the map its head
-  pools) is pooled inside each box with ``torchvision.ops.roi_align`` (2 x 2 bins, averaged):
-  :func:`backbone_region_features`. On the default synthetic run this lifts AnaXNet's validation macro
-  AUROC from 0.544 to 0.623 and the graph transformer's from 0.559 to 0.700 (README, anatomy section);
+  the image labels (``train`` params); its final feature map (``model.features``, the map its head
+  pools) and, with ``features.levels: 2`` (default), the next finer stage (stride 16) are pooled inside
+  each box with ``torchvision.ops.roi_align`` (2 x 2 bins, averaged) and concatenated:
+  :func:`backbone_region_features`. Chosen on the validation split of the default synthetic run (README,
+  anatomy section): it raises the region models' image-level and region-level validation AUROCs above
+  the box head's and above the final map alone;
 * ``detector``: the 1024-d output of the detector's box head (``roi_heads.box_roi_pool`` +
   ``roi_heads.box_head``) on that box, as AnaXNet published it. Its box head learnt to find anatomy,
   not findings.
@@ -176,43 +178,90 @@ def png_boxes_to_square(boxes: np.ndarray, png_shape: tuple[int, int], size: int
     return (np.asarray(boxes, np.float64) + pad) * (size / side)
 
 
+def pooled_stages(backbone: nn.Module, levels: int) -> list[tuple[str, nn.Module, int]]:
+    """The backbone stages pooled besides its final map: ``levels - 1`` of them, one per output stride, the
+    deepest first below the final map's stride (densenet121, ``levels`` 2: ``denseblock3``, stride 16).
+
+    Raises:
+        AnatomyError: the backbone declares fewer stages than ``levels`` asks for (e.g. a ViT: set 1).
+    """
+    if levels < 1:
+        raise AnatomyError(f"features.levels = {levels}; it must be >= 1 (1 = the final feature map only)")
+    stages = list(backbone.cam_stages()) if callable(getattr(backbone, "cam_stages", None)) else []
+    if levels == 1:
+        return []
+    final = max((s for _, _, s in stages), default=0)
+    picked: list[tuple[str, nn.Module, int]] = []
+    for name, mod, stride in sorted(stages, key=lambda t: -t[2]):
+        if stride < final and all(stride != p[2] for p in picked):
+            picked.append((name, mod, stride))
+    if len(picked) < levels - 1:
+        raise AnatomyError(f"features.levels = {levels}, but the backbone declares {len(picked)} stage(s) finer than "
+                           f"its final map ({[(n, s) for n, _, s in stages]}); set features.levels: 1")
+    return picked[:levels - 1]
+
+
+def feature_maps(backbone: nn.Module, x: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """``[final map, *finer stage outputs]`` (float32, deepest first) of one forward pass (:func:`pooled_stages`)."""
+    grabbed: dict[str, torch.Tensor] = {}
+    extra = pooled_stages(backbone, levels)
+    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: grabbed.__setitem__(n, out)) for n, m, _ in extra]
+    try:
+        final = backbone.features(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    maps = [final, *(grabbed[n] for n, _, _ in extra)]
+    bad = [tuple(m.shape) for m in maps if m.ndim != 4]
+    if bad:
+        raise AnatomyError(f"backbone feature maps of shapes {bad}; expected [B, D, h, w]")
+    return [m.float() for m in maps]
+
+
 @torch.inference_mode()
 def backbone_region_features(backbone: nn.Module, card: dict[str, Any], squares: np.ndarray, boxes: np.ndarray,
-                             png_shapes: Sequence[tuple[int, int]], device: torch.device | str = "cpu") -> np.ndarray:
-    """The classifier's feature map pooled inside each region box: ``[B, R, D]`` float32, NaN where a box is NaN.
+                             png_shapes: Sequence[tuple[int, int]], device: torch.device | str = "cpu",
+                             levels: int = 2) -> np.ndarray:
+    """The classifier's feature maps pooled inside each region box: ``[B, R, D]`` float32, NaN where a box is NaN.
 
     Args:
         backbone, card: :func:`load_backbone` output (model already on ``device``).
         squares: uint8 ``[B, S, S]`` classifier inputs (:func:`cxr.data.load_png_square` at the card's size).
         boxes: ``[B, R, 4]`` x1, y1, x2, y2 in PNG pixels (NaN = region missing).
         png_shapes: ``(h, w)`` of each PNG, to map its boxes onto the square input.
+        levels: maps pooled: the final one (the map the head pools), plus ``levels - 1`` finer stages
+            (:func:`pooled_stages`); their pooled vectors are concatenated, deepest first.
 
-    The map the head pools (``backbone.features``) is read in float32; ``roi_align`` with 2 x 2 bins
-    (2 samples per bin side, ``aligned=True``) averaged over the bins gives one D-vector per box.
+    Each map is read in float32; ``roi_align`` with 2 x 2 bins (2 samples per bin side, ``aligned=True``)
+    averaged over the bins gives one vector per box and map. At 128 px densenet121's final map is 4 x 4
+    cells, so most boxes share cells: the stride-16 map (8 x 8) tells neighbouring regions apart.
     """
     size = int(card["input"]["size"])
     norm = card["input"].get("normalisation")
     x = normalise(torch.from_numpy(np.array(squares, dtype=np.uint8))[:, None], dict(norm) if norm else None)
-    fmap = backbone.features(x.to(device)).float()
-    if fmap.ndim != 4:
-        raise AnatomyError(f"{card.get('architecture')}: feature map of shape {tuple(fmap.shape)}; expected [B, D, h, w]")
+    maps = feature_maps(backbone, x.to(device), levels)
     n, r = boxes.shape[:2]
     rois = [torch.from_numpy(np.nan_to_num(png_boxes_to_square(b, hw, size))).float().to(device)
             for b, hw in zip(boxes, png_shapes)]
-    pooled = roi_align(fmap, rois, output_size=2, spatial_scale=fmap.shape[-1] / size, sampling_ratio=2,
-                       aligned=True).mean((2, 3))
+    pooled = torch.cat([roi_align(f, rois, output_size=2, spatial_scale=f.shape[-1] / size, sampling_ratio=2,
+                                  aligned=True).mean((2, 3)) for f in maps], 1)
     out = pooled.reshape(n, r, -1).cpu().numpy().astype(np.float32)
     out[np.isnan(boxes).any(-1)] = np.nan
     return out
 
 
-def extractor_info(backbone_dir: str | Path | None, card: dict[str, Any] | None, detector_dim: int) -> dict[str, Any]:
+def extractor_info(backbone_dir: str | Path | None, backbone: tuple[nn.Module, dict[str, Any]] | None,
+                   detector_dim: int, levels: int = 1) -> dict[str, Any]:
     """``meta["extractor"]`` (and the region models' cards): what computed the region features."""
-    if card is None:
+    if backbone is None:
         return {"kind": DETECTOR, "what": "detector box head (roi_heads.box_head) on each box", "dim": int(detector_dim)}
+    model, card = backbone
+    stages = [n for n, _, _ in pooled_stages(model, levels)]
     return {"kind": "backbone", "architecture": card["architecture"], "input_size": int(card["input"]["size"]),
-            "weights_sha256": sha256_file(Path(backbone_dir) / "model.pt"),
-            "what": f"{card['architecture']} feature map pooled in each box (roi_align, 2x2 bins averaged)"}
+            "weights_sha256": sha256_file(Path(backbone_dir) / "model.pt"), "levels": int(levels),
+            "maps": ["final", *stages],
+            "what": f"{card['architecture']} feature maps ({', '.join(['final', *stages])}) pooled in each box "
+                    "(roi_align, 2x2 bins averaged, concatenated)"}
 
 
 def detector_input(img: np.ndarray, size: int) -> tuple[torch.Tensor, float]:
@@ -226,7 +275,7 @@ def detector_input(img: np.ndarray, size: int) -> tuple[torch.Tensor, float]:
 
 def image_region_features(model, card: dict[str, Any], img: np.ndarray, score_thresh: float,
                           device: torch.device | str = "cpu", backbone: tuple[nn.Module, dict[str, Any]] | None = None,
-                          square: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                          square: np.ndarray | None = None, levels: int = 1) -> dict[str, np.ndarray]:
     """Region features of ONE image, as the ``features`` stage computes them with ``boxes: pred``.
 
     Used for images outside the pipeline (``cxr predict``).
@@ -236,7 +285,8 @@ def image_region_features(model, card: dict[str, Any], img: np.ndarray, score_th
         img: float32 ``[H, W]`` in ``[0, 1]``: the converted PNG as :func:`read_gray` returns it.
         score_thresh: ``features.score_thresh``.
         backbone: :func:`load_backbone` output when the features come from a classifier backbone; then
-            ``square`` is the PNG as :func:`cxr.data.load_png_square` gives it at the backbone's size.
+            ``square`` is the PNG as :func:`cxr.data.load_png_square` gives it at the backbone's size and
+            ``levels`` the maps pooled (the features meta's ``extractor.levels``).
 
     Returns:
         ``features`` float16 ``[R, D]`` (NaN where missing), ``mask`` bool ``[R]``, ``boxes``
@@ -249,7 +299,7 @@ def image_region_features(model, card: dict[str, Any], img: np.ndarray, score_th
     if backbone is not None:
         if square is None:
             raise AnatomyError("image_region_features: a backbone needs the square classifier input (square=)")
-        feat = backbone_region_features(*backbone, square[None], boxes[None], [img.shape], device)[0]
+        feat = backbone_region_features(*backbone, square[None], boxes[None], [img.shape], device, levels=levels)[0]
     return {"features": feat.astype(np.float16), "mask": m, "boxes": boxes, "scores": sc}
 
 
@@ -267,11 +317,13 @@ def extract_features(
     device: str = "auto",
     progress: bool = True,
     backbone_dir: str | Path | None = None,
+    levels: int = 2,
 ) -> dict[str, Any]:
     """Write the features folder (see the module docstring) for every split image of the given views.
 
-    ``backbone_dir``: the ``backbone`` stage's classifier, whose feature map is pooled in each box;
-    None = the detector's box head (``features.extractor: detector``).
+    ``backbone_dir``: the ``backbone`` stage's classifier, whose feature maps (``levels``: the final one and
+    ``levels - 1`` finer stages, :func:`backbone_region_features`) are pooled in each box; None = the
+    detector's box head (``features.extractor: detector``).
 
     Returns:
         The summary written to ``meta.json`` (counts of missing regions per region and per split).
@@ -309,7 +361,8 @@ def extract_features(
     else:
         with torch.inference_mode():
             bsize = int(backbone[1]["input"]["size"])
-            dim = int(backbone[0].features(torch.zeros(1, 1, bsize, bsize, device=dev)).shape[1])
+            dim = sum(int(m.shape[1]) for m in feature_maps(backbone[0], torch.zeros(1, 1, bsize, bsize, device=dev),
+                                                            levels))
     arr = {"features": np.full((n, r, dim), np.nan, np.float16), "mask": np.zeros((n, r), bool),
            "boxes": np.full((n, r, 4), np.nan, np.float32), "scores": np.full((n, r), np.nan, np.float32),
            "labels": np.full((n, r, f), np.nan, np.float32)}
@@ -333,7 +386,7 @@ def extract_features(
                                score_thresh, head=backbone is None)
         png_boxes = np.stack([b / s for (_, _, b, _), s in zip(res, scales)]).astype(np.float32)
         if backbone is not None:
-            pooled = backbone_region_features(*backbone, np.stack(squares), png_boxes, shapes, dev)
+            pooled = backbone_region_features(*backbone, np.stack(squares), png_boxes, shapes, dev, levels=levels)
         for j, (row, (feat, m, b, sc)) in enumerate(zip(batch.itertuples(index=False), res)):
             i = start + j
             arr["features"][i] = (feat if backbone is None else pooled[j]).astype(np.float16)
@@ -366,7 +419,7 @@ def extract_features(
         "images_missing_regions": int((index["regions_found"] < r).sum()),
         "missing_per_region": {k: v for k, v in missing.items() if v},
         "missing_on_scene_graph_images": int((~arr["mask"][index["has_scene_graph"].to_numpy()]).sum()),
-        "extractor": extractor_info(backbone_dir, backbone[1] if backbone is not None else None, head_dim),
+        "extractor": extractor_info(backbone_dir, backbone, head_dim, levels),
         "detector": {"backbone": card["backbone"], "weights_sha256": sha256_file(Path(model_dir) / "model.pt")},
         "seconds": round(seconds, 1), "processes": procs,
     }
