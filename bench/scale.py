@@ -18,8 +18,8 @@ grow with N. The index is the stage's default (``retrieve.index``): exact up to 
 database images, HNSW above, recall-checked; the kind is printed per N.
 
 No images are decoded: stages that need pixels (convert, train) are measured by bench/convert.py
-and bench/train.py; here region features are random arrays of ``--feature-dim`` (1024 in the real
-features stage: RSS and disk scale with it, time of the alignment code does not).
+and bench/train.py; here region features are random arrays of ``--feature-dim`` (2048 in the real
+features stage with densenet121 and ``features.levels: 2``: RSS and disk scale with it, time of the alignment code does not).
 """
 
 from __future__ import annotations
