@@ -270,9 +270,15 @@ def card_identity(name: str, *, names: Sequence[str], uncertainty: Mapping[str, 
 
 
 def identity_mismatch(card: Mapping[str, Any], ident: Mapping[str, Any]) -> list[str]:
-    """Keys of :func:`card_identity` on which a saved card differs (as JSON) from ``ident``; [] = the same run."""
-    return [k for k, v in _jsonable(dict(ident)).items()
-            if json.dumps(card.get(k), sort_keys=True) != json.dumps(v, sort_keys=True)]
+    """Keys of :func:`card_identity` on which a saved card differs (as JSON) from ``ident``; [] = the same run.
+
+    ``params.models`` (which models the matrix trains) is left out: it does not change one model's training."""
+    def norm(k: str, v: Any) -> str:
+        if k == "params" and isinstance(v, Mapping):
+            v = {a: b for a, b in v.items() if a != "models"}
+        return json.dumps(v, sort_keys=True)
+
+    return [k for k, v in _jsonable(dict(ident)).items() if norm(k, card.get(k)) != norm(k, v)]
 
 
 def train_model(name: str, *, images: pd.DataFrame, labels: pd.DataFrame, splits: pd.DataFrame, images_dir: str | Path,

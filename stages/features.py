@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr.anatomy.common import AnatomyError
+from cxr.anatomy.common import AnatomyError, read_card
 from cxr.anatomy.features import DETECTOR, extract_features
 from cxr.applicability import marker, reason_of
 from cxr.distributed import is_rank_zero
@@ -46,10 +46,16 @@ def _run(args: argparse.Namespace, params, *, log: logging.Logger) -> int | None
         write_json(Path(args.out) / "marker.json", marker(reason))
         write_json(args.metrics, marker(reason))
         return 0
-    backbone = args.backbone if args.backbone and not reason_of(args.backbone) else None
-    if backbone is None and params.extractor != DETECTOR:
-        raise AnatomyError(f"features.extractor = {params.extractor!r} but no backbone model dir was given "
-                           f"(--backbone {args.backbone}); run the backbone stage first")
+    backbone = None  # features.extractor: detector = the box head, whatever --backbone holds
+    if params.extractor != DETECTOR:
+        backbone = args.backbone if args.backbone and not reason_of(args.backbone) else None
+        if backbone is None:
+            raise AnatomyError(f"features.extractor = {params.extractor!r} but no backbone model dir was given "
+                               f"(--backbone {args.backbone}); run the backbone stage first")
+        arch = read_card(backbone).get("architecture")
+        if arch != params.extractor:
+            raise AnatomyError(f"features.extractor = {params.extractor!r} but {backbone} holds {arch!r}; rerun the "
+                               "backbone stage (dvc repro backbone)")
     meta = extract_features(
         model_dir=args.model, coco_dir=args.coco, images=pd.read_parquet(args.images),
         splits=pd.read_parquet(args.splits), images_dir=args.image_dir, out_dir=args.out,

@@ -202,5 +202,13 @@ def test_stage_needs_the_backbone_it_is_told_to_use(anatomy_data, detector_dir, 
         assert features_stage.main([*args, *bad]) == 1
         assert "features.extractor = 'resnet18'" in caplog.text and "backbone stage" in caplog.text
     assert not (tmp_path / "f").exists()
+    caplog.clear()  # a backbone of another architecture than features.extractor names
+    (tmp_path / "p2.yaml").write_text("features: {boxes: gt, extractor: densenet121}\n")
+    assert features_stage.main(["--params", str(tmp_path / "p2.yaml"), *args[2:], "--backbone", str(backbone_dir)]) == 1
+    assert "holds 'resnet18'" in caplog.text and not (tmp_path / "f").exists()
     assert features_stage.main([*args, "--backbone", str(backbone_dir)]) == 0
     assert json.loads((tmp_path / "features.json").read_text())["extractor"]["architecture"] == "resnet18"
+    # extractor: detector keeps the box head even when a backbone dir is passed
+    (tmp_path / "p3.yaml").write_text("features: {boxes: gt, extractor: detector}\n")
+    assert features_stage.main(["--params", str(tmp_path / "p3.yaml"), *args[2:], "--backbone", str(backbone_dir)]) == 0
+    assert json.loads((tmp_path / "features.json").read_text())["extractor"]["kind"] == "detector"

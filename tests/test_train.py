@@ -415,6 +415,13 @@ def test_backbone_stage_trains_once_and_train_copies_it(tiny_proc, tmp_path, cap
     assert (tmp_path / "copy" / "card.json").read_text() == (bb / "card.json").read_text()
     assert sorted(f.relative_to(bb_log) for f in bb_log.rglob("*")) == \
         sorted(f.relative_to(tmp_path / "copy_live") for f in (tmp_path / "copy_live").rglob("*"))
+    # which models the matrix lists does not change one model's training: still copied
+    caplog.clear()
+    p3 = tiny_params(tmp_path / "params3.yaml", evaluate={"bootstrap": 50, "reference": "resnet18"}, features={"extractor": "resnet18"},
+                     train={"models": ["resnet18"]})
+    assert train_stage.main(["--params", str(p3), "--model", "resnet18", *reuse, "--out", str(tmp_path / "copy3"),
+                             *common]) == 0
+    assert "weights copied, not retrained" in caplog.text
     # another model, or the same model with another lr: trained here, and the log says why
     caplog.clear()
     p2 = tiny_params(tmp_path / "params2.yaml", train={"lr": 0.003}, features={"extractor": "resnet18"})
