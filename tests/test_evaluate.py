@@ -212,9 +212,9 @@ def test_models_table_shows_auroc_per_view_and_flags_gt_boxes_at_test():
     assert data["anaxnet"]["region_boxes"]["source"] == "gt"
     assert region_box_note({"input": {"box_source": "pred"}})["source"] == "pred"
     # and what described each box: the classifier backbone (default) or, in older cards, the detector's box head
-    note = region_box_note({"input": {"box_source": "pred", "extractor": {"kind": "backbone",
-                                                                          "architecture": "densenet121"}}})
-    assert note["features"] == "densenet121" and "densenet121 feature map pooled" in note["note"]
+    note = region_box_note({"input": {"box_source": "pred", "extractor": {
+        "kind": "backbone", "architecture": "densenet121", "maps": ["final", "features.denseblock3"]}}})
+    assert note["features"] == "densenet121" and "densenet121 feature maps (final, features.denseblock3) pooled" in note["note"]
     assert "box-head" in region_box_note({"input": {"box_source": "pred"}})["note"]
 
 

@@ -175,8 +175,9 @@ def region_box_note(card: Mapping) -> dict[str, str]:
     text = {"gt": "ground-truth scene-graph boxes at test time (features.boxes: gt): an oracle, not a deployable result",
             "pred": "boxes predicted by the anatomy detector (features.boxes: pred)"}.get(src, f"box source {src!r}")
     ex = card.get("input", {}).get("extractor") or {"kind": "detector"}  # cards before features.extractor: box head
-    feats = (f"{ex.get('architecture')} feature map pooled in each box (features.extractor)" if ex.get("kind") == "backbone"
-             else "the detector's box-head features (features.extractor: detector)")
+    maps = ", ".join(ex.get("maps") or ["final"])
+    feats = (f"{ex.get('architecture')} feature maps ({maps}) pooled in each box (features.extractor, features.levels)"
+             if ex.get("kind") == "backbone" else "the detector's box-head features (features.extractor: detector)")
     return {"source": src, "note": f"{text}; {feats}", "features": str(ex.get("architecture") or "detector")}
 
 
