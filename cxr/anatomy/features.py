@@ -101,8 +101,8 @@ def _region_features(model, images: list[torch.Tensor], boxes_in: list[torch.Ten
     """Per image: box-head features [R, D] (None when ``head`` is False), mask [R], boxes [R, 4] (input
     pixels), scores [R]."""
     if boxes_in is not None and not head:  # given boxes and no box-head features: the detector has nothing to do
-        return [(None, (m := ~torch.isnan(b).any(1)).numpy(), b.numpy(), torch.where(m, 1.0, float("nan")).numpy())
-                for b in boxes_in]
+        return [(None, (m := ~torch.isnan(b).any(1)).cpu().numpy(), b.cpu().numpy(),
+                 torch.where(m, 1.0, float("nan")).cpu().numpy()) for b in boxes_in]
     il, _ = model.transform(images)
     feats = model.backbone(il.tensors)
     chosen: list[torch.Tensor] = []
@@ -127,10 +127,10 @@ def _region_features(model, images: list[torch.Tensor], boxes_in: list[torch.Ten
             masks.append(m)
             scores.append(torch.where(m, 1.0, float("nan")))
     if not head:  # the caller pools another network's features inside the boxes
-        return [(None, m.numpy(), b.numpy(), s.numpy()) for b, m, s in zip(chosen, masks, scores)]
+        return [(None, m.cpu().numpy(), b.cpu().numpy(), s.cpu().numpy()) for b, m, s in zip(chosen, masks, scores)]
     # the transform may rescale (it does not when inputs are already image_size); boxes follow
     ratios = [(s[0] / im.shape[-2], s[1] / im.shape[-1]) for s, im in zip(il.image_sizes, images)]
-    scaled = [b[m] * torch.tensor([rx, ry, rx, ry]) for b, m, (ry, rx) in zip(chosen, masks, ratios)]
+    scaled = [b[m] * torch.tensor([rx, ry, rx, ry], device=b.device) for b, m, (ry, rx) in zip(chosen, masks, ratios)]
     dim = model.roi_heads.box_head.fc7.out_features
     if sum(len(b) for b in scaled):
         x = model.roi_heads.box_head(model.roi_heads.box_roi_pool(feats, scaled, il.image_sizes))
@@ -140,9 +140,9 @@ def _region_features(model, images: list[torch.Tensor], boxes_in: list[torch.Ten
     for b, m, s in zip(chosen, masks, scores):
         f = torch.full((n_regions, dim), float("nan"))
         n = int(m.sum())
-        f[m] = x[start:start + n].float()
+        f[m.cpu()] = x[start:start + n].float().cpu()  # a GPU's features come back to the host arrays
         start += n
-        out.append((f.numpy(), m.numpy(), b.numpy(), s.numpy()))
+        out.append((f.numpy(), m.cpu().numpy(), b.cpu().numpy(), s.cpu().numpy()))
     return out
 
 
