@@ -50,6 +50,11 @@ def load_png_square(path: str | Path | IO[bytes], size: int) -> np.ndarray:
     with (Image.open(path) if hasattr(path, "read") else shards.open_image(path)) as im:
         im.load()
         arr = np.asarray(im)
+    return png_square(arr, size)
+
+
+def png_square(arr: np.ndarray, size: int) -> np.ndarray:
+    """A decoded grey PNG array (8 / 16 bit, or RGB) -> the square uint8 ``[S, S]`` :func:`load_png_square` gives."""
     if arr.ndim == 3:
         arr = arr[..., :3].mean(axis=2)
     if arr.dtype == np.uint16 or arr.max() > 255:

@@ -319,11 +319,13 @@ class Predictor:
         regions = len(self.detector_card["regions"])
         dim = self.detector.roi_heads.box_head.fc7.out_features
         want = (int(self.card["input"]["num_regions"]), int(self.card["input"]["feature_dim"]))
-        if (self.card["input"].get("extractor") or {}).get("kind") == "backbone":
-            dim = want[1]  # the features come from the backbone (checked by its digest); only the regions here
-        if (regions, dim) != want:
-            raise PredictError(f"{d}: detector gives {regions} regions x {dim}-d features, but {self.model_dir} "
-                               f"was trained on {want[0]} x {want[1]}; use the detector its features came from")
+        # box-head features: the detector gives the feature dim too; a backbone's is checked by its digest
+        head = (self.card["input"].get("extractor") or {}).get("kind", "detector") == "detector"
+        got = (regions, dim if head else want[1])
+        if got != want:
+            raise PredictError(f"{d}: detector gives {regions} regions{f' x {dim}-d features' if head else ''}, but "
+                               f"{self.model_dir} was trained on {want[0]} x {want[1]}; use the detector its features "
+                               "came from")
         self.detector.to(self.device)
         self.detector_dir = d
 
@@ -356,7 +358,7 @@ class Predictor:
         Raises:
             InputError: the file is missing, unreadable, corrupt, not an image or not a chest radiograph.
         """
-        from cxr.data import load_png_square  # lazy: torch stack
+        from cxr.data import load_png_square, png_square  # lazy: torch stack
 
         path = Path(path)
         arr, geo, meta = decode_input(path, self.options)
@@ -373,8 +375,7 @@ class Predictor:
             from cxr.anatomy.common import gray_float  # lazy: torch stack
             from cxr.anatomy.features import image_region_features  # lazy: torch stack
 
-            square = (load_png_square(io.BytesIO(buf.getvalue()), int(self.backbone[1]["input"]["size"]))
-                      if self.backbone is not None else None)
+            square = png_square(png, int(self.backbone[1]["input"]["size"])) if self.backbone is not None else None
             prep.regions = image_region_features(self.detector, self.detector_card, gray_float(png),
                                                  self.features.score_thresh, self.device, backbone=self.backbone,
                                                  square=square,

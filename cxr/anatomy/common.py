@@ -48,12 +48,20 @@ def read_gray(path: str | Path) -> np.ndarray:
     Raises:
         AnatomyError: file missing or not a single-channel image.
     """
+    return gray_float(read_png(path))
+
+
+def read_png(path: str | Path) -> np.ndarray:
+    """A converted PNG (a file, or a member of a shard folder: convert.storage shards) decoded as stored.
+
+    Raises:
+        AnatomyError: the image is missing.
+    """
     path = Path(path)
-    if not shards.exists(path):  # a file, or a member of a shard folder (convert.storage: shards)
+    if not shards.exists(path):
         raise AnatomyError(f"{path}: image not found (was the convert stage run on this data?)")
     with shards.open_image(path) as im:
-        arr = np.asarray(im)
-    return gray_float(arr)
+        return np.asarray(im)
 
 
 def gray_float(arr: np.ndarray) -> np.ndarray:

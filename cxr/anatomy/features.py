@@ -52,8 +52,8 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
-from cxr.anatomy.common import AnatomyError, fit_size, ok_images, pick_device, read_gray, resize_float
-from cxr.data import load_png_square
+from cxr.anatomy.common import AnatomyError, fit_size, gray_float, ok_images, pick_device, read_png, resize_float
+from cxr.data import png_square
 from cxr.intensity import normalise
 from cxr.distributed import digests_agree, gather_by_index, init_from_env
 from cxr.io import sha256_file
@@ -265,7 +265,7 @@ def extractor_info(backbone_dir: str | Path | None, backbone: tuple[nn.Module, d
 
 
 def detector_input(img: np.ndarray, size: int) -> tuple[torch.Tensor, float]:
-    """A PNG image (float ``[H, W]`` in ``[0, 1]``, :func:`read_gray`) -> detector input ``[1, h, w]`` and its scale.
+    """A PNG image (float ``[H, W]`` in ``[0, 1]``, :func:`cxr.anatomy.common.read_gray`) -> detector input ``[1, h, w]`` and its scale.
 
     The long side becomes ``size`` (box-filter resize); ``scale`` = input pixels per PNG pixel.
     """
@@ -282,7 +282,7 @@ def image_region_features(model, card: dict[str, Any], img: np.ndarray, score_th
 
     Args:
         model, card: :func:`~cxr.anatomy.detector.load_detector` output (model already on ``device``).
-        img: float32 ``[H, W]`` in ``[0, 1]``: the converted PNG as :func:`read_gray` returns it.
+        img: float32 ``[H, W]`` in ``[0, 1]``: the converted PNG as :func:`cxr.anatomy.common.read_gray` returns it.
         score_thresh: ``features.score_thresh``.
         backbone: :func:`load_backbone` output when the features come from a classifier backbone; then
             ``square`` is the PNG as :func:`cxr.data.load_png_square` gives it at the backbone's size and
@@ -373,13 +373,14 @@ def extract_features(
         batch = rows.iloc[start:start + batch_size]
         tensors, scales, box_in, shapes, squares = [], [], [], [], []
         for row in batch.itertuples(index=False):
-            img = read_gray(Path(images_dir) / row.png_path)
+            png = read_png(Path(images_dir) / row.png_path)  # decoded once: the detector's and the classifier's input
+            img = gray_float(png)
             x, s = detector_input(img, size)
             tensors.append(x.to(dev))
             scales.append(s)
             shapes.append(img.shape)
             if backbone is not None:  # the classifier's own input, decoded as its training did
-                squares.append(load_png_square(Path(images_dir) / row.png_path, bsize))
+                squares.append(png_square(png, bsize))
             g = gt.get(row.image_id)
             box_in.append(torch.from_numpy(g["boxes"] * s) if g is not None else torch.full((r, 4), float("nan")))
         res = _region_features(model, tensors, None if boxes == "pred" else [b.to(dev) for b in box_in], r,
