@@ -1,13 +1,21 @@
 """The import graph of the ``cxr`` package, and the DVC code deps that follow from it.
 
 Every stage script ``stages/<name>.py`` runs the ``cxr`` modules it imports, directly or through
-other ``cxr`` modules. Those files, and nothing else, are its code deps in ``dvc.yaml``, so a
-stage reruns when, and only when, code it runs changes. This module reads the imports from the
-source (``ast``; nothing is imported or run), and
+other ``cxr`` modules. Those files, and nothing else, are its code, so a stage reruns when, and
+only when, code it runs changes. This module reads the imports from the source (``ast``; nothing
+is imported or run), and
 
-* ``python -m cxr.depgraph --check`` fails (exit 1) listing every stage whose code deps differ;
-* ``python -m cxr.depgraph --write`` rewrites only the code entries (``stages/...``, ``cxr/...``)
-  of each stage's ``deps:`` list in ``dvc.yaml``, keeping data deps, comments and everything else;
+* ``python -m cxr.depgraph --fingerprints data/code`` (the ``code`` stage, first in the DAG) writes
+  ``data/code/<name>.json`` per stage script: the md5 of every file it runs. Each stage depends on
+  its fingerprint, not on its files: ``dvc.lock`` holds one code entry per stage instead of about
+  40, and DVC rewrites that file after every stage (about 2 s a stage with 1,000 entries). The
+  ``code`` stage reruns on any edit under ``cxr/`` or ``stages/`` (a second); a stage reruns only
+  when its own fingerprint changed;
+* ``python -m cxr.depgraph --check`` fails (exit 1) listing every stage whose code dep is not its
+  fingerprint (or that still lists code files);
+* ``python -m cxr.depgraph --write`` rewrites only the code entries (``data/code/...``,
+  ``stages/...``, ``cxr/...``) of each stage's ``deps:`` list in ``dvc.yaml`` to its fingerprint,
+  keeping data deps, comments and everything else;
 * :func:`cycles` and :func:`function_imports` back the layering tests (no import cycle inside
   ``cxr``; imports inside functions only for heavy optional libraries).
 
@@ -21,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
+import json
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -30,7 +40,8 @@ from pathlib import Path
 from cxr.io import write_text
 
 REPO = Path(__file__).resolve().parents[1]
-CODE_PREFIXES = ("stages/", "cxr/")
+FINGERPRINTS = "data/code"  # the code stage's output folder: one <stage script name>.json each
+CODE_PREFIXES = ("stages/", "cxr/", FINGERPRINTS + "/")
 
 
 def module_files(repo: Path = REPO) -> dict[str, Path]:
@@ -191,6 +202,42 @@ def _collapse(deps: set[str], repo: Path) -> set[str]:
     return {f for f in out if not any(f != o and f.startswith(o + "/") for o in out)}
 
 
+def stage_scripts(repo: Path = REPO) -> list[Path]:
+    """The stage scripts ``stages/<name>.py`` (not the package's ``__init__``)."""
+    return sorted(p for p in (repo / "stages").glob("*.py") if p.name != "__init__.py")
+
+
+def fingerprint_path(script: str | Path) -> str:
+    """The fingerprint a stage running ``script`` depends on: ``data/code/<name>.json``."""
+    return f"{FINGERPRINTS}/{Path(script).stem}.json"
+
+
+def fingerprint(script: Path, repo: Path = REPO, *, modules: Mapping[str, Path] | None = None,
+                g: Mapping[str, set[str]] | None = None) -> dict:
+    """``{"script": ..., "files": {path: md5}}``: every file the stage script runs (folders expanded)."""
+    files: set[str] = set()
+    for d in stage_code_deps(script, repo, modules=modules, g=g):
+        files |= _dir_files(repo / d, repo) if (repo / d).is_dir() else {d}
+    return {"script": script.relative_to(repo).as_posix(),
+            "files": {f: hashlib.md5((repo / f).read_bytes()).hexdigest() for f in sorted(files)}}
+
+
+def write_fingerprints(out: Path, repo: Path = REPO) -> list[Path]:
+    """Write the fingerprint of every stage script into ``out`` (each atomically; stale ones removed)."""
+    modules, g = module_files(repo), graph(repo)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for script in stage_scripts(repo):
+        path = out / Path(fingerprint_path(script)).name
+        text = json.dumps(fingerprint(script, repo, modules=modules, g=g), indent=1, sort_keys=True) + "\n"
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            write_text(path, text)
+        written.append(path)
+    for stale in set(out.glob("*.json")) - set(written):
+        stale.unlink()
+    return written
+
+
 def cycles(g: Mapping[str, set[str]]) -> list[list[str]]:
     """Strongly connected components with more than one module, sorted (Tarjan).
 
@@ -259,12 +306,11 @@ def _stage_blocks(lines: list[str]) -> list[tuple[str, int, int]]:
 
 
 def rewrite(text: str, repo: Path = REPO) -> tuple[str, dict[str, tuple[list[str], list[str]]]]:
-    """``dvc.yaml`` text with every stage's code deps replaced by its import closure.
+    """``dvc.yaml`` text with every stage's code deps replaced by its fingerprint (:func:`fingerprint_path`).
 
     Returns the new text and ``{stage: (old code deps, new code deps)}`` for the stages that changed.
     """
     lines = text.splitlines(keepends=True)
-    modules, g = module_files(repo), graph(repo)
     changed: dict[str, tuple[list[str], list[str]]] = {}
     out: list[str] = []
     pos = 0
@@ -294,7 +340,7 @@ def rewrite(text: str, repo: Path = REPO) -> tuple[str, dict[str, tuple[list[str
                     continue
             keep.append((i, line))
             i += 1
-        new = stage_code_deps(repo / cmd, repo, modules=modules, g=g)
+        new = [fingerprint_path(cmd)]
         if old != new:
             changed[name] = (old, new)
         at = first_code if first_code is not None else d + 1
@@ -308,14 +354,41 @@ def rewrite(text: str, repo: Path = REPO) -> tuple[str, dict[str, tuple[list[str
     return "".join(out), changed
 
 
+def code_stage_problems(text: str, repo: Path = REPO) -> list[str]:
+    """What is wrong with the ``code`` stage of ``dvc.yaml`` text: missing, or its outs are not one
+    fingerprint per stage script (uncached), or its deps are not ``cxr`` and ``stages``."""
+    import yaml  # lazy: only the check reads dvc.yaml as YAML
+
+    stages = (yaml.safe_load(text) or {}).get("stages") or {}
+    code = stages.get("code")
+    if not isinstance(code, Mapping) or "cxr.depgraph --fingerprints " + FINGERPRINTS not in str(code.get("cmd", "")):
+        return [f"no stage 'code' running: python -m cxr.depgraph --fingerprints {FINGERPRINTS}"]
+    problems = []
+    if sorted(code.get("deps") or []) != ["cxr", "stages"]:
+        problems.append(f"code: deps must be [cxr, stages], got {code.get('deps')}")
+    outs = {next(iter(o)): o[next(iter(o))] if isinstance(o, Mapping) else {} for o in code.get("outs") or []}
+    want = {fingerprint_path(s) for s in stage_scripts(repo)}
+    if set(outs) != want:
+        problems.append(f"code: outs + {sorted(want - set(outs))} - {sorted(set(outs) - want)}")
+    cached = sorted(o for o, spec in outs.items() if (spec or {}).get("cache", True))
+    if cached:
+        problems.append(f"code: fingerprints must be uncached (cache: false): {cached}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cxr.depgraph", description=__doc__.split("\n\n")[0])
     ap.add_argument("--dvc-yaml", type=Path, default=REPO / "dvc.yaml")
     mode = ap.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--check", action="store_true", help="exit 1 when a stage's code deps differ from its imports")
-    mode.add_argument("--write", action="store_true", help="rewrite the code deps of dvc.yaml from the imports")
+    mode.add_argument("--check", action="store_true", help="exit 1 when a stage's code dep is not its fingerprint")
+    mode.add_argument("--write", action="store_true", help="rewrite the code deps of dvc.yaml to the fingerprints")
+    mode.add_argument("--fingerprints", type=Path, metavar="DIR",
+                      help="write each stage script's fingerprint (md5 of every file it runs) into DIR")
     mode.add_argument("--cycles", action="store_true", help="print import cycles and imports inside functions")
     args = ap.parse_args(argv)
+    if args.fingerprints is not None:
+        write_fingerprints(args.fingerprints)
+        return 0
     if args.cycles:
         for c in cycles(graph()):
             print("cycle:", " ".join(c))
@@ -326,11 +399,14 @@ def main(argv: list[str] | None = None) -> int:
     new, changed = rewrite(text)
     for name, (old, want) in changed.items():
         print(f"{name}: + {sorted(set(want) - set(old))}  - {sorted(set(old) - set(want))}")
+    problems = code_stage_problems(new)
+    for p in problems:
+        print(p)
     if args.write:
         if new != text:
             write_text(args.dvc_yaml, new)
-        return 0
-    return 1 if changed else 0
+        return 1 if problems else 0
+    return 1 if changed or problems else 0
 
 
 if __name__ == "__main__":

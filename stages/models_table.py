@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr.evaluate.baselines import BASELINES
-from cxr.evaluate.report_table import models_table, retrieval_table
+from cxr.evaluate.report_table import BASELINES, models_table, retrieval_table
 from cxr.io import write_json, write_text
 from cxr.stage import run
 

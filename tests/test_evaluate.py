@@ -258,3 +258,21 @@ def test_weighted_bootstrap_auroc_equals_auroc_of_each_resample():
     np.testing.assert_allclose(per, ref_per, rtol=0, atol=1e-12)
     np.testing.assert_allclose(micro, ref_micro, rtol=0, atol=1e-12)
     assert np.isnan(per[:, 3]).all() and np.isfinite(per[:, 0]).all()
+
+
+def test_paired_replicate_macro_equals_macro_auroc_per_replicate():
+    """The weighted-bootstrap macro of every replicate is macro_auroc on the resampled rows (ties, masks, NaN classes)."""
+    from cxr.evaluate.report_table import _replicate_macro
+
+    rng = np.random.default_rng(11)
+    n = 60
+    probs = np.round(rng.random((n, 3)), 1)  # rounded: many ties
+    y = (rng.random((n, 3)) < 0.3).astype(float)
+    y[:, 2] = 0
+    y[:2, 2] = 1  # rare class: undefined in the replicates that miss both positives
+    mask = rng.random((n, 3)) > 0.1
+    res = patient_resamples(np.repeat(np.arange(n // 2), 2), 200, seed=5)
+    fast = _replicate_macro(probs, y, mask, res)
+    slow = np.array([macro_auroc(probs[r], y[r], mask[r]) for r in res])
+    assert np.allclose(fast, slow, rtol=0, atol=1e-12, equal_nan=True)
+    assert np.isfinite(fast).all()  # classes 0 and 1 always have both kinds

@@ -58,9 +58,28 @@ def test_rewrite_touches_only_code_deps(tmp_path):
     text = ("stages:\n  one:\n    cmd: python stages/one.py --out o\n    deps:\n      - stages/one.py\n"
             "      - cxr/y.py\n      # a comment kept\n      - data/in\n    outs:\n      - o\n")
     new, changed = depgraph.rewrite(text, repo)
-    assert changed == {"one": (["stages/one.py", "cxr/y.py"], ["stages/one.py", "cxr/__init__.py", "cxr/x.py"])}
-    assert new == text.replace("      - cxr/y.py\n", "      - cxr/__init__.py\n      - cxr/x.py\n")
+    assert changed == {"one": (["stages/one.py", "cxr/y.py"], ["data/code/one.json"])}
+    assert new == text.replace("      - stages/one.py\n      - cxr/y.py\n", "      - data/code/one.json\n")
     assert depgraph.rewrite(new, repo) == (new, {})
+    # the fingerprint holds the md5 of every file the script runs, and follows an edit of one of them
+    fp = depgraph.fingerprint(repo / "stages/one.py", repo)
+    assert sorted(fp["files"]) == ["cxr/__init__.py", "cxr/x.py", "stages/one.py"]
+    written = depgraph.write_fingerprints(tmp_path / "data/code", repo)
+    assert [p.name for p in written] == ["one.json"]
+    before = written[0].read_text()
+    (repo / "cxr/y.py").write_text("# not run by stages/one.py\n")
+    depgraph.write_fingerprints(tmp_path / "data/code", repo)
+    assert written[0].read_text() == before
+    (repo / "cxr/x.py").write_text("X = 1\n")
+    depgraph._dir_files.cache_clear()
+    depgraph.write_fingerprints(tmp_path / "data/code", repo)
+    assert written[0].read_text() != before
+    # the check: a code stage is required, with one uncached fingerprint per stage script
+    assert depgraph.code_stage_problems(new, repo)[0].startswith("no stage 'code'")
+    code = ("stages:\n  code:\n    cmd: python -m cxr.depgraph --fingerprints data/code\n    deps: [cxr, stages]\n"
+            "    outs:\n      - data/code/one.json:\n          cache: false\n")
+    assert depgraph.code_stage_problems(code, repo) == []
+    assert "uncached" in depgraph.code_stage_problems(code.replace("cache: false", "cache: true"), repo)[0]
 
 
 # ---------------------------------------------------------------- this repository
@@ -104,11 +123,12 @@ def test_inference_and_predict_do_not_load_lightning():
     assert out.stdout.strip() == "[]"
 
 
-def test_dvc_yaml_code_deps_are_the_imports():
+def test_dvc_yaml_code_deps_are_the_fingerprints():
     text = (REPO / "dvc.yaml").read_text(encoding="utf-8")
     _, changed = depgraph.rewrite(text)
-    assert changed == {}, "dvc.yaml code deps differ from the imports; run: python -m cxr.depgraph --write\n" + "\n".join(
+    assert changed == {}, "dvc.yaml code deps are not the fingerprints; run: python -m cxr.depgraph --write\n" + "\n".join(
         f"{k}: + {sorted(set(new) - set(old))} - {sorted(set(old) - set(new))}" for k, (old, new) in changed.items())
+    assert depgraph.code_stage_problems(text) == []
     stages = yaml.safe_load(text)["stages"]
     assert set(stages) >= {"train", "detector", "unet"}
 
@@ -126,8 +146,11 @@ def test_a_densenet_does_not_depend_on_the_detector_or_the_unet_training():
 
 def _dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     dvc = Path(sys.executable).with_name("dvc")
+    # stage commands run ``python``: this interpreter, with the copy's cxr (the code stage fingerprints the copy)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(cwd),
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
     return subprocess.run([str(dvc) if dvc.is_file() else "dvc", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+                          timeout=300, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +180,10 @@ def committed_dag(tmp_path_factory) -> Path:
             for key in ("outs", "metrics", "plots"):
                 for o in st.get(key, []):
                     outs.add(sub(next(iter(o)) if isinstance(o, dict) else o))
-            data_deps |= {sub(d) for d in st.get("deps", []) if not d.startswith(("cxr/", "stages/"))}
+            data_deps |= {sub(d) for d in st.get("deps", []) if not d.startswith(("cxr", "stages", "data/code/"))}
+    outs = {o for o in outs if not o.startswith("data/code/")}  # the code stage writes the real fingerprints
+    assert subprocess.run([sys.executable, "-m", "cxr.depgraph", "--fingerprints", "data/code"], cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)}).returncode == 0
     for o in sorted(outs):
         (root / o).parent.mkdir(parents=True, exist_ok=True)
         (root / o).write_text(f"placeholder {o}\n")
@@ -172,17 +198,26 @@ def committed_dag(tmp_path_factory) -> Path:
 
 
 def _changed_after_edit(root: Path, *rels: str) -> set[str]:
-    """The stages ``dvc status`` reports after appending a comment to each file of ``rels`` (then undone)."""
+    """The stages ``dvc status`` reports after appending a comment to each file of ``rels`` and rerunning
+    the ``code`` stage (then undone: files, fingerprints and its lock entry)."""
     before = {rel: (root / rel).read_text() for rel in rels}
+    lock = (root / "dvc.lock").read_text()
+    prints = {p: p.read_text() for p in (root / "data/code").glob("*.json")}
     for rel, text in before.items():
         (root / rel).write_text(text + "\n# an edit\n")
     try:
+        assert "code" in set(json.loads(_dvc(["status", "--json"], root).stdout or "{}"))
+        ran = _dvc(["repro", "-s", "code"], root)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
         out = _dvc(["status", "--json"], root)
         assert out.returncode == 0, out.stderr
         return set(json.loads(out.stdout or "{}"))
     finally:
         for rel, text in before.items():
             (root / rel).write_text(text)
+        for p, text in prints.items():
+            p.write_text(text)
+        (root / "dvc.lock").write_text(lock)
 
 
 def test_changing_the_detector_does_not_retrain_densenet(committed_dag):
@@ -191,3 +226,16 @@ def test_changing_the_detector_does_not_retrain_densenet(committed_dag):
     assert not {s for s in changed if s.startswith(("train@", "evaluate@", "train_hash@"))}, changed
     # and the check can fail: the classifier code does retrain it
     assert "train@densenet121" in _changed_after_edit(committed_dag, "cxr/models/cnn.py")
+
+
+def test_table_stages_start_without_torch():
+    """Stages that only read and write tables do not import torch (about 3 s of every start, 5 with torchvision)."""
+    code = ("import runpy, sys\nsys.argv = ['stage', '--help']\n"
+            "for s in sys.argv_stages:\n"
+            "    try:\n        runpy.run_path(f'stages/{s}.py', run_name='__main__')\n"
+            "    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules))")
+    stages = ["ingest", "convert", "label", "split", "coco", "models_table", "headline", "report"]
+    out = subprocess.run([sys.executable, "-c", code.replace("sys.argv_stages", repr(stages))], capture_output=True,
+                         text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:]

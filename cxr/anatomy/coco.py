@@ -29,7 +29,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from cxr.anatomy.common import AnatomyError, ok_images
+from cxr.anatomy.tables import ok_images  # torch-free: this stage starts in a second, not five
+from cxr.errors import AnatomyError
 from cxr.labels import label_names, load_map
 from cxr.progress import tqdm
 from cxr.sources.imagenome import REGIONS18, read_scene_graph

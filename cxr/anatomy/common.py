@@ -14,6 +14,7 @@ from cxr import shards
 from cxr.modeldir import CARD, WEIGHTS, read_card  # noqa: F401  (re-exported for the anatomy modules)
 from cxr.models.weights import gray_first_conv, load_local_weights  # noqa: F401  (re-exported)
 from cxr.errors import AnatomyError  # noqa: F401  (re-exported: the anatomy layer's error)
+from cxr.anatomy.tables import ok_images  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +84,6 @@ def fit_size(rows: int, cols: int, size: int) -> tuple[int, int, float]:
     """Output shape and scale when the long side of ``rows x cols`` becomes ``size``."""
     s = size / max(rows, cols)
     return max(1, round(rows * s)), max(1, round(cols * s)), s
-
-
-def ok_images(images: pd.DataFrame) -> pd.DataFrame:
-    """Rows of images.parquet that converted, indexed by image_id."""
-    df = images[images["status"] == "ok"]
-    if df["image_id"].duplicated().any():
-        dup = df.loc[df["image_id"].duplicated(), "image_id"].iloc[0]
-        raise AnatomyError(f"images table: image_id {dup!r} appears twice")
-    return df.set_index("image_id", drop=False)
 
 
 def unet_probabilities(model: torch.nn.Module, size: int, png: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:

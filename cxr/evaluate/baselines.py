@@ -24,11 +24,11 @@ import pandas as pd
 
 from cxr.evaluate.classification import DEFAULT_TRUTH, by_view, classification_metrics
 from cxr.evaluate.metrics import macro_auroc, val_thresholds
+from cxr.evaluate.report_table import BASELINES
 from cxr.inference import build_datasets
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("prevalence", "pixels16", "metadata")
 C_GRID = (0.01, 0.1, 1.0)
 PIXEL_SIDE = 16
 

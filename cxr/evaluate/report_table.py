@@ -14,13 +14,18 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cxr.evaluate.bootstrap import paired_p_value, patient_resamples
+from cxr.evaluate.bootstrap import bootstrap_auroc, paired_p_value, patient_resamples
 from cxr.evaluate.metrics import macro_auroc
 
 
 def _arrays(pred: pd.DataFrame, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (pred[[f"p:{n}" for n in names]].to_numpy(float), pred[[f"y:{n}" for n in names]].to_numpy(float),
             pred[[f"m:{n}" for n in names]].to_numpy(bool))
+
+
+# the baselines the baselines stage fits (cxr.evaluate.baselines) and the table prints beside the models; defined
+# here, torch-free, so that the models_table stage starts without torch
+BASELINES = ("prevalence", "pixels16", "metadata")
 
 
 def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, names: Sequence[str], n_boot: int, seed: int = 0) -> dict:
@@ -45,9 +50,18 @@ def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, names: Sequence[str], n_
     m = ma
     key = "patient_key" if "patient_key" in a.columns else "patient_id"
     res = patient_resamples(a[key].astype(str).to_numpy(), n_boot, seed)
-    diffs = np.array([macro_auroc(pa[r], ya[r], m[r]) - macro_auroc(pb[r], ya[r], m[r]) for r in res])
+    diffs = _replicate_macro(pa, ya, m, res) - _replicate_macro(pb, ya, m, res)
     return {"shared_images": int(len(shared)), "difference": float(macro_auroc(pa, ya, m) - macro_auroc(pb, ya, m)),
             "p_value": paired_p_value(diffs)}
+
+
+def _replicate_macro(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, res: list[np.ndarray]) -> np.ndarray:
+    """``macro_auroc(probs[r], targets[r], mask[r])`` for every replicate ``r`` ``[B]``, by the weighted bootstrap."""
+    per, _ = bootstrap_auroc(probs, targets, mask, res)
+    defined = np.isfinite(per).any(axis=1)
+    out = np.full(len(per), np.nan)
+    out[defined] = np.nanmean(per[defined], axis=1)
+    return out
 
 
 def _fmt(x, digits: int = 3) -> str:
