@@ -37,6 +37,8 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 
+import yaml
+
 from cxr.io import write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,14 +137,10 @@ def _resource_packages(path: Path, mtime_ns: int) -> frozenset[str]:
 
 
 def data_paths(package: str, repo: Path = REPO) -> set[str]:
-    """The non-Python files of ``package`` as deps: each top-level entry (file or folder) that holds some."""
+    """The non-Python files under ``package`` (repo-relative): deps of every module that reads them."""
     root = repo / Path(*package.split("."))
-    out = set()
-    for f in root.rglob("*"):
-        if f.is_file() and f.suffix not in (".py", ".pyc") and "__pycache__" not in f.parts:
-            parts = f.relative_to(root).parts
-            out.add((root / parts[0] if len(parts) > 1 else root).relative_to(repo).as_posix())
-    return out
+    return {f.relative_to(repo).as_posix() for f in root.rglob("*")
+            if f.is_file() and f.suffix not in (".py", ".pyc") and "__pycache__" not in f.parts}
 
 
 def graph(repo: Path = REPO) -> dict[str, set[str]]:
@@ -165,7 +163,7 @@ def closure(start: Iterable[str], g: Mapping[str, set[str]]) -> set[str]:
 
 def stage_code_deps(script: Path, repo: Path = REPO, *, modules: Mapping[str, Path] | None = None,
                     g: Mapping[str, set[str]] | None = None) -> list[str]:
-    """The code deps of one stage script: itself and every ``cxr`` file it runs (repo-relative, sorted).
+    """Every file one stage script runs: itself, then each ``cxr`` module and data file (repo-relative, sorted).
 
     ``modules`` / ``g``: :func:`module_files` and :func:`graph` of ``repo`` when the caller has them already.
     """
@@ -176,30 +174,7 @@ def stage_code_deps(script: Path, repo: Path = REPO, *, modules: Mapping[str, Pa
     for m in mods:
         for pkg in resource_packages(modules[m]):
             files |= data_paths(pkg, repo)
-    return [script.relative_to(repo).as_posix(), *sorted(_collapse(files, repo))]
-
-
-@lru_cache(maxsize=None)
-def _dir_files(d: Path, repo: Path) -> frozenset[str]:
-    return frozenset(f.relative_to(repo).as_posix() for f in d.rglob("*")
-                     if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc")
-
-
-def _collapse(deps: set[str], repo: Path) -> set[str]:
-    """Write a folder instead of its files when every file in it is a dep (same deps, shorter dvc.yaml)."""
-    files: set[str] = set()
-    for d in deps:
-        files |= _dir_files(repo / d, repo) if (repo / d).is_dir() else {d}
-    out = set(files)
-    dirs = sorted({str(Path(f).parent) for f in files if Path(f).parent != Path(".")}, key=lambda x: -x.count("/"))
-    for d in dirs:
-        if d == "cxr":
-            continue
-        inside = _dir_files(repo / d, repo)
-        if inside and inside <= files:
-            out = {f for f in out if not f.startswith(d + "/")} | {d}
-    # folders already collapsed inside a collapsed parent
-    return {f for f in out if not any(f != o and f.startswith(o + "/") for o in out)}
+    return [script.relative_to(repo).as_posix(), *sorted(files)]
 
 
 def stage_scripts(repo: Path = REPO) -> list[Path]:
@@ -214,10 +189,8 @@ def fingerprint_path(script: str | Path) -> str:
 
 def fingerprint(script: Path, repo: Path = REPO, *, modules: Mapping[str, Path] | None = None,
                 g: Mapping[str, set[str]] | None = None) -> dict:
-    """``{"script": ..., "files": {path: md5}}``: every file the stage script runs (folders expanded)."""
-    files: set[str] = set()
-    for d in stage_code_deps(script, repo, modules=modules, g=g):
-        files |= _dir_files(repo / d, repo) if (repo / d).is_dir() else {d}
+    """``{"script": ..., "files": {path: md5}}`` over :func:`stage_code_deps`."""
+    files = stage_code_deps(script, repo, modules=modules, g=g)
     return {"script": script.relative_to(repo).as_posix(),
             "files": {f: hashlib.md5((repo / f).read_bytes()).hexdigest() for f in sorted(files)}}
 
@@ -357,8 +330,6 @@ def rewrite(text: str, repo: Path = REPO) -> tuple[str, dict[str, tuple[list[str
 def code_stage_problems(text: str, repo: Path = REPO) -> list[str]:
     """What is wrong with the ``code`` stage of ``dvc.yaml`` text: missing, or its outs are not one
     fingerprint per stage script (uncached), or its deps are not ``cxr`` and ``stages``."""
-    import yaml  # lazy: only the check reads dvc.yaml as YAML
-
     stages = (yaml.safe_load(text) or {}).get("stages") or {}
     code = stages.get("code")
     if not isinstance(code, Mapping) or "cxr.depgraph --fingerprints " + FINGERPRINTS not in str(code.get("cmd", "")):

@@ -46,6 +46,15 @@ def percentile_ci(samples: np.ndarray, ci: float = 0.95) -> tuple[np.ndarray, np
     return lo.reshape(s.shape[1:]), hi.reshape(s.shape[1:])
 
 
+def replicate_macro(per: np.ndarray) -> np.ndarray:
+    """Macro AUROC of every replicate ``[B]`` from its per-class AUROCs ``[B, C]``: the mean over the classes
+    defined in that replicate (as ``metrics.macro_auroc``), NaN where none is."""
+    out = np.full(len(per), np.nan)
+    defined = np.isfinite(per).any(axis=1)
+    out[defined] = np.nanmean(per[defined], axis=1)
+    return out
+
+
 def paired_p_value(diff_samples: np.ndarray) -> float:
     """Two-sided bootstrap p-value of ``H0: difference = 0`` from paired replicate differences.
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxr.evaluate.bootstrap import bootstrap_auroc, patient_resamples, percentile_ci
+from cxr.evaluate.bootstrap import bootstrap_auroc, patient_resamples, percentile_ci, replicate_macro
 from cxr.evaluate.metrics import (
     auprc,
     auroc,
@@ -63,8 +63,7 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, mask: np.ndar
     res = patient_resamples(patient_ids, n_boot, seed)
     per_auc = per_class_auroc(probs, targets, mask)
     boot_per, boot_micro = bootstrap_auroc(probs, targets, mask, res)
-    with np.errstate(all="ignore"):
-        boot_macro = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in boot_per])
+    boot_macro = replicate_macro(boot_per)
     lo, hi = percentile_ci(boot_per, ci)
     # A replicate that drew only one label value of a rare class has no AUROC for it: count them
     # (the CI of that class rests on the rest) instead of dropping them unseen.
@@ -87,9 +86,7 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, mask: np.ndar
                        for n in names], bool)
     for n in names:
         per_class[n]["few_positives"] = per_class[n]["positives"] < min_positives
-    with np.errstate(all="ignore"):
-        boot_common = (np.array([np.nanmean(row[common]) if np.isfinite(row[common]).any() else np.nan for row in boot_per])
-                       if common.any() else np.array([np.nan]))
+    boot_common = replicate_macro(boot_per[:, common]) if common.any() else np.array([np.nan])
     clo, chi = percentile_ci(boot_common, ci)
     # Classes without an AUROC (one label value only on the evaluated test entries, e.g. a "No
     # Finding" that is only ever 1) leave the macro average: say which, and why.

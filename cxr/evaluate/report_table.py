@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cxr.evaluate.bootstrap import bootstrap_auroc, paired_p_value, patient_resamples
+from cxr.evaluate.bootstrap import bootstrap_auroc, paired_p_value, patient_resamples, replicate_macro
 from cxr.evaluate.metrics import macro_auroc
 
 
@@ -57,11 +57,7 @@ def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, names: Sequence[str], n_
 
 def _replicate_macro(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, res: list[np.ndarray]) -> np.ndarray:
     """``macro_auroc(probs[r], targets[r], mask[r])`` for every replicate ``r`` ``[B]``, by the weighted bootstrap."""
-    per, _ = bootstrap_auroc(probs, targets, mask, res)
-    defined = np.isfinite(per).any(axis=1)
-    out = np.full(len(per), np.nan)
-    out[defined] = np.nanmean(per[defined], axis=1)
-    return out
+    return replicate_macro(bootstrap_auroc(probs, targets, mask, res)[0])
 
 
 def _fmt(x, digits: int = 3) -> str:
