@@ -192,7 +192,13 @@ def fingerprint(script: Path, repo: Path = REPO, *, modules: Mapping[str, Path] 
     """``{"script": ..., "files": {path: md5}}`` over :func:`stage_code_deps`."""
     files = stage_code_deps(script, repo, modules=modules, g=g)
     return {"script": script.relative_to(repo).as_posix(),
-            "files": {f: hashlib.md5((repo / f).read_bytes()).hexdigest() for f in sorted(files)}}
+            "files": {f: _md5(repo / f, (repo / f).stat().st_mtime_ns) for f in sorted(files)}}
+
+
+@lru_cache(maxsize=None)
+def _md5(path: Path, mtime_ns: int) -> str:
+    """md5 of a file (cached per modification time: a module shared by every stage is read once)."""
+    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def write_fingerprints(out: Path, repo: Path = REPO) -> list[Path]:
